@@ -1,0 +1,313 @@
+// Package store opens the database behind every quantmesh service and
+// applies its migrations. Two backends share one API:
+//
+//   - SQLite (modernc.org/sqlite, pure Go): the embedded default. WAL mode, one
+//     writer connection (transactions never contend), several read-only
+//     connections, synchronous=FULL so a committed write survives a crash.
+//   - PostgreSQL through a pgx v5 pool, with TimescaleDB features when the
+//     extension is available.
+//
+// Services write portable SQL with $1-style placeholders through Reader and
+// Writer (both understand them), and reach the pgx pool directly for bulk
+// paths (CopyFrom). Each service owns its tables and its migrations.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/stdlib"
+	"modernc.org/sqlite"
+)
+
+// Dialect names a backend.
+type Dialect string
+
+// Backends.
+const (
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
+)
+
+// Timescale modes.
+const (
+	TimescaleAuto = "auto" // use TimescaleDB when the extension is available
+	TimescaleOn   = "on"   // require it
+	TimescaleOff  = "off"  // never use it
+)
+
+// Config says which database to open.
+type Config struct {
+	// URL selects the backend: postgres:// or postgresql:// URLs open
+	// PostgreSQL; anything else is a SQLite file path (its directory is
+	// created). Required.
+	URL string
+	// MaxConns bounds the PostgreSQL pool, or the SQLite reader connections.
+	// 0 means 16 for PostgreSQL and 4 for SQLite.
+	MaxConns int
+	// Timescale is auto, on or off (PostgreSQL only); empty means auto.
+	Timescale string
+	// ConnectTimeout bounds the first connection; 0 means 5s.
+	ConnectTimeout time.Duration
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if strings.TrimSpace(c.URL) == "" {
+		return errors.New("database URL must not be empty")
+	}
+	if c.MaxConns < 0 {
+		return fmt.Errorf("max connections must not be negative, got %d", c.MaxConns)
+	}
+	switch c.Timescale {
+	case "", TimescaleAuto, TimescaleOn, TimescaleOff:
+	default:
+		return fmt.Errorf("timescale must be auto, on or off, got %q", c.Timescale)
+	}
+	return nil
+}
+
+// IsPostgresURL reports whether url selects the PostgreSQL backend.
+func IsPostgresURL(u string) bool {
+	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
+}
+
+// DB is an open database.
+type DB struct {
+	dialect   Dialect
+	writer    *sql.DB
+	reader    *sql.DB
+	pool      *pgxpool.Pool
+	timescale bool
+	display   string
+}
+
+// Open connects to the database cfg names and checks that it answers.
+// Errors say which database could not be opened and why, without secrets.
+func Open(ctx context.Context, cfg Config) (*DB, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = 5 * time.Second
+	}
+	if IsPostgresURL(cfg.URL) {
+		return openPostgres(ctx, cfg)
+	}
+	return openSQLite(ctx, cfg)
+}
+
+func openPostgres(ctx context.Context, cfg Config) (*DB, error) {
+	display := Redact(cfg.URL)
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("database URL %s: %w", display, err)
+	}
+	pc.MaxConns = 16
+	if cfg.MaxConns > 0 {
+		pc.MaxConns = int32(cfg.MaxConns)
+	}
+	pc.ConnConfig.ConnectTimeout = cfg.ConnectTimeout
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", display, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if err := pool.Ping(pctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("database %s is unreachable: %w", display, err)
+	}
+	sdb := stdlib.OpenDBFromPool(pool)
+	db := &DB{dialect: Postgres, writer: sdb, reader: sdb, pool: pool, display: display}
+	if err := db.setupTimescale(ctx, cfg.Timescale); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func (db *DB) setupTimescale(ctx context.Context, mode string) error {
+	if mode == TimescaleOff {
+		return nil
+	}
+	var available bool
+	err := db.pool.QueryRow(ctx,
+		`SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&available)
+	if err != nil {
+		return fmt.Errorf("database %s: probe TimescaleDB: %w", db.display, err)
+	}
+	if !available {
+		if mode == TimescaleOn {
+			return fmt.Errorf("database %s: timescale=on but the timescaledb extension is not available", db.display)
+		}
+		return nil
+	}
+	if _, err := db.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS timescaledb`); err != nil {
+		if mode == TimescaleOn {
+			return fmt.Errorf("database %s: create extension timescaledb: %w", db.display, err)
+		}
+		// auto: available but not loadable (for example missing from
+		// shared_preload_libraries); plain PostgreSQL works.
+		return nil
+	}
+	db.timescale = true
+	return nil
+}
+
+// SQLiteDSN returns the modernc.org/sqlite data source name for a database
+// file: WAL journal, full sync on commit, foreign keys on, a busy timeout,
+// and IMMEDIATE transactions unless readOnly.
+func SQLiteDSN(path string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "foreign_keys(1)")
+	if readOnly {
+		q.Add("_pragma", "query_only(1)")
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous(FULL)")
+		q.Set("_txlock", "immediate")
+	}
+	return "file:" + path + "?" + q.Encode()
+}
+
+func openSQLite(ctx context.Context, cfg Config) (*DB, error) {
+	path := strings.TrimPrefix(cfg.URL, "sqlite://")
+	path = strings.TrimPrefix(path, "file:")
+	if i := strings.IndexByte(path, '?'); i >= 0 {
+		path = path[:i]
+	}
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("database %s: create directory: %w", path, err)
+		}
+	}
+	writer, err := sql.Open("sqlite", SQLiteDSN(path, false))
+	if err != nil {
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	// One writer: SQLite allows one write transaction at a time, and a
+	// single connection turns contention into an in-process queue.
+	writer.SetMaxOpenConns(1)
+	writer.SetConnMaxIdleTime(0)
+	pctx, cancel := context.WithTimeout(ctx, cfg.ConnectTimeout)
+	defer cancel()
+	if err := writer.PingContext(pctx); err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("database %s cannot be opened: %w", path, err)
+	}
+	reader, err := sql.Open("sqlite", SQLiteDSN(path, true))
+	if err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	n := 4
+	if cfg.MaxConns > 0 {
+		n = cfg.MaxConns
+	}
+	reader.SetMaxOpenConns(n)
+	reader.SetMaxIdleConns(n)
+	return &DB{dialect: SQLite, writer: writer, reader: reader, display: path}, nil
+}
+
+// Dialect returns the backend in use.
+func (db *DB) Dialect() Dialect { return db.dialect }
+
+// Writer returns the connection pool for writes (one connection on SQLite).
+func (db *DB) Writer() *sql.DB { return db.writer }
+
+// Reader returns the connection pool for reads. On SQLite its connections
+// are read-only; on PostgreSQL it is the writer pool.
+func (db *DB) Reader() *sql.DB { return db.reader }
+
+// Pool returns the pgx pool on PostgreSQL (for CopyFrom and batches), nil on
+// SQLite.
+func (db *DB) Pool() *pgxpool.Pool { return db.pool }
+
+// Timescale reports whether TimescaleDB features are in use.
+func (db *DB) Timescale() bool { return db.timescale }
+
+// String describes the database without secrets.
+func (db *DB) String() string { return string(db.dialect) + " " + db.display }
+
+// Mode names the storage mode for logs and metrics: sqlite, postgres or
+// timescaledb.
+func (db *DB) Mode() string {
+	if db.timescale {
+		return "timescaledb"
+	}
+	return string(db.dialect)
+}
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error {
+	if err := db.writer.PingContext(ctx); err != nil {
+		return err
+	}
+	if db.reader != db.writer {
+		return db.reader.PingContext(ctx)
+	}
+	return nil
+}
+
+// InTx runs fn in a write transaction and commits when fn returns nil. The
+// write is durable when InTx returns nil.
+func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	tx, err := db.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback()
+			panic(p)
+		}
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// Close closes every connection.
+func (db *DB) Close() error {
+	var errs []error
+	errs = append(errs, db.writer.Close())
+	if db.reader != db.writer {
+		errs = append(errs, db.reader.Close())
+	}
+	if db.pool != nil {
+		db.pool.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// Redact returns a database URL with its password replaced by "xxxxx".
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// keep the sqlite driver registered even if nothing else references it.
+var _ = sqlite.Error{}

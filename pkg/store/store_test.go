@@ -1,0 +1,240 @@
+package store_test
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"testing/fstest"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/store/storetest"
+)
+
+func widgets(t *testing.T) store.MigrationSet {
+	t.Helper()
+	return store.MigrationSet{Component: "widgets", FS: os.DirFS("testdata/migrations")}
+}
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, nil, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		res, err := db.Migrate(ctx, widgets(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Applied) != 2 || res.Current != 0 {
+			t.Fatalf("first migrate: applied %d, current %d; want 2, 0", len(res.Applied), res.Current)
+		}
+		res, err = db.Migrate(ctx, widgets(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.Applied) != 0 || res.Current != 2 {
+			t.Fatalf("second migrate: applied %d, current %d; want 0, 2", len(res.Applied), res.Current)
+		}
+		if _, err := db.Writer().ExecContext(ctx, `INSERT INTO widgets (id, n, name) VALUES ($1, $2, $3)`, "a", 1, "x"); err != nil {
+			t.Fatal(err)
+		}
+		// The plain or the timescale variant of version 2 applied, never both.
+		var def string
+		if _, err := db.Writer().ExecContext(ctx, `INSERT INTO widgets (id, n) VALUES ('b', 2)`); err != nil {
+			t.Fatal(err)
+		}
+		if err := db.Reader().QueryRowContext(ctx, `SELECT name FROM widgets WHERE id = 'b'`).Scan(&def); err != nil {
+			t.Fatal(err)
+		}
+		want := ""
+		if db.Timescale() {
+			want = "timescale"
+		}
+		if def != want {
+			t.Errorf("default name = %q, want %q (timescale=%v)", def, want, db.Timescale())
+		}
+	})
+}
+
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	u := storetest.NewPostgresDatabase(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Go(func() {
+			db, err := store.Open(ctx, store.Config{URL: u, MaxConns: 2})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			defer db.Close()
+			_, errs[i] = db.Migrate(ctx, widgets(t))
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("concurrent migrate: %v", err)
+		}
+	}
+}
+
+func TestMigrateFailureNamesFileAndRollsBack(t *testing.T) {
+	t.Parallel()
+	bad := store.MigrationSet{Component: "bad", FS: fstest.MapFS{
+		"sqlite/0001_ok.sql":        {Data: []byte(`CREATE TABLE ok_t (id INTEGER PRIMARY KEY);`)},
+		"sqlite/0002_broken.sql":    {Data: []byte(`CREATE TABLE broken_t (id INTEGER PRIMARY KEY); SELECT nonsense FROM;`)},
+		"postgres/0001_ok.sql":      {Data: []byte(`CREATE TABLE ok_t (id INTEGER PRIMARY KEY);`)},
+		"postgres/0002_broken.sql":  {Data: []byte(`CREATE TABLE broken_t (id INTEGER PRIMARY KEY); SELECT nonsense FROM;`)},
+		"postgres/0003_unused.sql":  {Data: []byte(`SELECT 1;`)},
+		"sqlite/0003_unused.sql":    {Data: []byte(`SELECT 1;`)},
+		"sqlite/README":             {Data: []byte(`not a migration`)},
+		"postgres/notes/0009_x.sql": {Data: []byte(`directories are ignored`)},
+	}}
+	storetest.Run(t, nil, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		_, err := db.Migrate(ctx, bad)
+		if err == nil || !strings.Contains(err.Error(), "0002_broken.sql") {
+			t.Fatalf("error = %v, want one naming 0002_broken.sql", err)
+		}
+		var n int
+		if err := db.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE component = 'bad'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("recorded migrations = %d, want 1", n)
+		}
+		// The broken migration's first statement was rolled back with it.
+		if _, err := db.Reader().ExecContext(ctx, `SELECT * FROM broken_t`); err == nil {
+			t.Error("broken_t exists: the failed migration was not rolled back")
+		}
+	})
+}
+
+func TestBadMigrationNames(t *testing.T) {
+	t.Parallel()
+	db := storetest.SQLite(t)
+	for _, fsys := range []fstest.MapFS{
+		{"sqlite/one_x.sql": {Data: []byte(`SELECT 1`)}},
+		{"sqlite/0001_a.sql": {Data: []byte(`SELECT 1`)}, "sqlite/0001_b.sql": {Data: []byte(`SELECT 1`)}},
+	} {
+		if _, err := db.Migrate(context.Background(), store.MigrationSet{Component: "c", FS: fsys}); err == nil {
+			t.Errorf("Migrate(%v) succeeded, want an error", fsys)
+		}
+	}
+}
+
+func TestUniqueViolationAndTx(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{widgets(t)}, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		insert := func(tx *sql.Tx, id string) error {
+			_, err := tx.ExecContext(ctx, `INSERT INTO widgets (id, n) VALUES ($1, 1)`, id)
+			return err
+		}
+		if err := db.InTx(ctx, func(tx *sql.Tx) error { return insert(tx, "a") }); err != nil {
+			t.Fatal(err)
+		}
+		err := db.InTx(ctx, func(tx *sql.Tx) error {
+			if err := insert(tx, "b"); err != nil {
+				return err
+			}
+			return insert(tx, "a")
+		})
+		if !store.IsUniqueViolation(err) {
+			t.Fatalf("error = %v, want a unique violation", err)
+		}
+		if store.IsTransient(err) {
+			t.Error("a unique violation is not transient")
+		}
+		var n int
+		if err := db.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM widgets`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 {
+			t.Errorf("rows = %d, want 1: the failed transaction must write nothing", n)
+		}
+	})
+}
+
+func TestOpenErrors(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	if _, err := store.Open(ctx, store.Config{}); err == nil {
+		t.Error("empty URL: want an error")
+	}
+	if _, err := store.Open(ctx, store.Config{URL: "x.db", Timescale: "maybe"}); err == nil {
+		t.Error("bad timescale mode: want an error")
+	}
+	_, err := store.Open(ctx, store.Config{URL: "postgres://u:secret@127.0.0.1:1/db?connect_timeout=1"})
+	if err == nil {
+		t.Fatal("unreachable postgres: want an error")
+	}
+	if strings.Contains(err.Error(), "secret") || !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("error = %q, want 'unreachable' and no password", err)
+	}
+	// A directory where the file should be cannot be opened.
+	dir := t.TempDir()
+	if _, err := store.Open(ctx, store.Config{URL: dir}); err == nil {
+		t.Error("directory as database: want an error")
+	}
+}
+
+func TestSQLiteReaderIsReadOnly(t *testing.T) {
+	t.Parallel()
+	db := storetest.SQLite(t, widgets(t))
+	_, err := db.Reader().ExecContext(context.Background(), `INSERT INTO widgets (id, n) VALUES ('x', 1)`)
+	if err == nil {
+		t.Fatal("write through the reader succeeded")
+	}
+}
+
+func TestErrClassification(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name        string
+		err         error
+		unavailable bool
+	}{
+		{"connection failure", &pgconn.PgError{Code: "08006"}, true},
+		{"serialization failure", &pgconn.PgError{Code: "40001"}, true},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
+		{"network", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, true},
+		{"bad connection", driver.ErrBadConn, true},
+		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
+		{"syntax", &pgconn.PgError{Code: "42601"}, false},
+		{"other", errors.New("boom"), false},
+	}
+	for _, tt := range tests {
+		got := store.Err("op", tt.err)
+		if errors.Is(got, apierr.ErrUnavailable) != tt.unavailable {
+			t.Errorf("%s: Err = %v, unavailable = %v, want %v", tt.name, got, !tt.unavailable, tt.unavailable)
+		}
+		if !errors.Is(got, tt.err) && !tt.unavailable {
+			t.Errorf("%s: Err = %v does not wrap the cause", tt.name, got)
+		}
+	}
+	if got := store.Err("x", context.Canceled); !errors.Is(got, context.Canceled) {
+		t.Errorf("Err(canceled) = %v", got)
+	}
+	if store.Err("x", nil) != nil {
+		t.Error("Err(nil) != nil")
+	}
+}
+
+func TestRedact(t *testing.T) {
+	t.Parallel()
+	got := store.Redact("postgres://user:pw@host:5432/db?sslmode=disable")
+	if strings.Contains(got, "pw") || !strings.Contains(got, "user") {
+		t.Errorf("Redact = %q", got)
+	}
+}
