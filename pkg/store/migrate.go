@@ -182,6 +182,11 @@ func (db *DB) lockMigrations(ctx context.Context, tx *sql.Tx) error {
 // applyNoTx runs a migration outside a transaction while holding a
 // session-level advisory lock on one connection.
 func (db *DB) applyNoTx(ctx context.Context, m Migration) (bool, error) {
+	release, err := db.acquireWrite(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer release()
 	conn, err := db.writer.Conn(ctx)
 	if err != nil {
 		return false, err

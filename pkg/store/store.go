@@ -82,12 +82,17 @@ func IsPostgresURL(u string) bool {
 
 // DB is an open database.
 type DB struct {
-	dialect   Dialect
-	writer    *sql.DB
-	reader    *sql.DB
-	pool      *pgxpool.Pool
-	timescale bool
-	display   string
+	dialect Dialect
+	writer  *sql.DB
+	// writeQueue serialises SQLite writers in arrival order (channel
+	// senders are woken first in, first out; database/sql hands a freed
+	// connection to a random waiter, which starves some writers). Nil on
+	// PostgreSQL.
+	writeQueue chan struct{}
+	reader     *sql.DB
+	pool       *pgxpool.Pool
+	timescale  bool
+	display    string
 }
 
 // Open connects to the database cfg names and checks that it answers.
@@ -216,17 +221,39 @@ func openSQLite(ctx context.Context, cfg Config) (*DB, error) {
 	}
 	reader.SetMaxOpenConns(n)
 	reader.SetMaxIdleConns(n)
-	return &DB{dialect: SQLite, writer: writer, reader: reader, display: path}, nil
+	return &DB{dialect: SQLite, writer: writer, reader: reader, writeQueue: make(chan struct{}, 1), display: path}, nil
 }
 
 // Dialect returns the backend in use.
 func (db *DB) Dialect() Dialect { return db.dialect }
 
-// Writer returns the connection pool for writes (one connection on SQLite).
-func (db *DB) Writer() *sql.DB { return db.writer }
+// acquireWrite waits for the SQLite writer's turn, in arrival order.
+func (db *DB) acquireWrite(ctx context.Context) (release func(), err error) {
+	if db.writeQueue == nil {
+		return func() {}, nil
+	}
+	select {
+	case db.writeQueue <- struct{}{}:
+		return func() { <-db.writeQueue }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Exec runs one write statement outside an explicit transaction. It is
+// durable when Exec returns nil.
+func (db *DB) Exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	release, err := db.acquireWrite(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return db.writer.ExecContext(ctx, query, args...)
+}
 
 // Reader returns the connection pool for reads. On SQLite its connections
-// are read-only; on PostgreSQL it is the writer pool.
+// are read-only; on PostgreSQL it is the one pool. Write through Exec and
+// InTx.
 func (db *DB) Reader() *sql.DB { return db.reader }
 
 // Pool returns the pgx pool on PostgreSQL (for CopyFrom and batches), nil on
@@ -262,6 +289,11 @@ func (db *DB) Ping(ctx context.Context) error {
 // InTx runs fn in a write transaction and commits when fn returns nil. The
 // write is durable when InTx returns nil.
 func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
+	release, err := db.acquireWrite(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	tx, err := db.writer.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
