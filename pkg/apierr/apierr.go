@@ -195,6 +195,14 @@ func Status(err error) (*status.Status, bool) {
 	if err == nil {
 		return status.New(codes.OK, ""), true
 	}
+	// A domain error decides its own code, whatever its cause: checked
+	// first, so Unavailable("risk", <a NotFound status>) stays Unavailable.
+	var de *Error
+	if errors.As(err, &de) && de.Kind != nil {
+		code := codeOf(de.Kind)
+		info := &errdetails.ErrorInfo{Reason: de.Reason, Domain: Domain, Metadata: de.Metadata}
+		return withDetails(status.New(code, de.Message), info), code != codes.Internal
+	}
 	if s, ok := status.FromError(err); ok {
 		return s, true
 	}
@@ -217,12 +225,6 @@ func Status(err error) (*status.Status, bool) {
 		return withDetails(status.New(codes.InvalidArgument, inv.Error()), br), true
 	}
 
-	var de *Error
-	if errors.As(err, &de) {
-		code := codeOf(de.Kind)
-		info := &errdetails.ErrorInfo{Reason: de.Reason, Domain: Domain, Metadata: de.Metadata}
-		return withDetails(status.New(code, de.Message), info), true
-	}
 	for _, kc := range kindCodes {
 		if errors.Is(err, kc.kind) {
 			return status.New(kc.code, err.Error()), true

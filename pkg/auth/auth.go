@@ -131,8 +131,8 @@ func ParseKeys(text string) (Keys, error) {
 			return Keys{}, fmt.Errorf("api keys entry %d: %w", line, err)
 		}
 		name := fmt.Sprintf("%s-%d", role, line)
-		if len(parts) == 3 && parts[2] != "" {
-			name = parts[2]
+		if len(parts) == 3 && strings.TrimSpace(parts[2]) != "" {
+			name = strings.TrimSpace(parts[2])
 		}
 		if err := k.Add(strings.TrimSpace(parts[0]), Principal{Name: name, Role: role}); err != nil {
 			return Keys{}, fmt.Errorf("api keys entry %d: %w", line, err)
@@ -245,7 +245,8 @@ func credential(ctx context.Context) string {
 		return ""
 	}
 	if v := md.Get("authorization"); len(v) > 0 {
-		if key, ok := strings.CutPrefix(v[0], "Bearer "); ok {
+		// Authentication schemes are case-insensitive (RFC 7235).
+		if scheme, key, ok := strings.Cut(strings.TrimSpace(v[0]), " "); ok && strings.EqualFold(scheme, "Bearer") {
 			return strings.TrimSpace(key)
 		}
 	}

@@ -78,13 +78,22 @@ func recoverStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	}
 }
 
+// callInfo collects what inner interceptors learn about a call for the
+// log line written by the outermost one.
+type callInfo struct {
+	principal string
+}
+
+type callInfoKey struct{}
+
 // logUnary logs every call: successes at debug, client errors at info,
 // server-side failures at error.
 func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		start := time.Now()
-		resp, err := handler(ctx, req)
-		logCall(ctx, log, info.FullMethod, start, err)
+		ci := &callInfo{}
+		resp, err := handler(context.WithValue(ctx, callInfoKey{}, ci), req)
+		logCall(ctx, log, info.FullMethod, start, ci, err)
 		return resp, err
 	}
 }
@@ -92,13 +101,40 @@ func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 func logStream(log *slog.Logger) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		start := time.Now()
-		err := handler(srv, ss)
-		logCall(ss.Context(), log, info.FullMethod, start, err)
+		ci := &callInfo{}
+		err := handler(srv, &ctxStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callInfoKey{}, ci)})
+		logCall(ss.Context(), log, info.FullMethod, start, ci, err)
 		return err
 	}
 }
 
-func logCall(ctx context.Context, log *slog.Logger, method string, start time.Time, err error) {
+// notePrincipalUnary records the authenticated principal for the call log;
+// it runs after authentication.
+func notePrincipalUnary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		notePrincipal(ctx)
+		return handler(ctx, req)
+	}
+}
+
+func notePrincipalStream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		notePrincipal(ss.Context())
+		return handler(srv, ss)
+	}
+}
+
+func notePrincipal(ctx context.Context) {
+	ci, ok := ctx.Value(callInfoKey{}).(*callInfo)
+	if !ok {
+		return
+	}
+	if p, ok := auth.FromContext(ctx); ok {
+		ci.principal = p.Name
+	}
+}
+
+func logCall(ctx context.Context, log *slog.Logger, method string, start time.Time, ci *callInfo, err error) {
 	code := status.Code(err)
 	level := slog.LevelDebug
 	switch code {
@@ -116,8 +152,8 @@ func logCall(ctx context.Context, log *slog.Logger, method string, start time.Ti
 		slog.String("code", code.String()),
 		slog.Duration("duration", time.Since(start)),
 	}
-	if p, ok := auth.FromContext(ctx); ok {
-		attrs = append(attrs, slog.String("principal", p.Name))
+	if ci.principal != "" {
+		attrs = append(attrs, slog.String("principal", ci.principal))
 	}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", status.Convert(err).Message()))

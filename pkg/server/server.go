@@ -181,12 +181,14 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 		grpc.ChainUnaryInterceptor(
 			logUnary(log),
 			authz.UnaryServerInterceptor(),
+			notePrincipalUnary(),
 			errorUnary(log),
 			recoverUnary(log),
 		),
 		grpc.ChainStreamInterceptor(
 			logStream(log),
 			authz.StreamServerInterceptor(),
+			notePrincipalStream(),
 			errorStream(log),
 			drainStream(s.draining),
 			recoverStream(log),
@@ -224,7 +226,7 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 			continue
 		}
 		if err := r.Gateway(ctx, gw, s.gwConn); err != nil {
-			s.closeListeners()
+			s.Close() // listeners and the gateway client
 			return nil, fmt.Errorf("register gateway for %s: %w", r.Desc.ServiceName, err)
 		}
 	}
@@ -233,7 +235,9 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	mux.Handle("GET /metrics", tel.MetricsHandler())
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.HandleFunc("GET /readyz", s.handleReadyz)
-	mux.Handle("/", otelhttp.NewHandler(gw, "gateway",
+	// The gateway decodes a whole body before gRPC's size limit applies:
+	// bound it here (JSON and base64 take more room than protobuf).
+	mux.Handle("/", otelhttp.NewHandler(http.MaxBytesHandler(gw, 2*int64(cfg.MaxRecvBytes)), "gateway",
 		otelhttp.WithTracerProvider(tel.TracerProvider),
 		otelhttp.WithMeterProvider(tel.MeterProvider),
 		otelhttp.WithPropagators(tel.Propagator),
@@ -317,8 +321,10 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 func (s *Server) shutdown() error {
-	s.drainMu.Do(func() { close(s.draining) })
+	// NOT_SERVING first: draining ends health Watch streams, and their
+	// clients must see the status change before the stream ends.
 	s.health.Shutdown()
+	s.drainMu.Do(func() { close(s.draining) })
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 
@@ -341,7 +347,13 @@ func (s *Server) shutdown() error {
 		case <-ctx.Done():
 			s.log.Warn("shutdown deadline reached; closing remaining calls", "timeout", s.cfg.ShutdownTimeout)
 			s.grpc.Stop()
-			<-done
+			// Stop cuts every connection but still waits for handlers; one
+			// that ignores its context must not hold the process forever.
+			select {
+			case <-done:
+			case <-time.After(time.Second):
+				s.log.Error("handlers still running after shutdown; exiting without them")
+			}
 		}
 	})
 	wg.Wait()

@@ -48,6 +48,8 @@ type Config struct {
 	OTLPEndpoint string
 	// SampleRatio is the share of root traces sampled, 0 to 1; 0 means 1.
 	SampleRatio float64
+	// NoExport disables trace export whatever the environment says.
+	NoExport bool
 }
 
 // Telemetry owns the providers of one process.
@@ -100,7 +102,7 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 	if endpoint == "" {
 		endpoint = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 	}
-	if endpoint != "" {
+	if endpoint != "" && !cfg.NoExport {
 		exp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpointURL(endpoint))
 		if err != nil {
 			return nil, fmt.Errorf("otlp trace exporter %s: %w", endpoint, err)
@@ -151,7 +153,7 @@ func (t *Telemetry) Shutdown(ctx context.Context) error {
 // Noop returns telemetry that records into a private registry and exports
 // nothing, for tests.
 func Noop() *Telemetry {
-	t, err := Setup(context.Background(), Config{ServiceName: "quantmesh-test"})
+	t, err := Setup(context.Background(), Config{ServiceName: "quantmesh-test", NoExport: true})
 	if err != nil {
 		panic(err) // Setup without an endpoint cannot fail
 	}
