@@ -1,0 +1,229 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/pkg/auth"
+	"github.com/quantmesh/quantmesh/pkg/server"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/experiment"
+)
+
+// errHelp reports that -h was asked for and the usage printed.
+var errHelp = flag.ErrHelp
+
+// envPrefix prefixes the variable of every flag: --database-url is
+// QUANTMESH_DATABASE_URL.
+const envPrefix = "QUANTMESH_"
+
+// envAPIKeys holds API keys inline ("key:role[:name],..."). It has no flag,
+// so keys never appear in a process listing.
+const envAPIKeys = "QUANTMESH_API_KEYS"
+
+// envName returns the variable that sets flag name.
+func envName(name string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+// parseFlags parses args into fs, then sets every flag not given on the
+// command line from its QUANTMESH_* variable. Errors are usage errors
+// naming the flag or variable.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+	fs.SetOutput(stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return usagef("%v", err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		if err != nil || set[f.Name] {
+			return
+		}
+		if v, ok := os.LookupEnv(envName(f.Name)); ok {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = usagef("invalid %s=%q: %v", envName(f.Name), v, serr)
+			}
+		}
+	})
+	return err
+}
+
+// meshFlags are the settings of a mesh process (up, serve, migrate).
+type meshFlags struct {
+	grpcAddr        string
+	httpAddr        string
+	dataDir         string
+	databaseURL     string
+	timescale       string
+	kafkaBrokers    string
+	apiKeysFile     string
+	peerAPIKey      string
+	insecure        bool
+	shutdownTimeout time.Duration
+	maxRecvBytes    int
+	logLevel        string
+	logFormat       string
+	otlpEndpoint    string
+	artifactRoot    string
+
+	// serve only.
+	services string
+	peers    map[string]*string
+}
+
+func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
+	d := server.DefaultConfig()
+	fs.StringVar(&f.grpcAddr, "grpc-addr", d.GRPCAddr, "gRPC listen address (host:port; port 0 picks one)")
+	fs.StringVar(&f.httpAddr, "http-addr", d.HTTPAddr, "REST gateway, /metrics, /healthz and /readyz listen address")
+	fs.StringVar(&f.dataDir, "data-dir", "./data", "directory of the embedded SQLite database and artifacts")
+	fs.StringVar(&f.databaseURL, "database-url", "", "postgres://... selects PostgreSQL; empty means SQLite at <data-dir>/quantmesh.db")
+	fs.StringVar(&f.timescale, "timescale", store.TimescaleAuto, "TimescaleDB use on PostgreSQL: auto, on or off")
+	fs.StringVar(&f.kafkaBrokers, "kafka-brokers", "", "comma-separated Kafka brokers; empty means the in-process bus")
+	fs.StringVar(&f.apiKeysFile, "api-keys-file", "", "file of API keys, one key:role[:name] per line (also "+envAPIKeys+"); none means authentication is off")
+	fs.StringVar(&f.peerAPIKey, "peer-api-key", "", "API key sent on calls to other quantmesh services")
+	fs.BoolVar(&f.insecure, "insecure", false, "allow a non-loopback listen address with authentication off")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "how long in-flight calls may drain on shutdown")
+	fs.IntVar(&f.maxRecvBytes, "max-recv-bytes", d.MaxRecvBytes, "largest request message accepted, in bytes")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace endpoint (also OTEL_EXPORTER_OTLP_ENDPOINT); empty exports no traces")
+	fs.StringVar(&f.artifactRoot, "artifact-root", "", "prefix of default artifact locations; empty means file://<data-dir>/artifacts")
+	if serve {
+		fs.StringVar(&f.services, "services", "", "comma-separated services to run here: "+strings.Join(mesh.AllServices, ", ")+" (or all)")
+		f.peers = map[string]*string{}
+		for _, name := range mesh.AllServices {
+			f.peers[name] = fs.String("peer-"+name, "", "gRPC address of "+name+" when it runs elsewhere")
+		}
+	}
+}
+
+// config validates the flags and builds the mesh configuration.
+func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig, error) {
+	logCfg := telemetry.LogConfig{Level: f.logLevel, Format: f.logFormat}
+	if _, err := telemetry.NewLogger(io.Discard, logCfg); err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --log-level or --log-format: %v", err)
+	}
+	for _, a := range []struct{ flag, addr string }{{"grpc-addr", f.grpcAddr}, {"http-addr", f.httpAddr}} {
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			return mesh.Config{}, logCfg, usagef("invalid --%s %q: want host:port", a.flag, a.addr)
+		}
+	}
+	if f.shutdownTimeout <= 0 {
+		return mesh.Config{}, logCfg, usagef("invalid --shutdown-timeout %s: must be positive", f.shutdownTimeout)
+	}
+	if f.maxRecvBytes < 1024 {
+		return mesh.Config{}, logCfg, usagef("invalid --max-recv-bytes %d: must be at least 1024", f.maxRecvBytes)
+	}
+	if f.dataDir == "" {
+		return mesh.Config{}, logCfg, usagef("invalid --data-dir: must not be empty")
+	}
+	switch f.timescale {
+	case store.TimescaleAuto, store.TimescaleOn, store.TimescaleOff:
+	default:
+		return mesh.Config{}, logCfg, usagef("invalid --timescale %q: want auto, on or off", f.timescale)
+	}
+	dbURL := f.databaseURL
+	if dbURL == "" {
+		dbURL = filepath.Join(f.dataDir, "quantmesh.db")
+	} else if strings.Contains(dbURL, "://") && !store.IsPostgresURL(dbURL) {
+		return mesh.Config{}, logCfg, usagef("invalid --database-url: want postgres://... (or empty for SQLite)")
+	}
+	keys, err := auth.LoadKeys(f.apiKeysFile, os.Getenv(envAPIKeys))
+	if err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --api-keys-file or %s: %v", envAPIKeys, err)
+	}
+	if !keys.Enabled() && !f.insecure {
+		for _, a := range []struct{ flag, addr string }{{"grpc-addr", f.grpcAddr}, {"http-addr", f.httpAddr}} {
+			if !isLoopback(a.addr) {
+				return mesh.Config{}, logCfg, usagef("refusing --%s %s: a non-loopback address needs API keys (--api-keys-file or %s), or --insecure to run without authentication", a.flag, a.addr, envAPIKeys)
+			}
+		}
+	}
+	var brokers []string
+	for _, b := range strings.Split(f.kafkaBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				return mesh.Config{}, logCfg, usagef("invalid --kafka-brokers entry %q: want host:port", b)
+			}
+			brokers = append(brokers, b)
+		}
+	}
+	exp := experiment.DefaultConfig()
+	exp.ArtifactRoot = f.artifactRoot
+	if exp.ArtifactRoot == "" {
+		abs, err := filepath.Abs(filepath.Join(f.dataDir, "artifacts"))
+		if err != nil {
+			return mesh.Config{}, logCfg, usagef("invalid --data-dir: %v", err)
+		}
+		exp.ArtifactRoot = "file://" + abs
+	}
+	peers := map[string]string{}
+	for name, addr := range f.peers {
+		if *addr != "" {
+			peers[name] = *addr
+		}
+	}
+	cfg := mesh.Config{
+		Server: server.Config{
+			GRPCAddr:        f.grpcAddr,
+			HTTPAddr:        f.httpAddr,
+			MaxRecvBytes:    f.maxRecvBytes,
+			ShutdownTimeout: f.shutdownTimeout,
+		},
+		Store:        store.Config{URL: dbURL, Timescale: f.timescale},
+		KafkaBrokers: brokers,
+		Services:     services,
+		Peers:        peers,
+		Keys:         keys,
+		PeerAPIKey:   f.peerAPIKey,
+		Experiment:   exp,
+	}
+	if err := cfg.Validate(); err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --%v", err)
+	}
+	return cfg, logCfg, nil
+}
+
+// isLoopback reports whether a listen address accepts loopback
+// connections only.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// splitServices parses --services.
+func splitServices(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "all" {
+		return append([]string(nil), mesh.AllServices...), nil
+	}
+	var out []string
+	for _, name := range strings.Split(s, ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			out = append(out, name)
+		}
+	}
+	if len(out) == 0 {
+		return nil, usagef("--services is required: a comma-separated list of %s, or all", strings.Join(mesh.AllServices, ", "))
+	}
+	return out, nil
+}

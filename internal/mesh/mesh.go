@@ -1,0 +1,352 @@
+// Package mesh wires quantmesh services into one process: it opens the
+// store and the bus, builds the services chosen to run here, dials the
+// peers that run elsewhere, and hands everything to the server bootstrap.
+//
+// `quantmesh up` runs every service; `quantmesh serve` runs a subset. Both go
+// through Start, so the two deployments run the same code paths: services
+// reach each other only through gRPC clients, to this process's own address
+// or to a peer's.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/quantmesh/quantmesh/pkg/auth"
+	"github.com/quantmesh/quantmesh/pkg/bus"
+	"github.com/quantmesh/quantmesh/pkg/resilience"
+	"github.com/quantmesh/quantmesh/pkg/server"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/inference"
+	"github.com/quantmesh/quantmesh/services/metacontroller"
+	"github.com/quantmesh/quantmesh/services/regime"
+	"github.com/quantmesh/quantmesh/services/risk"
+)
+
+// Service names, as given to --services and --peer-<name>.
+const (
+	Risk           = "risk"
+	Regime         = "regime"
+	MetaController = "metacontroller"
+	Inference      = "inference"
+	Experiment     = "experiment"
+)
+
+// AllServices lists every service in start order.
+var AllServices = []string{Experiment, Risk, Regime, MetaController, Inference}
+
+// Config is everything a mesh process needs.
+type Config struct {
+	Server server.Config
+	Store  store.Config
+	// KafkaBrokers selects the Kafka bus; empty means the in-process bus.
+	KafkaBrokers []string
+	// Services run in this process.
+	Services []string
+	// Peers maps a service that runs elsewhere to its gRPC address. Services
+	// neither local nor listed here are unreachable from this process.
+	Peers map[string]string
+	// Keys authenticate callers; none means authentication is off.
+	Keys auth.Keys
+	// PeerAPIKey is sent on calls to peers when they require
+	// authentication.
+	PeerAPIKey string
+	// Experiment configures ExperimentService.
+	Experiment experiment.Config
+}
+
+// Validate reports the first problem, naming the setting.
+func (c Config) Validate() error {
+	if len(c.Services) == 0 {
+		return errors.New("services: at least one service must run")
+	}
+	seen := map[string]bool{}
+	for _, s := range c.Services {
+		if !slices.Contains(AllServices, s) {
+			return fmt.Errorf("services: unknown service %q (known: %s)", s, strings.Join(AllServices, ", "))
+		}
+		if seen[s] {
+			return fmt.Errorf("services: %q listed twice", s)
+		}
+		seen[s] = true
+	}
+	for name, addr := range c.Peers {
+		if !slices.Contains(AllServices, name) {
+			return fmt.Errorf("peer-%s: unknown service", name)
+		}
+		if seen[name] {
+			return fmt.Errorf("peer-%s: the service runs in this process; drop the peer address", name)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("peer-%s: %q is not host:port", name, addr)
+		}
+	}
+	if err := c.Store.Validate(); err != nil {
+		return fmt.Errorf("database-url: %w", err)
+	}
+	if err := c.Experiment.Validate(); err != nil {
+		return fmt.Errorf("artifact-root: %w", err)
+	}
+	return nil
+}
+
+// Mesh is a started mesh process.
+type Mesh struct {
+	cfg    Config
+	log    *slog.Logger
+	tel    *telemetry.Telemetry
+	DB     *store.DB
+	Bus    bus.Bus
+	Server *server.Server
+	// Migrations reports what the start-up migration did.
+	Migrations store.MigrateResult
+	peers      map[string]*grpc.ClientConn
+	policies   []*resilience.Policy
+	closers    []func() error
+}
+
+// StartError says which start-up step failed, so the CLI can print one
+// clear line.
+type StartError struct {
+	Step string
+	Err  error
+}
+
+func (e *StartError) Error() string { return e.Err.Error() }
+func (e *StartError) Unwrap() error { return e.Err }
+
+// Start opens the store (and migrates it), the bus, the local services and
+// the server's listeners. Call Serve to run it. On error everything opened
+// so far is closed.
+func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (_ *Mesh, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, &StartError{Step: "config", Err: err}
+	}
+	m := &Mesh{cfg: cfg, log: log, tel: tel, peers: map[string]*grpc.ClientConn{}}
+	defer func() {
+		if err != nil {
+			m.close()
+		}
+	}()
+
+	m.DB, err = store.Open(ctx, cfg.Store)
+	if err != nil {
+		return nil, &StartError{Step: "database", Err: err}
+	}
+	m.closers = append(m.closers, m.DB.Close)
+	m.Migrations, err = m.DB.Migrate(ctx, m.migrations()...)
+	if err != nil {
+		return nil, &StartError{Step: "migrate", Err: err}
+	}
+	if err := m.storeMetrics(); err != nil {
+		return nil, &StartError{Step: "telemetry", Err: err}
+	}
+	log.Info("store ready", "mode", m.DB.Mode(), "database", m.DB.String(),
+		"migrations_applied", len(m.Migrations.Applied), "migrations_current", m.Migrations.Current)
+
+	if len(cfg.KafkaBrokers) > 0 {
+		k, err := bus.NewKafka(bus.KafkaConfig{Brokers: cfg.KafkaBrokers, ClientID: "quantmesh", Logger: log})
+		if err != nil {
+			return nil, &StartError{Step: "kafka", Err: err}
+		}
+		m.Bus = k
+	} else {
+		m.Bus = bus.NewInProc(bus.InProcConfig{Logger: log})
+	}
+	m.closers = append(m.closers, m.Bus.Close)
+
+	regs, err := m.services()
+	if err != nil {
+		return nil, &StartError{Step: "services", Err: err}
+	}
+	m.Server, err = server.New(ctx, server.Options{
+		Config:    cfg.Server,
+		Services:  regs,
+		Telemetry: tel,
+		Logger:    log,
+		Keys:      cfg.Keys,
+		Ready:     m.ready,
+	})
+	if err != nil {
+		return nil, &StartError{Step: "listen", Err: err}
+	}
+	m.closers = append(m.closers, func() error { m.Server.Close(); return nil })
+	if err := m.dialPeers(); err != nil {
+		return nil, &StartError{Step: "peers", Err: err}
+	}
+	return m, nil
+}
+
+// MigrationSets lists the schema of every service that keeps state.
+func MigrationSets() []store.MigrationSet {
+	return []store.MigrationSet{experiment.Migrations()}
+}
+
+func (m *Mesh) migrations() []store.MigrationSet {
+	// Every service's schema is applied whatever runs here, so processes of
+	// one mesh sharing a database agree on it.
+	return MigrationSets()
+}
+
+func (m *Mesh) local(name string) bool { return slices.Contains(m.cfg.Services, name) }
+
+func (m *Mesh) policy(name string, cfg resilience.Config) (*resilience.Policy, error) {
+	p, err := resilience.New(name, cfg, m.tel.Meter("quantmesh/resilience"), resilience.WithLogger(m.log))
+	if err != nil {
+		return nil, err
+	}
+	m.policies = append(m.policies, p)
+	return p, nil
+}
+
+func (m *Mesh) services() ([]server.Registration, error) {
+	var regs []server.Registration
+	storeRead, err := m.policy("store", resilience.StoreConfig())
+	if err != nil {
+		return nil, err
+	}
+	writeCfg := resilience.StoreConfig()
+	writeCfg.MaxAttempts = 1
+	storeWrite, err := m.policy("store.write", writeCfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range AllServices {
+		if !m.local(name) {
+			continue
+		}
+		log := m.log.With("service", name)
+		switch name {
+		case Experiment:
+			st := experiment.WithResilience(experiment.NewSQLStore(m.DB), storeRead, storeWrite)
+			regs = append(regs, experiment.New(m.cfg.Experiment, st, log).Registration())
+		case Risk:
+			regs = append(regs, risk.New(log).Registration())
+		case Regime:
+			regs = append(regs, regime.New(log).Registration())
+		case MetaController:
+			regs = append(regs, metacontroller.New(log).Registration())
+		case Inference:
+			regs = append(regs, inference.New(log).Registration())
+		}
+	}
+	return regs, nil
+}
+
+// dialPeers opens a client connection for every service: to this process
+// for local services, to the configured address for remote ones. Each
+// connection has the peer resilience policy, telemetry and credentials.
+// Connections are lazy: nothing is dialled until the first call.
+func (m *Mesh) dialPeers() error {
+	for _, name := range AllServices {
+		target := m.cfg.Peers[name]
+		if m.local(name) {
+			target = m.Server.GRPCTarget()
+		}
+		if target == "" {
+			continue
+		}
+		p, err := m.policy("peer:"+name, resilience.PeerConfig())
+		if err != nil {
+			return err
+		}
+		opts := []grpc.DialOption{
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithStatsHandler(otelgrpc.NewClientHandler(
+				otelgrpc.WithTracerProvider(m.tel.TracerProvider),
+				otelgrpc.WithMeterProvider(m.tel.MeterProvider),
+				otelgrpc.WithPropagators(m.tel.Propagator),
+			)),
+			grpc.WithChainUnaryInterceptor(resilience.UnaryClientInterceptor(p)),
+			grpc.WithChainStreamInterceptor(resilience.StreamClientInterceptor(p)),
+		}
+		if m.cfg.PeerAPIKey != "" {
+			opts = append(opts, auth.PerRPCKey(m.cfg.PeerAPIKey))
+		}
+		conn, err := grpc.NewClient(target, opts...)
+		if err != nil {
+			return fmt.Errorf("peer %s at %s: %w", name, target, err)
+		}
+		m.peers[name] = conn
+		m.closers = append(m.closers, conn.Close)
+	}
+	return nil
+}
+
+// Peer returns the client connection to a service, local or remote, or nil
+// when this process cannot reach it.
+func (m *Mesh) Peer(name string) *grpc.ClientConn { return m.peers[name] }
+
+func (m *Mesh) ready(ctx context.Context) error {
+	if err := m.DB.Ping(ctx); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
+}
+
+// storeMetrics exports the store's mode and whether it answers.
+func (m *Mesh) storeMetrics() error {
+	meter := m.tel.Meter("quantmesh/store")
+	up, err := meter.Int64ObservableGauge("quantmesh.store.up",
+		metric.WithDescription("1 when the database answers a ping, 0 when it does not."))
+	if err != nil {
+		return err
+	}
+	mode := attribute.String("mode", m.DB.Mode())
+	reg, err := meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		v := int64(1)
+		if m.DB.Ping(ctx) != nil {
+			v = 0
+		}
+		o.ObserveInt64(up, v, metric.WithAttributes(mode))
+		return nil
+	}, up)
+	if err != nil {
+		return err
+	}
+	m.closers = append(m.closers, reg.Unregister)
+	return nil
+}
+
+// Serve runs the mesh until ctx is done, then shuts down: the server drains,
+// then the bus flushes, then the store closes.
+func (m *Mesh) Serve(ctx context.Context) error {
+	serveErr := m.Server.Serve(ctx)
+	return errors.Join(serveErr, m.close())
+}
+
+// Close releases a mesh that was started but will not be served. Serve
+// closes everything itself.
+func (m *Mesh) Close() error { return m.close() }
+
+func (m *Mesh) close() error {
+	var errs []error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		if err := m.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	m.closers = nil
+	for _, p := range m.policies {
+		_ = p.Close()
+	}
+	m.policies = nil
+	return errors.Join(errs...)
+}

@@ -1,0 +1,101 @@
+package experiment
+
+import (
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/quantmesh/quantmesh/pkg/apierr"
+)
+
+// Limits on what clients send, MLflow's or stricter.
+const (
+	maxName             = 250
+	maxDescription      = 5000
+	maxArtifactLocation = 2048
+	maxTagKey           = 250
+	maxTagValue         = 5000
+	maxTags             = 100
+)
+
+// validateID checks that id looks like an id this service issues.
+func validateID(field, id string) error {
+	if id == "" {
+		return apierr.Invalid(field, "required")
+	}
+	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+		return apierr.Invalid(field, "%q is not a valid id (a UUID such as 0192f1f0-5b7e-7c3a-9d2e-1a2b3c4d5e6f)", truncate(id))
+	}
+	return nil
+}
+
+func validateName(v *apierr.Violations, field, name string) {
+	switch {
+	case name == "":
+		v.Add(field, "required")
+	case !utf8.ValidString(name):
+		v.Add(field, "must be valid UTF-8")
+	case utf8.RuneCountInString(name) > maxName:
+		v.Add(field, "must be at most %d characters, got %d", maxName, utf8.RuneCountInString(name))
+	case hasControl(name):
+		v.Add(field, "must not contain control characters")
+	case isBlank(name):
+		v.Add(field, "must not be blank")
+	}
+}
+
+func validateText(v *apierr.Violations, field, text string, max int) {
+	switch {
+	case !utf8.ValidString(text):
+		v.Add(field, "must be valid UTF-8")
+	case utf8.RuneCountInString(text) > max:
+		v.Add(field, "must be at most %d characters, got %d", max, utf8.RuneCountInString(text))
+	}
+}
+
+func validateTags(v *apierr.Violations, field string, tags map[string]string) {
+	if len(tags) > maxTags {
+		v.Add(field, "at most %d tags, got %d", maxTags, len(tags))
+		return
+	}
+	for k, val := range tags {
+		switch {
+		case k == "" || isBlank(k):
+			v.Add(field, "tag keys must not be empty")
+		case utf8.RuneCountInString(k) > maxTagKey:
+			v.Add(field+"["+truncate(k)+"]", "tag key must be at most %d characters", maxTagKey)
+		case hasControl(k):
+			v.Add(field+"["+truncate(k)+"]", "tag key must not contain control characters")
+		}
+		validateText(v, field+"["+truncate(k)+"]", val, maxTagValue)
+	}
+}
+
+func hasControl(s string) bool {
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func isBlank(s string) bool {
+	for _, r := range s {
+		if !unicode.IsSpace(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// truncate shortens client input quoted in error messages.
+func truncate(s string) string {
+	const n = 40
+	if utf8.RuneCountInString(s) <= n {
+		return s
+	}
+	r := []rune(s)
+	return string(r[:n]) + "…"
+}
