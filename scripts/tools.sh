@@ -15,6 +15,7 @@ tools=(
   github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@v2.33.0
   honnef.co/go/tools/cmd/staticcheck@v0.8.2
   github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+  github.com/go-task/task/v3/cmd/task@v3.54.0
 )
 
 stamp="$GOBIN/.versions"
