@@ -133,7 +133,9 @@ func TestKafkaBus(t *testing.T) {
 	cfg := config(t, mesh.Experiment)
 	cfg.KafkaBrokers = cluster.ListenAddrs()
 	m, _ := serve(t, cfg)
-	if _, ok := m.Bus.(interface{ EnsureTopics(context.Context, []string, int32) error }); !ok {
+	if _, ok := m.Bus.(interface {
+		EnsureTopics(context.Context, []string, int32) error
+	}); !ok {
 		t.Errorf("bus is %T, want the Kafka bus", m.Bus)
 	}
 }
