@@ -107,12 +107,15 @@ func (c Config) Validate() error {
 
 // Mesh is a started mesh process.
 type Mesh struct {
-	cfg    Config
-	log    *slog.Logger
-	tel    *telemetry.Telemetry
-	DB     *store.DB
-	Bus    bus.Bus
-	Server *server.Server
+	cfg Config
+	log *slog.Logger
+	tel *telemetry.Telemetry
+	DB  *store.DB
+	Bus bus.Bus
+	// Publisher is the bus as services should publish to it: under the bus
+	// resilience policy.
+	Publisher bus.Publisher
+	Server    *server.Server
 	// Migrations reports what the start-up migration did.
 	Migrations store.MigrateResult
 	peers      map[string]*grpc.ClientConn
@@ -169,6 +172,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 		m.Bus = bus.NewInProc(bus.InProcConfig{Logger: log})
 	}
 	m.closers = append(m.closers, m.Bus.Close)
+	busPolicy, err := m.policy("bus", resilience.BusConfig())
+	if err != nil {
+		return nil, &StartError{Step: "bus", Err: err}
+	}
+	// Services publish through the policy; Bus stays the raw bus for
+	// consumers and Close.
+	m.Publisher = &resilientBus{Bus: m.Bus, policy: busPolicy}
 
 	regs, err := m.services()
 	if err != nil {
@@ -349,4 +359,16 @@ func (m *Mesh) close() error {
 	}
 	m.policies = nil
 	return errors.Join(errs...)
+}
+
+// resilientBus publishes under the bus policy (timeout, retry on
+// transient failures, breaker); consuming is the bus's own business, since
+// consumers already retry a batch until it commits.
+type resilientBus struct {
+	bus.Bus
+	policy *resilience.Policy
+}
+
+func (b *resilientBus) Publish(ctx context.Context, msgs ...bus.Message) error {
+	return b.policy.Run(ctx, func(ctx context.Context) error { return b.Bus.Publish(ctx, msgs...) })
 }

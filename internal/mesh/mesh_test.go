@@ -23,6 +23,7 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/pkg/bus"
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
@@ -185,5 +186,39 @@ func TestConfigValidation(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: error = %v, want one naming %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+func TestPublishGoesThroughTheBusPolicy(t *testing.T) {
+	t.Parallel()
+	m, _ := serve(t, config(t, mesh.Experiment))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	msg := bus.Message{Topic: bus.TopicDecisions, Key: []byte("k"), Value: []byte("v")}
+	if err := m.Publisher.Publish(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan bus.Message, 1)
+	cctx, ccancel := context.WithCancel(ctx)
+	defer ccancel()
+	go func() {
+		_ = m.Bus.Consume(cctx, bus.ConsumerConfig{Group: "test", Topics: []string{bus.TopicDecisions}}, func(_ context.Context, msgs []bus.Message) error {
+			got <- msgs[0]
+			ccancel()
+			return nil
+		})
+	}()
+	select {
+	case g := <-got:
+		if string(g.Value) != "v" {
+			t.Errorf("consumed %q", g.Value)
+		}
+	case <-ctx.Done():
+		t.Fatal("published message never consumed")
+	}
+	// A publish with an invalid message is refused and not retried into a
+	// hang.
+	if err := m.Publisher.Publish(ctx, bus.Message{}); err == nil {
+		t.Error("publish without a topic succeeded")
 	}
 }
