@@ -83,13 +83,7 @@ func Postgres(t testing.TB, sets ...store.MigrationSet) *store.DB {
 	if err := adminExec(ctx, admin, fmt.Sprintf(`CREATE DATABASE %s TEMPLATE %s`, name, tmpl)); err != nil {
 		t.Fatalf("clone template: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := adminExec(ctx, admin, fmt.Sprintf(`DROP DATABASE IF EXISTS %s WITH (FORCE)`, name)); err != nil {
-			t.Logf("drop test database %s: %v", name, err)
-		}
-	})
+	dropOnCleanup(t, admin, name)
 	u, err := withDatabase(admin, name)
 	if err != nil {
 		t.Fatal(err)
@@ -114,13 +108,7 @@ func NewPostgresDatabase(t testing.TB) string {
 	if err := adminExec(ctx, admin, `CREATE DATABASE `+name); err != nil {
 		t.Fatalf("create database: %v", err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := adminExec(ctx, admin, fmt.Sprintf(`DROP DATABASE IF EXISTS %s WITH (FORCE)`, name)); err != nil {
-			t.Logf("drop test database %s: %v", name, err)
-		}
-	})
+	dropOnCleanup(t, admin, name)
 	u, err := withDatabase(admin, name)
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +170,17 @@ func ensureTemplate(ctx context.Context, admin string, sets []store.MigrationSet
 		return "", err
 	}
 	return name, nil
+}
+
+// dropOnCleanup drops database name when t ends.
+func dropOnCleanup(t testing.TB, admin, name string) {
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := adminExec(ctx, admin, fmt.Sprintf(`DROP DATABASE IF EXISTS %s WITH (FORCE)`, name)); err != nil {
+			t.Logf("drop test database %s: %v", name, err)
+		}
+	})
 }
 
 func hashSets(sets []store.MigrationSet) (string, error) {
