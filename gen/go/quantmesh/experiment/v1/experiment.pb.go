@@ -472,6 +472,183 @@ func (ABArm) EnumDescriptor() ([]byte, []int) {
 	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{7}
 }
 
+// ABOutcome is what the significance test compares between arms.
+type ABOutcome int32
+
+const (
+	// Not set: AGREEMENT in shadow mode, ACTION_BUY in split mode.
+	ABOutcome_AB_OUTCOME_UNSPECIFIED ABOutcome = 0
+	// Shadow mode only: both arms chose the same action.
+	ABOutcome_AB_OUTCOME_AGREEMENT ABOutcome = 1
+	// The answered action was BUY.
+	ABOutcome_AB_OUTCOME_ACTION_BUY ABOutcome = 2
+	// The answered action was SELL.
+	ABOutcome_AB_OUTCOME_ACTION_SELL ABOutcome = 3
+	// The answered action was HOLD.
+	ABOutcome_AB_OUTCOME_ACTION_HOLD ABOutcome = 4
+)
+
+// Enum value maps for ABOutcome.
+var (
+	ABOutcome_name = map[int32]string{
+		0: "AB_OUTCOME_UNSPECIFIED",
+		1: "AB_OUTCOME_AGREEMENT",
+		2: "AB_OUTCOME_ACTION_BUY",
+		3: "AB_OUTCOME_ACTION_SELL",
+		4: "AB_OUTCOME_ACTION_HOLD",
+	}
+	ABOutcome_value = map[string]int32{
+		"AB_OUTCOME_UNSPECIFIED": 0,
+		"AB_OUTCOME_AGREEMENT":   1,
+		"AB_OUTCOME_ACTION_BUY":  2,
+		"AB_OUTCOME_ACTION_SELL": 3,
+		"AB_OUTCOME_ACTION_HOLD": 4,
+	}
+)
+
+func (x ABOutcome) Enum() *ABOutcome {
+	p := new(ABOutcome)
+	*p = x
+	return p
+}
+
+func (x ABOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ABOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_quantmesh_experiment_v1_experiment_proto_enumTypes[8].Descriptor()
+}
+
+func (ABOutcome) Type() protoreflect.EnumType {
+	return &file_quantmesh_experiment_v1_experiment_proto_enumTypes[8]
+}
+
+func (x ABOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ABOutcome.Descriptor instead.
+func (ABOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{8}
+}
+
+// TradeAction is a policy network's answer, as InferenceService's Action.
+type TradeAction int32
+
+const (
+	// Not set.
+	TradeAction_TRADE_ACTION_UNSPECIFIED TradeAction = 0
+	// Buy.
+	TradeAction_TRADE_ACTION_BUY TradeAction = 1
+	// Hold.
+	TradeAction_TRADE_ACTION_HOLD TradeAction = 2
+	// Sell.
+	TradeAction_TRADE_ACTION_SELL TradeAction = 3
+)
+
+// Enum value maps for TradeAction.
+var (
+	TradeAction_name = map[int32]string{
+		0: "TRADE_ACTION_UNSPECIFIED",
+		1: "TRADE_ACTION_BUY",
+		2: "TRADE_ACTION_HOLD",
+		3: "TRADE_ACTION_SELL",
+	}
+	TradeAction_value = map[string]int32{
+		"TRADE_ACTION_UNSPECIFIED": 0,
+		"TRADE_ACTION_BUY":         1,
+		"TRADE_ACTION_HOLD":        2,
+		"TRADE_ACTION_SELL":        3,
+	}
+)
+
+func (x TradeAction) Enum() *TradeAction {
+	p := new(TradeAction)
+	*p = x
+	return p
+}
+
+func (x TradeAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TradeAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_quantmesh_experiment_v1_experiment_proto_enumTypes[9].Descriptor()
+}
+
+func (TradeAction) Type() protoreflect.EnumType {
+	return &file_quantmesh_experiment_v1_experiment_proto_enumTypes[9]
+}
+
+func (x TradeAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TradeAction.Descriptor instead.
+func (TradeAction) EnumDescriptor() ([]byte, []int) {
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{9}
+}
+
+// WatchEventKind says where a stream message stands: in a snapshot, at its
+// end, or after it.
+type WatchEventKind int32
+
+const (
+	// Not set; never sent.
+	WatchEventKind_WATCH_EVENT_KIND_UNSPECIFIED WatchEventKind = 0
+	// Part of a snapshot of the current state.
+	WatchEventKind_WATCH_EVENT_KIND_SNAPSHOT WatchEventKind = 1
+	// The snapshot is complete (sent even after an empty snapshot); carries
+	// no test.
+	WatchEventKind_WATCH_EVENT_KIND_SNAPSHOT_END WatchEventKind = 2
+	// A change after the snapshot (or after the client's after_revision).
+	WatchEventKind_WATCH_EVENT_KIND_UPDATE WatchEventKind = 3
+)
+
+// Enum value maps for WatchEventKind.
+var (
+	WatchEventKind_name = map[int32]string{
+		0: "WATCH_EVENT_KIND_UNSPECIFIED",
+		1: "WATCH_EVENT_KIND_SNAPSHOT",
+		2: "WATCH_EVENT_KIND_SNAPSHOT_END",
+		3: "WATCH_EVENT_KIND_UPDATE",
+	}
+	WatchEventKind_value = map[string]int32{
+		"WATCH_EVENT_KIND_UNSPECIFIED":  0,
+		"WATCH_EVENT_KIND_SNAPSHOT":     1,
+		"WATCH_EVENT_KIND_SNAPSHOT_END": 2,
+		"WATCH_EVENT_KIND_UPDATE":       3,
+	}
+)
+
+func (x WatchEventKind) Enum() *WatchEventKind {
+	p := new(WatchEventKind)
+	*p = x
+	return p
+}
+
+func (x WatchEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_quantmesh_experiment_v1_experiment_proto_enumTypes[10].Descriptor()
+}
+
+func (WatchEventKind) Type() protoreflect.EnumType {
+	return &file_quantmesh_experiment_v1_experiment_proto_enumTypes[10]
+}
+
+func (x WatchEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchEventKind.Descriptor instead.
+func (WatchEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{10}
+}
+
 // Experiment groups runs that answer one research question.
 type Experiment struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1729,7 +1906,8 @@ type UpdateRunRequest struct {
 	// The run with its run_id set and the new values of the fields named in
 	// update_mask.
 	Run *Run `protobuf:"bytes,1,opt,name=run,proto3" json:"run,omitempty"`
-	// Fields to change: status, end_time, run_name.
+	// Fields to change: status, end_time, run_name. Other paths, and an empty
+	// mask, are INVALID_ARGUMENT.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2441,13 +2619,24 @@ func (x *LogBatchResponse) GetReplayed() bool {
 	return false
 }
 
-// StreamMetricsRequest is one message of a metric stream.
+// StreamMetricsRequest is one message of a metric stream. Each message is
+// all or nothing: a message with an invalid point ends the stream with
+// INVALID_ARGUMENT naming the message's sequence and the field, nothing of
+// that message is stored, and the messages before it are kept.
 type StreamMetricsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The run these points belong to; it must exist and be active.
 	RunId string `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	// Points for that run, at most 1000 per message.
-	Metrics       []*Metric `protobuf:"bytes,2,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	Metrics []*Metric `protobuf:"bytes,2,rep,name=metrics,proto3" json:"metrics,omitempty"`
+	// Client-chosen id of the logical stream, 1 to 128 characters, the same
+	// on every message and on a stream resent after a failure. Empty disables
+	// deduplication (sequence is then ignored).
+	StreamId string `protobuf:"bytes,3,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	// Position of this message in the logical stream, from 1, increasing by
+	// 1. A message whose (stream_id, sequence) was already stored is
+	// acknowledged without being stored again.
+	Sequence      uint64 `protobuf:"varint,4,opt,name=sequence,proto3" json:"sequence,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2496,17 +2685,36 @@ func (x *StreamMetricsRequest) GetMetrics() []*Metric {
 	return nil
 }
 
+func (x *StreamMetricsRequest) GetStreamId() string {
+	if x != nil {
+		return x.StreamId
+	}
+	return ""
+}
+
+func (x *StreamMetricsRequest) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
 // StreamMetricsResponse summarises a metric stream once it ends.
 type StreamMetricsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Points received on the stream.
 	PointsReceived int64 `protobuf:"varint,1,opt,name=points_received,json=pointsReceived,proto3" json:"points_received,omitempty"`
-	// Points committed to the store; each is durable.
+	// Points committed to the store by this stream; each is durable.
 	PointsPersisted int64 `protobuf:"varint,2,opt,name=points_persisted,json=pointsPersisted,proto3" json:"points_persisted,omitempty"`
 	// Messages received on the stream.
 	MessagesReceived int64 `protobuf:"varint,3,opt,name=messages_received,json=messagesReceived,proto3" json:"messages_received,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Every message of stream_id up to this sequence is durable (stored now
+	// or by an earlier stream with the same id); 0 without a stream_id.
+	PersistedThroughSequence uint64 `protobuf:"varint,4,opt,name=persisted_through_sequence,json=persistedThroughSequence,proto3" json:"persisted_through_sequence,omitempty"`
+	// Points skipped because their message had been stored before.
+	PointsDuplicate int64 `protobuf:"varint,5,opt,name=points_duplicate,json=pointsDuplicate,proto3" json:"points_duplicate,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *StreamMetricsResponse) Reset() {
@@ -2560,6 +2768,20 @@ func (x *StreamMetricsResponse) GetMessagesReceived() int64 {
 	return 0
 }
 
+func (x *StreamMetricsResponse) GetPersistedThroughSequence() uint64 {
+	if x != nil {
+		return x.PersistedThroughSequence
+	}
+	return 0
+}
+
+func (x *StreamMetricsResponse) GetPointsDuplicate() int64 {
+	if x != nil {
+		return x.PointsDuplicate
+	}
+	return 0
+}
+
 // SearchRunsRequest finds runs.
 type SearchRunsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2570,6 +2792,9 @@ type SearchRunsRequest struct {
 	// Operands: metrics.<key>, params.<key>, tags.<key> and the attributes
 	// status, start_time, end_time, run_name. Operators: = != < <= > >= LIKE
 	// ILIKE IN, combined with AND, OR and parentheses. Empty matches all.
+	// start_time and end_time compare with Unix epoch milliseconds (as
+	// MLflow) or an RFC 3339 string in quotes; status with a RunStatus name
+	// without its prefix ('RUNNING'); string values are single-quoted.
 	Filter string `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
 	// Which lifecycle stages to return; active only by default.
 	RunView ViewType `protobuf:"varint,3,opt,name=run_view,json=runView,proto3,enum=quantmesh.experiment.v1.ViewType" json:"run_view,omitempty"`
@@ -2723,7 +2948,8 @@ type GetMetricHistoryRequest struct {
 	// Token from a previous response.
 	PageToken string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	// When positive, the whole series is downsampled to at most this many
-	// points (shape-preserving) and returned in one page.
+	// points (shape-preserving) and returned in one page; at most 100000,
+	// negative is INVALID_ARGUMENT.
 	MaxPoints     int32 `protobuf:"varint,5,opt,name=max_points,json=maxPoints,proto3" json:"max_points,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3291,13 +3517,15 @@ type ApplyRetentionPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Experiment to clean; empty means every experiment, each on its own.
 	ExperimentId string `protobuf:"bytes,1,opt,name=experiment_id,json=experimentId,proto3" json:"experiment_id,omitempty"`
-	// Metric to rank by; checkpoints of another metric are ranked last.
+	// Metric to rank by; required. Checkpoints logged with another metric are
+	// ranked last.
 	MetricKey string `protobuf:"bytes,2,opt,name=metric_key,json=metricKey,proto3" json:"metric_key,omitempty"`
 	// Whether smaller or larger is better.
 	Goal MetricGoal `protobuf:"varint,3,opt,name=goal,proto3,enum=quantmesh.experiment.v1.MetricGoal" json:"goal,omitempty"`
 	// Keep the best N per experiment; 10 when unset, 0 keeps none by rank.
 	KeepBest *int32 `protobuf:"varint,4,opt,name=keep_best,json=keepBest,proto3,oneof" json:"keep_best,omitempty"`
-	// Keep everything logged in the last D days; 30 when unset.
+	// Keep everything logged in the last D days; 30 when unset, 0 keeps none
+	// by age, negative is INVALID_ARGUMENT.
 	KeepDays *int32 `protobuf:"varint,5,opt,name=keep_days,json=keepDays,proto3,oneof" json:"keep_days,omitempty"`
 	// Report what would be deleted without deleting it.
 	DryRun        bool `protobuf:"varint,6,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
@@ -3377,17 +3605,24 @@ func (x *ApplyRetentionPolicyRequest) GetDryRun() bool {
 	return false
 }
 
-// ApplyRetentionPolicyResponse reports what was (or would be) deleted.
+// ApplyRetentionPolicyResponse reports what was (or would be) deleted. The
+// checkpoint records are deleted; the bytes at file:// URIs are removed too,
+// and bytes at other URIs are left to their store.
 type ApplyRetentionPolicyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Checkpoints deleted (or, in a dry run, that would be).
+	// Checkpoints deleted (or, in a dry run, that would be), at most 1000;
+	// see deleted_count and truncated.
 	Deleted []*Checkpoint `protobuf:"bytes,1,rep,name=deleted,proto3" json:"deleted,omitempty"`
-	// Bytes freed (or that would be).
+	// Sum of size_bytes of every checkpoint deleted (or that would be).
 	BytesFreed int64 `protobuf:"varint,2,opt,name=bytes_freed,json=bytesFreed,proto3" json:"bytes_freed,omitempty"`
 	// Checkpoints kept.
 	Kept int64 `protobuf:"varint,3,opt,name=kept,proto3" json:"kept,omitempty"`
 	// Echo of the request's dry_run.
-	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Checkpoints deleted (or that would be), all of them.
+	DeletedCount int64 `protobuf:"varint,5,opt,name=deleted_count,json=deletedCount,proto3" json:"deleted_count,omitempty"`
+	// True when deleted lists only the first 1000 of deleted_count.
+	Truncated     bool `protobuf:"varint,6,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3446,6 +3681,20 @@ func (x *ApplyRetentionPolicyResponse) GetKept() int64 {
 func (x *ApplyRetentionPolicyResponse) GetDryRun() bool {
 	if x != nil {
 		return x.DryRun
+	}
+	return false
+}
+
+func (x *ApplyRetentionPolicyResponse) GetDeletedCount() int64 {
+	if x != nil {
+		return x.DeletedCount
+	}
+	return 0
+}
+
+func (x *ApplyRetentionPolicyResponse) GetTruncated() bool {
+	if x != nil {
+		return x.Truncated
 	}
 	return false
 }
@@ -4012,7 +4261,8 @@ type UpdateRegisteredModelRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The model with its name set and the new values of the masked fields.
 	RegisteredModel *RegisteredModel `protobuf:"bytes,1,opt,name=registered_model,json=registeredModel,proto3" json:"registered_model,omitempty"`
-	// Fields to change: description, tags.
+	// Fields to change: description, tags (replaced as a whole). Other paths,
+	// and an empty mask, are INVALID_ARGUMENT.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4581,7 +4831,8 @@ type UpdateModelVersionRequest struct {
 	// The version with model_name and version set and the new values of the
 	// masked fields.
 	ModelVersion *ModelVersion `protobuf:"bytes,1,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
-	// Fields to change: description, tags.
+	// Fields to change: description, tags (replaced as a whole). Other paths,
+	// and an empty mask, are INVALID_ARGUMENT.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4686,9 +4937,13 @@ type SetModelAliasRequest struct {
 	// "latest" and names of the form v<digits> are reserved.
 	Alias string `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
 	// The version to point at; it must exist.
-	Version       int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Version int64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// When set, the move happens only if the alias's current revision is this
+	// (0: only if the alias is unset); otherwise ABORTED. Protects a promotion
+	// from a concurrent writer (an A/B stop, the online learner).
+	ExpectedRevision *uint64 `protobuf:"varint,4,opt,name=expected_revision,json=expectedRevision,proto3,oneof" json:"expected_revision,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *SetModelAliasRequest) Reset() {
@@ -4742,10 +4997,17 @@ func (x *SetModelAliasRequest) GetVersion() int64 {
 	return 0
 }
 
+func (x *SetModelAliasRequest) GetExpectedRevision() uint64 {
+	if x != nil && x.ExpectedRevision != nil {
+		return *x.ExpectedRevision
+	}
+	return 0
+}
+
 // SetModelAliasResponse confirms the move.
 type SetModelAliasResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The alias's revision after the move; WatchModel streams carry it.
+	// The registry revision of the move; WatchModel streams carry it.
 	Revision      uint64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4998,7 +5260,7 @@ type WatchModelRequest struct {
 	// The alias to follow, for example production.
 	Alias string `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
 	// The last revision the client applied; 0 for none. The stream sends the
-	// current version only if its revision is newer, then every later move.
+	// current state only if its revision is newer, then every later change.
 	AfterRevision uint64 `protobuf:"varint,3,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -5055,15 +5317,20 @@ func (x *WatchModelRequest) GetAfterRevision() uint64 {
 	return 0
 }
 
-// WatchModelResponse is the version an alias points to.
+// WatchModelResponse is the version an alias points to, or its deletion.
 type WatchModelResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The version, weights included.
+	// The version, weights included; unset when deleted is true.
 	ModelVersion *ModelVersion `protobuf:"bytes,1,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
-	// The alias's revision: it increases on every move of this alias.
+	// The registry revision of this change. Revisions come from one counter
+	// for the whole registry, so they only grow, also across a deleted and
+	// re-created alias or model.
 	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	// The alias followed.
-	Alias         string `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	Alias string `protobuf:"bytes,3,opt,name=alias,proto3" json:"alias,omitempty"`
+	// True when the alias (or its model) was deleted; the stream stays open
+	// and sends the next version if the alias is set again.
+	Deleted       bool `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5117,6 +5384,13 @@ func (x *WatchModelResponse) GetAlias() string {
 		return x.Alias
 	}
 	return ""
+}
+
+func (x *WatchModelResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
 }
 
 // ABGuardrails pause a running test automatically when breached. Zero values
@@ -5189,7 +5463,7 @@ type ABTest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Server-assigned identifier.
 	AbTestId string `protobuf:"bytes,1,opt,name=ab_test_id,json=abTestId,proto3" json:"ab_test_id,omitempty"`
-	// Human-readable name, 1 to 250 characters.
+	// Human-readable name, 1 to 250 characters; need not be unique.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// The registered model under test.
 	ModelName string `protobuf:"bytes,3,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
@@ -5197,19 +5471,22 @@ type ABTest struct {
 	ControlVersion int64 `protobuf:"varint,4,opt,name=control_version,json=controlVersion,proto3" json:"control_version,omitempty"`
 	// The treatment version; different from control.
 	TreatmentVersion int64 `protobuf:"varint,5,opt,name=treatment_version,json=treatmentVersion,proto3" json:"treatment_version,omitempty"`
-	// Share of units assigned to treatment, in basis points (0 to 10000).
+	// Share of units assigned to treatment, in basis points (0 to 10000). In
+	// shadow mode, the share of units whose requests also run the treatment
+	// (10000: every request is shadowed).
 	TreatmentBps int32 `protobuf:"varint,6,opt,name=treatment_bps,json=treatmentBps,proto3" json:"treatment_bps,omitempty"`
 	// Split or shadow.
 	Mode ABTestMode `protobuf:"varint,7,opt,name=mode,proto3,enum=quantmesh.experiment.v1.ABTestMode" json:"mode,omitempty"`
-	// Salt of the assignment hash; changing it reshuffles units.
+	// Salt of the assignment hash, 1 to 128 characters; changing it (in DRAFT
+	// only) reshuffles units.
 	Salt string `protobuf:"bytes,8,opt,name=salt,proto3" json:"salt,omitempty"`
 	// Current state.
 	State ABTestState `protobuf:"varint,9,opt,name=state,proto3,enum=quantmesh.experiment.v1.ABTestState" json:"state,omitempty"`
 	// Automatic pause conditions.
 	Guardrails *ABGuardrails `protobuf:"bytes,10,opt,name=guardrails,proto3" json:"guardrails,omitempty"`
-	// The outcome the significance test compares, for example agreement or
-	// action_buy.
-	Outcome string `protobuf:"bytes,11,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// The outcome the significance test compares. AGREEMENT is valid in
+	// shadow mode only.
+	Outcome ABOutcome `protobuf:"varint,11,opt,name=outcome,proto3,enum=quantmesh.experiment.v1.ABOutcome" json:"outcome,omitempty"`
 	// Free-text description.
 	Description string `protobuf:"bytes,12,opt,name=description,proto3" json:"description,omitempty"`
 	// When it was created.
@@ -5326,11 +5603,11 @@ func (x *ABTest) GetGuardrails() *ABGuardrails {
 	return nil
 }
 
-func (x *ABTest) GetOutcome() string {
+func (x *ABTest) GetOutcome() ABOutcome {
 	if x != nil {
 		return x.Outcome
 	}
-	return ""
+	return ABOutcome_AB_OUTCOME_UNSPECIFIED
 }
 
 func (x *ABTest) GetDescription() string {
@@ -5394,8 +5671,9 @@ type CreateABTestRequest struct {
 	Salt string `protobuf:"bytes,7,opt,name=salt,proto3" json:"salt,omitempty"`
 	// Optional guardrails.
 	Guardrails *ABGuardrails `protobuf:"bytes,8,opt,name=guardrails,proto3" json:"guardrails,omitempty"`
-	// Optional outcome for the significance test; agreement by default.
-	Outcome string `protobuf:"bytes,9,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Optional outcome for the significance test; see ABOutcome for the
+	// defaults.
+	Outcome ABOutcome `protobuf:"varint,9,opt,name=outcome,proto3,enum=quantmesh.experiment.v1.ABOutcome" json:"outcome,omitempty"`
 	// Optional description.
 	Description   string `protobuf:"bytes,10,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -5488,11 +5766,11 @@ func (x *CreateABTestRequest) GetGuardrails() *ABGuardrails {
 	return nil
 }
 
-func (x *CreateABTestRequest) GetOutcome() string {
+func (x *CreateABTestRequest) GetOutcome() ABOutcome {
 	if x != nil {
 		return x.Outcome
 	}
-	return ""
+	return ABOutcome_AB_OUTCOME_UNSPECIFIED
 }
 
 func (x *CreateABTestRequest) GetDescription() string {
@@ -6073,9 +6351,9 @@ type ArmResults struct {
 	Units int64 `protobuf:"varint,3,opt,name=units,proto3" json:"units,omitempty"`
 	// Requests observed.
 	Requests int64 `protobuf:"varint,4,opt,name=requests,proto3" json:"requests,omitempty"`
-	// Requests per action (BUY, HOLD, SELL).
+	// Requests per action, keyed BUY, HOLD and SELL.
 	ActionCounts map[string]int64 `protobuf:"bytes,5,rep,name=action_counts,json=actionCounts,proto3" json:"action_counts,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	// Mean confidence of the arm's answers.
+	// Mean confidence of the arm's answers, 0 to 1.
 	MeanConfidence float64 `protobuf:"fixed64,6,opt,name=mean_confidence,json=meanConfidence,proto3" json:"mean_confidence,omitempty"`
 	// Latency p50 in milliseconds.
 	LatencyP50Ms float64 `protobuf:"fixed64,7,opt,name=latency_p50_ms,json=latencyP50Ms,proto3" json:"latency_p50_ms,omitempty"`
@@ -6559,7 +6837,8 @@ type WatchABTestsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: only this model's tests.
 	ModelName string `protobuf:"bytes,1,opt,name=model_name,json=modelName,proto3" json:"model_name,omitempty"`
-	// The last revision the client applied; 0 for none.
+	// The last revision the client applied (of a SNAPSHOT_END or UPDATE); 0
+	// for none, which starts with a snapshot.
 	AfterRevision uint64 `protobuf:"varint,2,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -6609,15 +6888,18 @@ func (x *WatchABTestsRequest) GetAfterRevision() uint64 {
 	return 0
 }
 
-// WatchABTestsResponse is one test configuration.
+// WatchABTestsResponse is one test configuration, or the end of a snapshot.
 type WatchABTestsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The test as it now is.
+	// The test as it now is; unset on SNAPSHOT_END.
 	AbTest *ABTest `protobuf:"bytes,1,opt,name=ab_test,json=abTest,proto3" json:"ab_test,omitempty"`
-	// The global A/B revision of this change; increases across all tests.
+	// The global A/B revision: for an UPDATE, the revision of the change; for
+	// a SNAPSHOT or SNAPSHOT_END, the revision the snapshot reflects. The
+	// client stores the revision of the last SNAPSHOT_END or UPDATE it
+	// applied and passes it back as after_revision.
 	Revision uint64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
-	// True for messages of the initial snapshot.
-	Snapshot      bool `protobuf:"varint,3,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
+	// Where this message stands.
+	Kind          WatchEventKind `protobuf:"varint,3,opt,name=kind,proto3,enum=quantmesh.experiment.v1.WatchEventKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6666,11 +6948,114 @@ func (x *WatchABTestsResponse) GetRevision() uint64 {
 	return 0
 }
 
-func (x *WatchABTestsResponse) GetSnapshot() bool {
+func (x *WatchABTestsResponse) GetKind() WatchEventKind {
 	if x != nil {
-		return x.Snapshot
+		return x.Kind
 	}
-	return false
+	return WatchEventKind_WATCH_EVENT_KIND_UNSPECIFIED
+}
+
+// UpdateABTestRequest changes some fields of a test.
+type UpdateABTestRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The test with ab_test_id set and the new values of the masked fields.
+	AbTest *ABTest `protobuf:"bytes,1,opt,name=ab_test,json=abTest,proto3" json:"ab_test,omitempty"`
+	// Fields to change: treatment_bps, mode, guardrails, description, salt.
+	// Other paths, and an empty mask, are INVALID_ARGUMENT; a change not
+	// allowed in the test's state is FAILED_PRECONDITION.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateABTestRequest) Reset() {
+	*x = UpdateABTestRequest{}
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateABTestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateABTestRequest) ProtoMessage() {}
+
+func (x *UpdateABTestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateABTestRequest.ProtoReflect.Descriptor instead.
+func (*UpdateABTestRequest) Descriptor() ([]byte, []int) {
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *UpdateABTestRequest) GetAbTest() *ABTest {
+	if x != nil {
+		return x.AbTest
+	}
+	return nil
+}
+
+func (x *UpdateABTestRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateABTestResponse carries the updated test.
+type UpdateABTestResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The test after the update.
+	AbTest        *ABTest `protobuf:"bytes,1,opt,name=ab_test,json=abTest,proto3" json:"ab_test,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateABTestResponse) Reset() {
+	*x = UpdateABTestResponse{}
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateABTestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateABTestResponse) ProtoMessage() {}
+
+func (x *UpdateABTestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateABTestResponse.ProtoReflect.Descriptor instead.
+func (*UpdateABTestResponse) Descriptor() ([]byte, []int) {
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *UpdateABTestResponse) GetAbTest() *ABTest {
+	if x != nil {
+		return x.AbTest
+	}
+	return nil
 }
 
 // ABObservation is what inference saw for one request under a test.
@@ -6686,8 +7071,8 @@ type ABObservation struct {
 	Arm ABArm `protobuf:"varint,4,opt,name=arm,proto3,enum=quantmesh.experiment.v1.ABArm" json:"arm,omitempty"`
 	// The model version that answered.
 	ModelVersion int64 `protobuf:"varint,5,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
-	// The action answered: BUY, HOLD or SELL.
-	Action string `protobuf:"bytes,6,opt,name=action,proto3" json:"action,omitempty"`
+	// The action answered.
+	Action TradeAction `protobuf:"varint,6,opt,name=action,proto3,enum=quantmesh.experiment.v1.TradeAction" json:"action,omitempty"`
 	// Confidence of the answer, 0 to 1.
 	Confidence float64 `protobuf:"fixed64,7,opt,name=confidence,proto3" json:"confidence,omitempty"`
 	// Latency of the answer in milliseconds.
@@ -6695,7 +7080,7 @@ type ABObservation struct {
 	// Shadow mode: whether the treatment's answer is recorded too.
 	Paired bool `protobuf:"varint,9,opt,name=paired,proto3" json:"paired,omitempty"`
 	// Shadow mode: the treatment's action.
-	ShadowAction string `protobuf:"bytes,10,opt,name=shadow_action,json=shadowAction,proto3" json:"shadow_action,omitempty"`
+	ShadowAction TradeAction `protobuf:"varint,10,opt,name=shadow_action,json=shadowAction,proto3,enum=quantmesh.experiment.v1.TradeAction" json:"shadow_action,omitempty"`
 	// Shadow mode: the treatment's confidence.
 	ShadowConfidence float64 `protobuf:"fixed64,11,opt,name=shadow_confidence,json=shadowConfidence,proto3" json:"shadow_confidence,omitempty"`
 	// Shadow mode: the treatment's latency in milliseconds.
@@ -6708,7 +7093,7 @@ type ABObservation struct {
 
 func (x *ABObservation) Reset() {
 	*x = ABObservation{}
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[98]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6720,7 +7105,7 @@ func (x *ABObservation) String() string {
 func (*ABObservation) ProtoMessage() {}
 
 func (x *ABObservation) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[98]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6733,7 +7118,7 @@ func (x *ABObservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ABObservation.ProtoReflect.Descriptor instead.
 func (*ABObservation) Descriptor() ([]byte, []int) {
-	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{98}
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *ABObservation) GetObservationId() string {
@@ -6771,11 +7156,11 @@ func (x *ABObservation) GetModelVersion() int64 {
 	return 0
 }
 
-func (x *ABObservation) GetAction() string {
+func (x *ABObservation) GetAction() TradeAction {
 	if x != nil {
 		return x.Action
 	}
-	return ""
+	return TradeAction_TRADE_ACTION_UNSPECIFIED
 }
 
 func (x *ABObservation) GetConfidence() float64 {
@@ -6799,11 +7184,11 @@ func (x *ABObservation) GetPaired() bool {
 	return false
 }
 
-func (x *ABObservation) GetShadowAction() string {
+func (x *ABObservation) GetShadowAction() TradeAction {
 	if x != nil {
 		return x.ShadowAction
 	}
-	return ""
+	return TradeAction_TRADE_ACTION_UNSPECIFIED
 }
 
 func (x *ABObservation) GetShadowConfidence() float64 {
@@ -6838,7 +7223,7 @@ type RecordObservationsRequest struct {
 
 func (x *RecordObservationsRequest) Reset() {
 	*x = RecordObservationsRequest{}
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[99]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6850,7 +7235,7 @@ func (x *RecordObservationsRequest) String() string {
 func (*RecordObservationsRequest) ProtoMessage() {}
 
 func (x *RecordObservationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[99]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6863,7 +7248,7 @@ func (x *RecordObservationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordObservationsRequest.ProtoReflect.Descriptor instead.
 func (*RecordObservationsRequest) Descriptor() ([]byte, []int) {
-	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{99}
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *RecordObservationsRequest) GetObservations() []*ABObservation {
@@ -6886,7 +7271,7 @@ type RecordObservationsResponse struct {
 
 func (x *RecordObservationsResponse) Reset() {
 	*x = RecordObservationsResponse{}
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[100]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6898,7 +7283,7 @@ func (x *RecordObservationsResponse) String() string {
 func (*RecordObservationsResponse) ProtoMessage() {}
 
 func (x *RecordObservationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[100]
+	mi := &file_quantmesh_experiment_v1_experiment_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6911,7 +7296,7 @@ func (x *RecordObservationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordObservationsResponse.ProtoReflect.Descriptor instead.
 func (*RecordObservationsResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{100}
+	return file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *RecordObservationsResponse) GetAccepted() int64 {
@@ -7080,14 +7465,18 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x04tags\x18\x04 \x03(\v2\x1c.quantmesh.experiment.v1.TagR\x04tags\x12'\n" +
 	"\x0fidempotency_key\x18\x05 \x01(\tR\x0eidempotencyKey\".\n" +
 	"\x10LogBatchResponse\x12\x1a\n" +
-	"\breplayed\x18\x01 \x01(\bR\breplayed\"h\n" +
+	"\breplayed\x18\x01 \x01(\bR\breplayed\"\xa1\x01\n" +
 	"\x14StreamMetricsRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x129\n" +
-	"\ametrics\x18\x02 \x03(\v2\x1f.quantmesh.experiment.v1.MetricR\ametrics\"\x98\x01\n" +
+	"\ametrics\x18\x02 \x03(\v2\x1f.quantmesh.experiment.v1.MetricR\ametrics\x12\x1b\n" +
+	"\tstream_id\x18\x03 \x01(\tR\bstreamId\x12\x1a\n" +
+	"\bsequence\x18\x04 \x01(\x04R\bsequence\"\x81\x02\n" +
 	"\x15StreamMetricsResponse\x12'\n" +
 	"\x0fpoints_received\x18\x01 \x01(\x03R\x0epointsReceived\x12)\n" +
 	"\x10points_persisted\x18\x02 \x01(\x03R\x0fpointsPersisted\x12+\n" +
-	"\x11messages_received\x18\x03 \x01(\x03R\x10messagesReceived\"\xe7\x01\n" +
+	"\x11messages_received\x18\x03 \x01(\x03R\x10messagesReceived\x12<\n" +
+	"\x1apersisted_through_sequence\x18\x04 \x01(\x04R\x18persistedThroughSequence\x12)\n" +
+	"\x10points_duplicate\x18\x05 \x01(\x03R\x0fpointsDuplicate\"\xe7\x01\n" +
 	"\x11SearchRunsRequest\x12%\n" +
 	"\x0eexperiment_ids\x18\x01 \x03(\tR\rexperimentIds\x12\x16\n" +
 	"\x06filter\x18\x02 \x01(\tR\x06filter\x12<\n" +
@@ -7167,13 +7556,15 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\n" +
 	"_keep_bestB\f\n" +
 	"\n" +
-	"_keep_days\"\xab\x01\n" +
+	"_keep_days\"\xee\x01\n" +
 	"\x1cApplyRetentionPolicyResponse\x12=\n" +
 	"\adeleted\x18\x01 \x03(\v2#.quantmesh.experiment.v1.CheckpointR\adeleted\x12\x1f\n" +
 	"\vbytes_freed\x18\x02 \x01(\x03R\n" +
 	"bytesFreed\x12\x12\n" +
 	"\x04kept\x18\x03 \x01(\x03R\x04kept\x12\x17\n" +
-	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"\xf6\x03\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\x12#\n" +
+	"\rdeleted_count\x18\x05 \x01(\x03R\fdeletedCount\x12\x1c\n" +
+	"\ttruncated\x18\x06 \x01(\bR\ttruncated\"\xf6\x03\n" +
 	"\x0fRegisteredModel\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12F\n" +
@@ -7281,12 +7672,14 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\"h\n" +
 	"\x1aUpdateModelVersionResponse\x12J\n" +
-	"\rmodel_version\x18\x01 \x01(\v2%.quantmesh.experiment.v1.ModelVersionR\fmodelVersion\"e\n" +
+	"\rmodel_version\x18\x01 \x01(\v2%.quantmesh.experiment.v1.ModelVersionR\fmodelVersion\"\xad\x01\n" +
 	"\x14SetModelAliasRequest\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x03R\aversion\"3\n" +
+	"\aversion\x18\x03 \x01(\x03R\aversion\x120\n" +
+	"\x11expected_revision\x18\x04 \x01(\x04H\x00R\x10expectedRevision\x88\x01\x01B\x14\n" +
+	"\x12_expected_revision\"3\n" +
 	"\x15SetModelAliasResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x04R\brevision\"N\n" +
 	"\x17DeleteModelAliasRequest\x12\x1d\n" +
@@ -7305,15 +7698,16 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12%\n" +
-	"\x0eafter_revision\x18\x03 \x01(\x04R\rafterRevision\"\x92\x01\n" +
+	"\x0eafter_revision\x18\x03 \x01(\x04R\rafterRevision\"\xac\x01\n" +
 	"\x12WatchModelResponse\x12J\n" +
 	"\rmodel_version\x18\x01 \x01(\v2%.quantmesh.experiment.v1.ModelVersionR\fmodelVersion\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x14\n" +
-	"\x05alias\x18\x03 \x01(\tR\x05alias\"\x9a\x01\n" +
+	"\x05alias\x18\x03 \x01(\tR\x05alias\x12\x18\n" +
+	"\adeleted\x18\x04 \x01(\bR\adeleted\"\x9a\x01\n" +
 	"\fABGuardrails\x121\n" +
 	"\x15max_latency_p95_ratio\x18\x01 \x01(\x01R\x12maxLatencyP95Ratio\x12,\n" +
 	"\x12min_agreement_rate\x18\x02 \x01(\x01R\x10minAgreementRate\x12)\n" +
-	"\x10min_observations\x18\x03 \x01(\x03R\x0fminObservations\"\xc9\x05\n" +
+	"\x10min_observations\x18\x03 \x01(\x03R\x0fminObservations\"\xed\x05\n" +
 	"\x06ABTest\x12\x1c\n" +
 	"\n" +
 	"ab_test_id\x18\x01 \x01(\tR\babTestId\x12\x12\n" +
@@ -7329,8 +7723,8 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\n" +
 	"guardrails\x18\n" +
 	" \x01(\v2%.quantmesh.experiment.v1.ABGuardrailsR\n" +
-	"guardrails\x12\x18\n" +
-	"\aoutcome\x18\v \x01(\tR\aoutcome\x12 \n" +
+	"guardrails\x12<\n" +
+	"\aoutcome\x18\v \x01(\x0e2\".quantmesh.experiment.v1.ABOutcomeR\aoutcome\x12 \n" +
 	"\vdescription\x18\f \x01(\tR\vdescription\x12;\n" +
 	"\vcreate_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x129\n" +
@@ -7338,7 +7732,7 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"start_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x127\n" +
 	"\tstop_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\bstopTime\x12\x1a\n" +
 	"\bpromoted\x18\x10 \x01(\bR\bpromoted\x12\x1a\n" +
-	"\brevision\x18\x11 \x01(\x04R\brevision\"\x93\x03\n" +
+	"\brevision\x18\x11 \x01(\x04R\brevision\"\xb7\x03\n" +
 	"\x13CreateABTestRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
 	"\n" +
@@ -7350,8 +7744,8 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x04salt\x18\a \x01(\tR\x04salt\x12E\n" +
 	"\n" +
 	"guardrails\x18\b \x01(\v2%.quantmesh.experiment.v1.ABGuardrailsR\n" +
-	"guardrails\x12\x18\n" +
-	"\aoutcome\x18\t \x01(\tR\aoutcome\x12 \n" +
+	"guardrails\x12<\n" +
+	"\aoutcome\x18\t \x01(\x0e2\".quantmesh.experiment.v1.ABOutcomeR\aoutcome\x12 \n" +
 	"\vdescription\x18\n" +
 	" \x01(\tR\vdescription\"P\n" +
 	"\x14CreateABTestResponse\x128\n" +
@@ -7436,27 +7830,33 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x13WatchABTestsRequest\x12\x1d\n" +
 	"\n" +
 	"model_name\x18\x01 \x01(\tR\tmodelName\x12%\n" +
-	"\x0eafter_revision\x18\x02 \x01(\x04R\rafterRevision\"\x88\x01\n" +
+	"\x0eafter_revision\x18\x02 \x01(\x04R\rafterRevision\"\xa9\x01\n" +
 	"\x14WatchABTestsResponse\x128\n" +
 	"\aab_test\x18\x01 \x01(\v2\x1f.quantmesh.experiment.v1.ABTestR\x06abTest\x12\x1a\n" +
-	"\brevision\x18\x02 \x01(\x04R\brevision\x12\x1a\n" +
-	"\bsnapshot\x18\x03 \x01(\bR\bsnapshot\"\xf0\x03\n" +
+	"\brevision\x18\x02 \x01(\x04R\brevision\x12;\n" +
+	"\x04kind\x18\x03 \x01(\x0e2'.quantmesh.experiment.v1.WatchEventKindR\x04kind\"\x8c\x01\n" +
+	"\x13UpdateABTestRequest\x128\n" +
+	"\aab_test\x18\x01 \x01(\v2\x1f.quantmesh.experiment.v1.ABTestR\x06abTest\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"P\n" +
+	"\x14UpdateABTestResponse\x128\n" +
+	"\aab_test\x18\x01 \x01(\v2\x1f.quantmesh.experiment.v1.ABTestR\x06abTest\"\xbc\x04\n" +
 	"\rABObservation\x12%\n" +
 	"\x0eobservation_id\x18\x01 \x01(\tR\robservationId\x12\x1c\n" +
 	"\n" +
 	"ab_test_id\x18\x02 \x01(\tR\babTestId\x12\x17\n" +
 	"\aunit_id\x18\x03 \x01(\tR\x06unitId\x120\n" +
 	"\x03arm\x18\x04 \x01(\x0e2\x1e.quantmesh.experiment.v1.ABArmR\x03arm\x12#\n" +
-	"\rmodel_version\x18\x05 \x01(\x03R\fmodelVersion\x12\x16\n" +
-	"\x06action\x18\x06 \x01(\tR\x06action\x12\x1e\n" +
+	"\rmodel_version\x18\x05 \x01(\x03R\fmodelVersion\x12<\n" +
+	"\x06action\x18\x06 \x01(\x0e2$.quantmesh.experiment.v1.TradeActionR\x06action\x12\x1e\n" +
 	"\n" +
 	"confidence\x18\a \x01(\x01R\n" +
 	"confidence\x12\x1d\n" +
 	"\n" +
 	"latency_ms\x18\b \x01(\x01R\tlatencyMs\x12\x16\n" +
-	"\x06paired\x18\t \x01(\bR\x06paired\x12#\n" +
+	"\x06paired\x18\t \x01(\bR\x06paired\x12I\n" +
 	"\rshadow_action\x18\n" +
-	" \x01(\tR\fshadowAction\x12+\n" +
+	" \x01(\x0e2$.quantmesh.experiment.v1.TradeActionR\fshadowAction\x12+\n" +
 	"\x11shadow_confidence\x18\v \x01(\x01R\x10shadowConfidence\x12*\n" +
 	"\x11shadow_latency_ms\x18\f \x01(\x01R\x0fshadowLatencyMs\x12=\n" +
 	"\fobserve_time\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\vobserveTime\"g\n" +
@@ -7506,7 +7906,23 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x05ABArm\x12\x16\n" +
 	"\x12AB_ARM_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eAB_ARM_CONTROL\x10\x01\x12\x14\n" +
-	"\x10AB_ARM_TREATMENT\x10\x022\xce(\n" +
+	"\x10AB_ARM_TREATMENT\x10\x02*\x94\x01\n" +
+	"\tABOutcome\x12\x1a\n" +
+	"\x16AB_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14AB_OUTCOME_AGREEMENT\x10\x01\x12\x19\n" +
+	"\x15AB_OUTCOME_ACTION_BUY\x10\x02\x12\x1a\n" +
+	"\x16AB_OUTCOME_ACTION_SELL\x10\x03\x12\x1a\n" +
+	"\x16AB_OUTCOME_ACTION_HOLD\x10\x04*o\n" +
+	"\vTradeAction\x12\x1c\n" +
+	"\x18TRADE_ACTION_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10TRADE_ACTION_BUY\x10\x01\x12\x15\n" +
+	"\x11TRADE_ACTION_HOLD\x10\x02\x12\x15\n" +
+	"\x11TRADE_ACTION_SELL\x10\x03*\x91\x01\n" +
+	"\x0eWatchEventKind\x12 \n" +
+	"\x1cWATCH_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19WATCH_EVENT_KIND_SNAPSHOT\x10\x01\x12!\n" +
+	"\x1dWATCH_EVENT_KIND_SNAPSHOT_END\x10\x02\x12\x1b\n" +
+	"\x17WATCH_EVENT_KIND_UPDATE\x10\x032\xcb)\n" +
 	"\x11ExperimentService\x12w\n" +
 	"\x10CreateExperiment\x120.quantmesh.experiment.v1.CreateExperimentRequest\x1a1.quantmesh.experiment.v1.CreateExperimentResponse\x12s\n" +
 	"\rGetExperiment\x12-.quantmesh.experiment.v1.GetExperimentRequest\x1a..quantmesh.experiment.v1.GetExperimentResponse\"\x03\x90\x02\x01\x12\x85\x01\n" +
@@ -7520,8 +7936,8 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\tUpdateRun\x12).quantmesh.experiment.v1.UpdateRunRequest\x1a*.quantmesh.experiment.v1.UpdateRunResponse\x12b\n" +
 	"\tDeleteRun\x12).quantmesh.experiment.v1.DeleteRunRequest\x1a*.quantmesh.experiment.v1.DeleteRunResponse\x12e\n" +
 	"\n" +
-	"RestoreRun\x12*.quantmesh.experiment.v1.RestoreRunRequest\x1a+.quantmesh.experiment.v1.RestoreRunResponse\x12b\n" +
-	"\tSetRunTag\x12).quantmesh.experiment.v1.SetRunTagRequest\x1a*.quantmesh.experiment.v1.SetRunTagResponse\x12k\n" +
+	"RestoreRun\x12*.quantmesh.experiment.v1.RestoreRunRequest\x1a+.quantmesh.experiment.v1.RestoreRunResponse\x12g\n" +
+	"\tSetRunTag\x12).quantmesh.experiment.v1.SetRunTagRequest\x1a*.quantmesh.experiment.v1.SetRunTagResponse\"\x03\x90\x02\x02\x12k\n" +
 	"\fDeleteRunTag\x12,.quantmesh.experiment.v1.DeleteRunTagRequest\x1a-.quantmesh.experiment.v1.DeleteRunTagResponse\x12_\n" +
 	"\bLogBatch\x12(.quantmesh.experiment.v1.LogBatchRequest\x1a).quantmesh.experiment.v1.LogBatchResponse\x12p\n" +
 	"\rStreamMetrics\x12-.quantmesh.experiment.v1.StreamMetricsRequest\x1a..quantmesh.experiment.v1.StreamMetricsResponse(\x01\x12j\n" +
@@ -7539,15 +7955,16 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x12CreateModelVersion\x122.quantmesh.experiment.v1.CreateModelVersionRequest\x1a3.quantmesh.experiment.v1.CreateModelVersionResponse\x12y\n" +
 	"\x0fGetModelVersion\x12/.quantmesh.experiment.v1.GetModelVersionRequest\x1a0.quantmesh.experiment.v1.GetModelVersionResponse\"\x03\x90\x02\x01\x12\x7f\n" +
 	"\x11ListModelVersions\x121.quantmesh.experiment.v1.ListModelVersionsRequest\x1a2.quantmesh.experiment.v1.ListModelVersionsResponse\"\x03\x90\x02\x01\x12}\n" +
-	"\x12UpdateModelVersion\x122.quantmesh.experiment.v1.UpdateModelVersionRequest\x1a3.quantmesh.experiment.v1.UpdateModelVersionResponse\x12n\n" +
-	"\rSetModelAlias\x12-.quantmesh.experiment.v1.SetModelAliasRequest\x1a..quantmesh.experiment.v1.SetModelAliasResponse\x12w\n" +
+	"\x12UpdateModelVersion\x122.quantmesh.experiment.v1.UpdateModelVersionRequest\x1a3.quantmesh.experiment.v1.UpdateModelVersionResponse\x12s\n" +
+	"\rSetModelAlias\x12-.quantmesh.experiment.v1.SetModelAliasRequest\x1a..quantmesh.experiment.v1.SetModelAliasResponse\"\x03\x90\x02\x02\x12w\n" +
 	"\x10DeleteModelAlias\x120.quantmesh.experiment.v1.DeleteModelAliasRequest\x1a1.quantmesh.experiment.v1.DeleteModelAliasResponse\x12\x8e\x01\n" +
 	"\x16GetModelVersionByAlias\x126.quantmesh.experiment.v1.GetModelVersionByAliasRequest\x1a7.quantmesh.experiment.v1.GetModelVersionByAliasResponse\"\x03\x90\x02\x01\x12l\n" +
 	"\n" +
 	"WatchModel\x12*.quantmesh.experiment.v1.WatchModelRequest\x1a+.quantmesh.experiment.v1.WatchModelResponse\"\x03\x90\x02\x010\x01\x12k\n" +
 	"\fCreateABTest\x12,.quantmesh.experiment.v1.CreateABTestRequest\x1a-.quantmesh.experiment.v1.CreateABTestResponse\x12g\n" +
 	"\tGetABTest\x12).quantmesh.experiment.v1.GetABTestRequest\x1a*.quantmesh.experiment.v1.GetABTestResponse\"\x03\x90\x02\x01\x12m\n" +
-	"\vListABTests\x12+.quantmesh.experiment.v1.ListABTestsRequest\x1a,.quantmesh.experiment.v1.ListABTestsResponse\"\x03\x90\x02\x01\x12h\n" +
+	"\vListABTests\x12+.quantmesh.experiment.v1.ListABTestsRequest\x1a,.quantmesh.experiment.v1.ListABTestsResponse\"\x03\x90\x02\x01\x12k\n" +
+	"\fUpdateABTest\x12,.quantmesh.experiment.v1.UpdateABTestRequest\x1a-.quantmesh.experiment.v1.UpdateABTestResponse\x12h\n" +
 	"\vStartABTest\x12+.quantmesh.experiment.v1.StartABTestRequest\x1a,.quantmesh.experiment.v1.StartABTestResponse\x12h\n" +
 	"\vPauseABTest\x12+.quantmesh.experiment.v1.PauseABTestRequest\x1a,.quantmesh.experiment.v1.PauseABTestResponse\x12e\n" +
 	"\n" +
@@ -7555,8 +7972,8 @@ const file_quantmesh_experiment_v1_experiment_proto_rawDesc = "" +
 	"\x10GetABTestResults\x120.quantmesh.experiment.v1.GetABTestResultsRequest\x1a1.quantmesh.experiment.v1.GetABTestResultsResponse\"\x03\x90\x02\x01\x12j\n" +
 	"\n" +
 	"AssignUnit\x12*.quantmesh.experiment.v1.AssignUnitRequest\x1a+.quantmesh.experiment.v1.AssignUnitResponse\"\x03\x90\x02\x01\x12r\n" +
-	"\fWatchABTests\x12,.quantmesh.experiment.v1.WatchABTestsRequest\x1a-.quantmesh.experiment.v1.WatchABTestsResponse\"\x03\x90\x02\x010\x01\x12}\n" +
-	"\x12RecordObservations\x122.quantmesh.experiment.v1.RecordObservationsRequest\x1a3.quantmesh.experiment.v1.RecordObservationsResponseB\xf8\x01\n" +
+	"\fWatchABTests\x12,.quantmesh.experiment.v1.WatchABTestsRequest\x1a-.quantmesh.experiment.v1.WatchABTestsResponse\"\x03\x90\x02\x010\x01\x12\x82\x01\n" +
+	"\x12RecordObservations\x122.quantmesh.experiment.v1.RecordObservationsRequest\x1a3.quantmesh.experiment.v1.RecordObservationsResponse\"\x03\x90\x02\x02B\xf8\x01\n" +
 	"\x1bcom.quantmesh.experiment.v1B\x0fExperimentProtoP\x01ZJgithub.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1;experimentv1\xa2\x02\x03QEX\xaa\x02\x17Quantmesh.Experiment.V1\xca\x02\x17Quantmesh\\Experiment\\V1\xe2\x02#Quantmesh\\Experiment\\V1\\GPBMetadata\xea\x02\x19Quantmesh::Experiment::V1b\x06proto3"
 
 var (
@@ -7571,8 +7988,8 @@ func file_quantmesh_experiment_v1_experiment_proto_rawDescGZIP() []byte {
 	return file_quantmesh_experiment_v1_experiment_proto_rawDescData
 }
 
-var file_quantmesh_experiment_v1_experiment_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_quantmesh_experiment_v1_experiment_proto_msgTypes = make([]protoimpl.MessageInfo, 114)
+var file_quantmesh_experiment_v1_experiment_proto_enumTypes = make([]protoimpl.EnumInfo, 11)
+var file_quantmesh_experiment_v1_experiment_proto_msgTypes = make([]protoimpl.MessageInfo, 116)
 var file_quantmesh_experiment_v1_experiment_proto_goTypes = []any{
 	(LifecycleStage)(0),                    // 0: quantmesh.experiment.v1.LifecycleStage
 	(ViewType)(0),                          // 1: quantmesh.experiment.v1.ViewType
@@ -7582,312 +7999,327 @@ var file_quantmesh_experiment_v1_experiment_proto_goTypes = []any{
 	(ABTestMode)(0),                        // 5: quantmesh.experiment.v1.ABTestMode
 	(ABTestState)(0),                       // 6: quantmesh.experiment.v1.ABTestState
 	(ABArm)(0),                             // 7: quantmesh.experiment.v1.ABArm
-	(*Experiment)(nil),                     // 8: quantmesh.experiment.v1.Experiment
-	(*CreateExperimentRequest)(nil),        // 9: quantmesh.experiment.v1.CreateExperimentRequest
-	(*CreateExperimentResponse)(nil),       // 10: quantmesh.experiment.v1.CreateExperimentResponse
-	(*GetExperimentRequest)(nil),           // 11: quantmesh.experiment.v1.GetExperimentRequest
-	(*GetExperimentResponse)(nil),          // 12: quantmesh.experiment.v1.GetExperimentResponse
-	(*GetExperimentByNameRequest)(nil),     // 13: quantmesh.experiment.v1.GetExperimentByNameRequest
-	(*GetExperimentByNameResponse)(nil),    // 14: quantmesh.experiment.v1.GetExperimentByNameResponse
-	(*ListExperimentsRequest)(nil),         // 15: quantmesh.experiment.v1.ListExperimentsRequest
-	(*ListExperimentsResponse)(nil),        // 16: quantmesh.experiment.v1.ListExperimentsResponse
-	(*UpdateExperimentRequest)(nil),        // 17: quantmesh.experiment.v1.UpdateExperimentRequest
-	(*UpdateExperimentResponse)(nil),       // 18: quantmesh.experiment.v1.UpdateExperimentResponse
-	(*DeleteExperimentRequest)(nil),        // 19: quantmesh.experiment.v1.DeleteExperimentRequest
-	(*DeleteExperimentResponse)(nil),       // 20: quantmesh.experiment.v1.DeleteExperimentResponse
-	(*RestoreExperimentRequest)(nil),       // 21: quantmesh.experiment.v1.RestoreExperimentRequest
-	(*RestoreExperimentResponse)(nil),      // 22: quantmesh.experiment.v1.RestoreExperimentResponse
-	(*Metric)(nil),                         // 23: quantmesh.experiment.v1.Metric
-	(*Run)(nil),                            // 24: quantmesh.experiment.v1.Run
-	(*CreateRunRequest)(nil),               // 25: quantmesh.experiment.v1.CreateRunRequest
-	(*CreateRunResponse)(nil),              // 26: quantmesh.experiment.v1.CreateRunResponse
-	(*GetRunRequest)(nil),                  // 27: quantmesh.experiment.v1.GetRunRequest
-	(*GetRunResponse)(nil),                 // 28: quantmesh.experiment.v1.GetRunResponse
-	(*UpdateRunRequest)(nil),               // 29: quantmesh.experiment.v1.UpdateRunRequest
-	(*UpdateRunResponse)(nil),              // 30: quantmesh.experiment.v1.UpdateRunResponse
-	(*DeleteRunRequest)(nil),               // 31: quantmesh.experiment.v1.DeleteRunRequest
-	(*DeleteRunResponse)(nil),              // 32: quantmesh.experiment.v1.DeleteRunResponse
-	(*RestoreRunRequest)(nil),              // 33: quantmesh.experiment.v1.RestoreRunRequest
-	(*RestoreRunResponse)(nil),             // 34: quantmesh.experiment.v1.RestoreRunResponse
-	(*SetRunTagRequest)(nil),               // 35: quantmesh.experiment.v1.SetRunTagRequest
-	(*SetRunTagResponse)(nil),              // 36: quantmesh.experiment.v1.SetRunTagResponse
-	(*DeleteRunTagRequest)(nil),            // 37: quantmesh.experiment.v1.DeleteRunTagRequest
-	(*DeleteRunTagResponse)(nil),           // 38: quantmesh.experiment.v1.DeleteRunTagResponse
-	(*Param)(nil),                          // 39: quantmesh.experiment.v1.Param
-	(*Tag)(nil),                            // 40: quantmesh.experiment.v1.Tag
-	(*LogBatchRequest)(nil),                // 41: quantmesh.experiment.v1.LogBatchRequest
-	(*LogBatchResponse)(nil),               // 42: quantmesh.experiment.v1.LogBatchResponse
-	(*StreamMetricsRequest)(nil),           // 43: quantmesh.experiment.v1.StreamMetricsRequest
-	(*StreamMetricsResponse)(nil),          // 44: quantmesh.experiment.v1.StreamMetricsResponse
-	(*SearchRunsRequest)(nil),              // 45: quantmesh.experiment.v1.SearchRunsRequest
-	(*SearchRunsResponse)(nil),             // 46: quantmesh.experiment.v1.SearchRunsResponse
-	(*GetMetricHistoryRequest)(nil),        // 47: quantmesh.experiment.v1.GetMetricHistoryRequest
-	(*GetMetricHistoryResponse)(nil),       // 48: quantmesh.experiment.v1.GetMetricHistoryResponse
-	(*Checkpoint)(nil),                     // 49: quantmesh.experiment.v1.Checkpoint
-	(*LogCheckpointRequest)(nil),           // 50: quantmesh.experiment.v1.LogCheckpointRequest
-	(*LogCheckpointResponse)(nil),          // 51: quantmesh.experiment.v1.LogCheckpointResponse
-	(*ListCheckpointsRequest)(nil),         // 52: quantmesh.experiment.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil),        // 53: quantmesh.experiment.v1.ListCheckpointsResponse
-	(*ApplyRetentionPolicyRequest)(nil),    // 54: quantmesh.experiment.v1.ApplyRetentionPolicyRequest
-	(*ApplyRetentionPolicyResponse)(nil),   // 55: quantmesh.experiment.v1.ApplyRetentionPolicyResponse
-	(*RegisteredModel)(nil),                // 56: quantmesh.experiment.v1.RegisteredModel
-	(*ModelVersion)(nil),                   // 57: quantmesh.experiment.v1.ModelVersion
-	(*CreateRegisteredModelRequest)(nil),   // 58: quantmesh.experiment.v1.CreateRegisteredModelRequest
-	(*CreateRegisteredModelResponse)(nil),  // 59: quantmesh.experiment.v1.CreateRegisteredModelResponse
-	(*GetRegisteredModelRequest)(nil),      // 60: quantmesh.experiment.v1.GetRegisteredModelRequest
-	(*GetRegisteredModelResponse)(nil),     // 61: quantmesh.experiment.v1.GetRegisteredModelResponse
-	(*ListRegisteredModelsRequest)(nil),    // 62: quantmesh.experiment.v1.ListRegisteredModelsRequest
-	(*ListRegisteredModelsResponse)(nil),   // 63: quantmesh.experiment.v1.ListRegisteredModelsResponse
-	(*UpdateRegisteredModelRequest)(nil),   // 64: quantmesh.experiment.v1.UpdateRegisteredModelRequest
-	(*UpdateRegisteredModelResponse)(nil),  // 65: quantmesh.experiment.v1.UpdateRegisteredModelResponse
-	(*DeleteRegisteredModelRequest)(nil),   // 66: quantmesh.experiment.v1.DeleteRegisteredModelRequest
-	(*DeleteRegisteredModelResponse)(nil),  // 67: quantmesh.experiment.v1.DeleteRegisteredModelResponse
-	(*CreateModelVersionRequest)(nil),      // 68: quantmesh.experiment.v1.CreateModelVersionRequest
-	(*CreateModelVersionResponse)(nil),     // 69: quantmesh.experiment.v1.CreateModelVersionResponse
-	(*GetModelVersionRequest)(nil),         // 70: quantmesh.experiment.v1.GetModelVersionRequest
-	(*GetModelVersionResponse)(nil),        // 71: quantmesh.experiment.v1.GetModelVersionResponse
-	(*ListModelVersionsRequest)(nil),       // 72: quantmesh.experiment.v1.ListModelVersionsRequest
-	(*ListModelVersionsResponse)(nil),      // 73: quantmesh.experiment.v1.ListModelVersionsResponse
-	(*UpdateModelVersionRequest)(nil),      // 74: quantmesh.experiment.v1.UpdateModelVersionRequest
-	(*UpdateModelVersionResponse)(nil),     // 75: quantmesh.experiment.v1.UpdateModelVersionResponse
-	(*SetModelAliasRequest)(nil),           // 76: quantmesh.experiment.v1.SetModelAliasRequest
-	(*SetModelAliasResponse)(nil),          // 77: quantmesh.experiment.v1.SetModelAliasResponse
-	(*DeleteModelAliasRequest)(nil),        // 78: quantmesh.experiment.v1.DeleteModelAliasRequest
-	(*DeleteModelAliasResponse)(nil),       // 79: quantmesh.experiment.v1.DeleteModelAliasResponse
-	(*GetModelVersionByAliasRequest)(nil),  // 80: quantmesh.experiment.v1.GetModelVersionByAliasRequest
-	(*GetModelVersionByAliasResponse)(nil), // 81: quantmesh.experiment.v1.GetModelVersionByAliasResponse
-	(*WatchModelRequest)(nil),              // 82: quantmesh.experiment.v1.WatchModelRequest
-	(*WatchModelResponse)(nil),             // 83: quantmesh.experiment.v1.WatchModelResponse
-	(*ABGuardrails)(nil),                   // 84: quantmesh.experiment.v1.ABGuardrails
-	(*ABTest)(nil),                         // 85: quantmesh.experiment.v1.ABTest
-	(*CreateABTestRequest)(nil),            // 86: quantmesh.experiment.v1.CreateABTestRequest
-	(*CreateABTestResponse)(nil),           // 87: quantmesh.experiment.v1.CreateABTestResponse
-	(*GetABTestRequest)(nil),               // 88: quantmesh.experiment.v1.GetABTestRequest
-	(*GetABTestResponse)(nil),              // 89: quantmesh.experiment.v1.GetABTestResponse
-	(*ListABTestsRequest)(nil),             // 90: quantmesh.experiment.v1.ListABTestsRequest
-	(*ListABTestsResponse)(nil),            // 91: quantmesh.experiment.v1.ListABTestsResponse
-	(*StartABTestRequest)(nil),             // 92: quantmesh.experiment.v1.StartABTestRequest
-	(*StartABTestResponse)(nil),            // 93: quantmesh.experiment.v1.StartABTestResponse
-	(*PauseABTestRequest)(nil),             // 94: quantmesh.experiment.v1.PauseABTestRequest
-	(*PauseABTestResponse)(nil),            // 95: quantmesh.experiment.v1.PauseABTestResponse
-	(*StopABTestRequest)(nil),              // 96: quantmesh.experiment.v1.StopABTestRequest
-	(*StopABTestResponse)(nil),             // 97: quantmesh.experiment.v1.StopABTestResponse
-	(*ArmResults)(nil),                     // 98: quantmesh.experiment.v1.ArmResults
-	(*ABTestResults)(nil),                  // 99: quantmesh.experiment.v1.ABTestResults
-	(*GetABTestResultsRequest)(nil),        // 100: quantmesh.experiment.v1.GetABTestResultsRequest
-	(*GetABTestResultsResponse)(nil),       // 101: quantmesh.experiment.v1.GetABTestResultsResponse
-	(*AssignUnitRequest)(nil),              // 102: quantmesh.experiment.v1.AssignUnitRequest
-	(*AssignUnitResponse)(nil),             // 103: quantmesh.experiment.v1.AssignUnitResponse
-	(*WatchABTestsRequest)(nil),            // 104: quantmesh.experiment.v1.WatchABTestsRequest
-	(*WatchABTestsResponse)(nil),           // 105: quantmesh.experiment.v1.WatchABTestsResponse
-	(*ABObservation)(nil),                  // 106: quantmesh.experiment.v1.ABObservation
-	(*RecordObservationsRequest)(nil),      // 107: quantmesh.experiment.v1.RecordObservationsRequest
-	(*RecordObservationsResponse)(nil),     // 108: quantmesh.experiment.v1.RecordObservationsResponse
-	nil,                                    // 109: quantmesh.experiment.v1.Experiment.TagsEntry
-	nil,                                    // 110: quantmesh.experiment.v1.CreateExperimentRequest.TagsEntry
-	nil,                                    // 111: quantmesh.experiment.v1.Run.ParamsEntry
-	nil,                                    // 112: quantmesh.experiment.v1.Run.TagsEntry
-	nil,                                    // 113: quantmesh.experiment.v1.CreateRunRequest.TagsEntry
-	nil,                                    // 114: quantmesh.experiment.v1.RegisteredModel.TagsEntry
-	nil,                                    // 115: quantmesh.experiment.v1.RegisteredModel.AliasesEntry
-	nil,                                    // 116: quantmesh.experiment.v1.ModelVersion.MetricsEntry
-	nil,                                    // 117: quantmesh.experiment.v1.ModelVersion.TagsEntry
-	nil,                                    // 118: quantmesh.experiment.v1.CreateRegisteredModelRequest.TagsEntry
-	nil,                                    // 119: quantmesh.experiment.v1.CreateModelVersionRequest.MetricsEntry
-	nil,                                    // 120: quantmesh.experiment.v1.CreateModelVersionRequest.TagsEntry
-	nil,                                    // 121: quantmesh.experiment.v1.ArmResults.ActionCountsEntry
-	(*timestamppb.Timestamp)(nil),          // 122: google.protobuf.Timestamp
-	(*fieldmaskpb.FieldMask)(nil),          // 123: google.protobuf.FieldMask
+	(ABOutcome)(0),                         // 8: quantmesh.experiment.v1.ABOutcome
+	(TradeAction)(0),                       // 9: quantmesh.experiment.v1.TradeAction
+	(WatchEventKind)(0),                    // 10: quantmesh.experiment.v1.WatchEventKind
+	(*Experiment)(nil),                     // 11: quantmesh.experiment.v1.Experiment
+	(*CreateExperimentRequest)(nil),        // 12: quantmesh.experiment.v1.CreateExperimentRequest
+	(*CreateExperimentResponse)(nil),       // 13: quantmesh.experiment.v1.CreateExperimentResponse
+	(*GetExperimentRequest)(nil),           // 14: quantmesh.experiment.v1.GetExperimentRequest
+	(*GetExperimentResponse)(nil),          // 15: quantmesh.experiment.v1.GetExperimentResponse
+	(*GetExperimentByNameRequest)(nil),     // 16: quantmesh.experiment.v1.GetExperimentByNameRequest
+	(*GetExperimentByNameResponse)(nil),    // 17: quantmesh.experiment.v1.GetExperimentByNameResponse
+	(*ListExperimentsRequest)(nil),         // 18: quantmesh.experiment.v1.ListExperimentsRequest
+	(*ListExperimentsResponse)(nil),        // 19: quantmesh.experiment.v1.ListExperimentsResponse
+	(*UpdateExperimentRequest)(nil),        // 20: quantmesh.experiment.v1.UpdateExperimentRequest
+	(*UpdateExperimentResponse)(nil),       // 21: quantmesh.experiment.v1.UpdateExperimentResponse
+	(*DeleteExperimentRequest)(nil),        // 22: quantmesh.experiment.v1.DeleteExperimentRequest
+	(*DeleteExperimentResponse)(nil),       // 23: quantmesh.experiment.v1.DeleteExperimentResponse
+	(*RestoreExperimentRequest)(nil),       // 24: quantmesh.experiment.v1.RestoreExperimentRequest
+	(*RestoreExperimentResponse)(nil),      // 25: quantmesh.experiment.v1.RestoreExperimentResponse
+	(*Metric)(nil),                         // 26: quantmesh.experiment.v1.Metric
+	(*Run)(nil),                            // 27: quantmesh.experiment.v1.Run
+	(*CreateRunRequest)(nil),               // 28: quantmesh.experiment.v1.CreateRunRequest
+	(*CreateRunResponse)(nil),              // 29: quantmesh.experiment.v1.CreateRunResponse
+	(*GetRunRequest)(nil),                  // 30: quantmesh.experiment.v1.GetRunRequest
+	(*GetRunResponse)(nil),                 // 31: quantmesh.experiment.v1.GetRunResponse
+	(*UpdateRunRequest)(nil),               // 32: quantmesh.experiment.v1.UpdateRunRequest
+	(*UpdateRunResponse)(nil),              // 33: quantmesh.experiment.v1.UpdateRunResponse
+	(*DeleteRunRequest)(nil),               // 34: quantmesh.experiment.v1.DeleteRunRequest
+	(*DeleteRunResponse)(nil),              // 35: quantmesh.experiment.v1.DeleteRunResponse
+	(*RestoreRunRequest)(nil),              // 36: quantmesh.experiment.v1.RestoreRunRequest
+	(*RestoreRunResponse)(nil),             // 37: quantmesh.experiment.v1.RestoreRunResponse
+	(*SetRunTagRequest)(nil),               // 38: quantmesh.experiment.v1.SetRunTagRequest
+	(*SetRunTagResponse)(nil),              // 39: quantmesh.experiment.v1.SetRunTagResponse
+	(*DeleteRunTagRequest)(nil),            // 40: quantmesh.experiment.v1.DeleteRunTagRequest
+	(*DeleteRunTagResponse)(nil),           // 41: quantmesh.experiment.v1.DeleteRunTagResponse
+	(*Param)(nil),                          // 42: quantmesh.experiment.v1.Param
+	(*Tag)(nil),                            // 43: quantmesh.experiment.v1.Tag
+	(*LogBatchRequest)(nil),                // 44: quantmesh.experiment.v1.LogBatchRequest
+	(*LogBatchResponse)(nil),               // 45: quantmesh.experiment.v1.LogBatchResponse
+	(*StreamMetricsRequest)(nil),           // 46: quantmesh.experiment.v1.StreamMetricsRequest
+	(*StreamMetricsResponse)(nil),          // 47: quantmesh.experiment.v1.StreamMetricsResponse
+	(*SearchRunsRequest)(nil),              // 48: quantmesh.experiment.v1.SearchRunsRequest
+	(*SearchRunsResponse)(nil),             // 49: quantmesh.experiment.v1.SearchRunsResponse
+	(*GetMetricHistoryRequest)(nil),        // 50: quantmesh.experiment.v1.GetMetricHistoryRequest
+	(*GetMetricHistoryResponse)(nil),       // 51: quantmesh.experiment.v1.GetMetricHistoryResponse
+	(*Checkpoint)(nil),                     // 52: quantmesh.experiment.v1.Checkpoint
+	(*LogCheckpointRequest)(nil),           // 53: quantmesh.experiment.v1.LogCheckpointRequest
+	(*LogCheckpointResponse)(nil),          // 54: quantmesh.experiment.v1.LogCheckpointResponse
+	(*ListCheckpointsRequest)(nil),         // 55: quantmesh.experiment.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil),        // 56: quantmesh.experiment.v1.ListCheckpointsResponse
+	(*ApplyRetentionPolicyRequest)(nil),    // 57: quantmesh.experiment.v1.ApplyRetentionPolicyRequest
+	(*ApplyRetentionPolicyResponse)(nil),   // 58: quantmesh.experiment.v1.ApplyRetentionPolicyResponse
+	(*RegisteredModel)(nil),                // 59: quantmesh.experiment.v1.RegisteredModel
+	(*ModelVersion)(nil),                   // 60: quantmesh.experiment.v1.ModelVersion
+	(*CreateRegisteredModelRequest)(nil),   // 61: quantmesh.experiment.v1.CreateRegisteredModelRequest
+	(*CreateRegisteredModelResponse)(nil),  // 62: quantmesh.experiment.v1.CreateRegisteredModelResponse
+	(*GetRegisteredModelRequest)(nil),      // 63: quantmesh.experiment.v1.GetRegisteredModelRequest
+	(*GetRegisteredModelResponse)(nil),     // 64: quantmesh.experiment.v1.GetRegisteredModelResponse
+	(*ListRegisteredModelsRequest)(nil),    // 65: quantmesh.experiment.v1.ListRegisteredModelsRequest
+	(*ListRegisteredModelsResponse)(nil),   // 66: quantmesh.experiment.v1.ListRegisteredModelsResponse
+	(*UpdateRegisteredModelRequest)(nil),   // 67: quantmesh.experiment.v1.UpdateRegisteredModelRequest
+	(*UpdateRegisteredModelResponse)(nil),  // 68: quantmesh.experiment.v1.UpdateRegisteredModelResponse
+	(*DeleteRegisteredModelRequest)(nil),   // 69: quantmesh.experiment.v1.DeleteRegisteredModelRequest
+	(*DeleteRegisteredModelResponse)(nil),  // 70: quantmesh.experiment.v1.DeleteRegisteredModelResponse
+	(*CreateModelVersionRequest)(nil),      // 71: quantmesh.experiment.v1.CreateModelVersionRequest
+	(*CreateModelVersionResponse)(nil),     // 72: quantmesh.experiment.v1.CreateModelVersionResponse
+	(*GetModelVersionRequest)(nil),         // 73: quantmesh.experiment.v1.GetModelVersionRequest
+	(*GetModelVersionResponse)(nil),        // 74: quantmesh.experiment.v1.GetModelVersionResponse
+	(*ListModelVersionsRequest)(nil),       // 75: quantmesh.experiment.v1.ListModelVersionsRequest
+	(*ListModelVersionsResponse)(nil),      // 76: quantmesh.experiment.v1.ListModelVersionsResponse
+	(*UpdateModelVersionRequest)(nil),      // 77: quantmesh.experiment.v1.UpdateModelVersionRequest
+	(*UpdateModelVersionResponse)(nil),     // 78: quantmesh.experiment.v1.UpdateModelVersionResponse
+	(*SetModelAliasRequest)(nil),           // 79: quantmesh.experiment.v1.SetModelAliasRequest
+	(*SetModelAliasResponse)(nil),          // 80: quantmesh.experiment.v1.SetModelAliasResponse
+	(*DeleteModelAliasRequest)(nil),        // 81: quantmesh.experiment.v1.DeleteModelAliasRequest
+	(*DeleteModelAliasResponse)(nil),       // 82: quantmesh.experiment.v1.DeleteModelAliasResponse
+	(*GetModelVersionByAliasRequest)(nil),  // 83: quantmesh.experiment.v1.GetModelVersionByAliasRequest
+	(*GetModelVersionByAliasResponse)(nil), // 84: quantmesh.experiment.v1.GetModelVersionByAliasResponse
+	(*WatchModelRequest)(nil),              // 85: quantmesh.experiment.v1.WatchModelRequest
+	(*WatchModelResponse)(nil),             // 86: quantmesh.experiment.v1.WatchModelResponse
+	(*ABGuardrails)(nil),                   // 87: quantmesh.experiment.v1.ABGuardrails
+	(*ABTest)(nil),                         // 88: quantmesh.experiment.v1.ABTest
+	(*CreateABTestRequest)(nil),            // 89: quantmesh.experiment.v1.CreateABTestRequest
+	(*CreateABTestResponse)(nil),           // 90: quantmesh.experiment.v1.CreateABTestResponse
+	(*GetABTestRequest)(nil),               // 91: quantmesh.experiment.v1.GetABTestRequest
+	(*GetABTestResponse)(nil),              // 92: quantmesh.experiment.v1.GetABTestResponse
+	(*ListABTestsRequest)(nil),             // 93: quantmesh.experiment.v1.ListABTestsRequest
+	(*ListABTestsResponse)(nil),            // 94: quantmesh.experiment.v1.ListABTestsResponse
+	(*StartABTestRequest)(nil),             // 95: quantmesh.experiment.v1.StartABTestRequest
+	(*StartABTestResponse)(nil),            // 96: quantmesh.experiment.v1.StartABTestResponse
+	(*PauseABTestRequest)(nil),             // 97: quantmesh.experiment.v1.PauseABTestRequest
+	(*PauseABTestResponse)(nil),            // 98: quantmesh.experiment.v1.PauseABTestResponse
+	(*StopABTestRequest)(nil),              // 99: quantmesh.experiment.v1.StopABTestRequest
+	(*StopABTestResponse)(nil),             // 100: quantmesh.experiment.v1.StopABTestResponse
+	(*ArmResults)(nil),                     // 101: quantmesh.experiment.v1.ArmResults
+	(*ABTestResults)(nil),                  // 102: quantmesh.experiment.v1.ABTestResults
+	(*GetABTestResultsRequest)(nil),        // 103: quantmesh.experiment.v1.GetABTestResultsRequest
+	(*GetABTestResultsResponse)(nil),       // 104: quantmesh.experiment.v1.GetABTestResultsResponse
+	(*AssignUnitRequest)(nil),              // 105: quantmesh.experiment.v1.AssignUnitRequest
+	(*AssignUnitResponse)(nil),             // 106: quantmesh.experiment.v1.AssignUnitResponse
+	(*WatchABTestsRequest)(nil),            // 107: quantmesh.experiment.v1.WatchABTestsRequest
+	(*WatchABTestsResponse)(nil),           // 108: quantmesh.experiment.v1.WatchABTestsResponse
+	(*UpdateABTestRequest)(nil),            // 109: quantmesh.experiment.v1.UpdateABTestRequest
+	(*UpdateABTestResponse)(nil),           // 110: quantmesh.experiment.v1.UpdateABTestResponse
+	(*ABObservation)(nil),                  // 111: quantmesh.experiment.v1.ABObservation
+	(*RecordObservationsRequest)(nil),      // 112: quantmesh.experiment.v1.RecordObservationsRequest
+	(*RecordObservationsResponse)(nil),     // 113: quantmesh.experiment.v1.RecordObservationsResponse
+	nil,                                    // 114: quantmesh.experiment.v1.Experiment.TagsEntry
+	nil,                                    // 115: quantmesh.experiment.v1.CreateExperimentRequest.TagsEntry
+	nil,                                    // 116: quantmesh.experiment.v1.Run.ParamsEntry
+	nil,                                    // 117: quantmesh.experiment.v1.Run.TagsEntry
+	nil,                                    // 118: quantmesh.experiment.v1.CreateRunRequest.TagsEntry
+	nil,                                    // 119: quantmesh.experiment.v1.RegisteredModel.TagsEntry
+	nil,                                    // 120: quantmesh.experiment.v1.RegisteredModel.AliasesEntry
+	nil,                                    // 121: quantmesh.experiment.v1.ModelVersion.MetricsEntry
+	nil,                                    // 122: quantmesh.experiment.v1.ModelVersion.TagsEntry
+	nil,                                    // 123: quantmesh.experiment.v1.CreateRegisteredModelRequest.TagsEntry
+	nil,                                    // 124: quantmesh.experiment.v1.CreateModelVersionRequest.MetricsEntry
+	nil,                                    // 125: quantmesh.experiment.v1.CreateModelVersionRequest.TagsEntry
+	nil,                                    // 126: quantmesh.experiment.v1.ArmResults.ActionCountsEntry
+	(*timestamppb.Timestamp)(nil),          // 127: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),          // 128: google.protobuf.FieldMask
 }
 var file_quantmesh_experiment_v1_experiment_proto_depIdxs = []int32{
 	0,   // 0: quantmesh.experiment.v1.Experiment.lifecycle_stage:type_name -> quantmesh.experiment.v1.LifecycleStage
-	109, // 1: quantmesh.experiment.v1.Experiment.tags:type_name -> quantmesh.experiment.v1.Experiment.TagsEntry
-	122, // 2: quantmesh.experiment.v1.Experiment.create_time:type_name -> google.protobuf.Timestamp
-	122, // 3: quantmesh.experiment.v1.Experiment.update_time:type_name -> google.protobuf.Timestamp
-	122, // 4: quantmesh.experiment.v1.Experiment.delete_time:type_name -> google.protobuf.Timestamp
-	110, // 5: quantmesh.experiment.v1.CreateExperimentRequest.tags:type_name -> quantmesh.experiment.v1.CreateExperimentRequest.TagsEntry
-	8,   // 6: quantmesh.experiment.v1.CreateExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
-	8,   // 7: quantmesh.experiment.v1.GetExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
-	8,   // 8: quantmesh.experiment.v1.GetExperimentByNameResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	114, // 1: quantmesh.experiment.v1.Experiment.tags:type_name -> quantmesh.experiment.v1.Experiment.TagsEntry
+	127, // 2: quantmesh.experiment.v1.Experiment.create_time:type_name -> google.protobuf.Timestamp
+	127, // 3: quantmesh.experiment.v1.Experiment.update_time:type_name -> google.protobuf.Timestamp
+	127, // 4: quantmesh.experiment.v1.Experiment.delete_time:type_name -> google.protobuf.Timestamp
+	115, // 5: quantmesh.experiment.v1.CreateExperimentRequest.tags:type_name -> quantmesh.experiment.v1.CreateExperimentRequest.TagsEntry
+	11,  // 6: quantmesh.experiment.v1.CreateExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 7: quantmesh.experiment.v1.GetExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 8: quantmesh.experiment.v1.GetExperimentByNameResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
 	1,   // 9: quantmesh.experiment.v1.ListExperimentsRequest.view:type_name -> quantmesh.experiment.v1.ViewType
-	8,   // 10: quantmesh.experiment.v1.ListExperimentsResponse.experiments:type_name -> quantmesh.experiment.v1.Experiment
-	8,   // 11: quantmesh.experiment.v1.UpdateExperimentRequest.experiment:type_name -> quantmesh.experiment.v1.Experiment
-	123, // 12: quantmesh.experiment.v1.UpdateExperimentRequest.update_mask:type_name -> google.protobuf.FieldMask
-	8,   // 13: quantmesh.experiment.v1.UpdateExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
-	8,   // 14: quantmesh.experiment.v1.DeleteExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
-	8,   // 15: quantmesh.experiment.v1.RestoreExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 10: quantmesh.experiment.v1.ListExperimentsResponse.experiments:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 11: quantmesh.experiment.v1.UpdateExperimentRequest.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	128, // 12: quantmesh.experiment.v1.UpdateExperimentRequest.update_mask:type_name -> google.protobuf.FieldMask
+	11,  // 13: quantmesh.experiment.v1.UpdateExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 14: quantmesh.experiment.v1.DeleteExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
+	11,  // 15: quantmesh.experiment.v1.RestoreExperimentResponse.experiment:type_name -> quantmesh.experiment.v1.Experiment
 	2,   // 16: quantmesh.experiment.v1.Run.status:type_name -> quantmesh.experiment.v1.RunStatus
-	122, // 17: quantmesh.experiment.v1.Run.start_time:type_name -> google.protobuf.Timestamp
-	122, // 18: quantmesh.experiment.v1.Run.end_time:type_name -> google.protobuf.Timestamp
+	127, // 17: quantmesh.experiment.v1.Run.start_time:type_name -> google.protobuf.Timestamp
+	127, // 18: quantmesh.experiment.v1.Run.end_time:type_name -> google.protobuf.Timestamp
 	0,   // 19: quantmesh.experiment.v1.Run.lifecycle_stage:type_name -> quantmesh.experiment.v1.LifecycleStage
-	111, // 20: quantmesh.experiment.v1.Run.params:type_name -> quantmesh.experiment.v1.Run.ParamsEntry
-	112, // 21: quantmesh.experiment.v1.Run.tags:type_name -> quantmesh.experiment.v1.Run.TagsEntry
-	23,  // 22: quantmesh.experiment.v1.Run.latest_metrics:type_name -> quantmesh.experiment.v1.Metric
-	122, // 23: quantmesh.experiment.v1.CreateRunRequest.start_time:type_name -> google.protobuf.Timestamp
-	113, // 24: quantmesh.experiment.v1.CreateRunRequest.tags:type_name -> quantmesh.experiment.v1.CreateRunRequest.TagsEntry
-	24,  // 25: quantmesh.experiment.v1.CreateRunResponse.run:type_name -> quantmesh.experiment.v1.Run
-	24,  // 26: quantmesh.experiment.v1.GetRunResponse.run:type_name -> quantmesh.experiment.v1.Run
-	24,  // 27: quantmesh.experiment.v1.UpdateRunRequest.run:type_name -> quantmesh.experiment.v1.Run
-	123, // 28: quantmesh.experiment.v1.UpdateRunRequest.update_mask:type_name -> google.protobuf.FieldMask
-	24,  // 29: quantmesh.experiment.v1.UpdateRunResponse.run:type_name -> quantmesh.experiment.v1.Run
-	24,  // 30: quantmesh.experiment.v1.DeleteRunResponse.run:type_name -> quantmesh.experiment.v1.Run
-	24,  // 31: quantmesh.experiment.v1.RestoreRunResponse.run:type_name -> quantmesh.experiment.v1.Run
-	23,  // 32: quantmesh.experiment.v1.LogBatchRequest.metrics:type_name -> quantmesh.experiment.v1.Metric
-	39,  // 33: quantmesh.experiment.v1.LogBatchRequest.params:type_name -> quantmesh.experiment.v1.Param
-	40,  // 34: quantmesh.experiment.v1.LogBatchRequest.tags:type_name -> quantmesh.experiment.v1.Tag
-	23,  // 35: quantmesh.experiment.v1.StreamMetricsRequest.metrics:type_name -> quantmesh.experiment.v1.Metric
+	116, // 20: quantmesh.experiment.v1.Run.params:type_name -> quantmesh.experiment.v1.Run.ParamsEntry
+	117, // 21: quantmesh.experiment.v1.Run.tags:type_name -> quantmesh.experiment.v1.Run.TagsEntry
+	26,  // 22: quantmesh.experiment.v1.Run.latest_metrics:type_name -> quantmesh.experiment.v1.Metric
+	127, // 23: quantmesh.experiment.v1.CreateRunRequest.start_time:type_name -> google.protobuf.Timestamp
+	118, // 24: quantmesh.experiment.v1.CreateRunRequest.tags:type_name -> quantmesh.experiment.v1.CreateRunRequest.TagsEntry
+	27,  // 25: quantmesh.experiment.v1.CreateRunResponse.run:type_name -> quantmesh.experiment.v1.Run
+	27,  // 26: quantmesh.experiment.v1.GetRunResponse.run:type_name -> quantmesh.experiment.v1.Run
+	27,  // 27: quantmesh.experiment.v1.UpdateRunRequest.run:type_name -> quantmesh.experiment.v1.Run
+	128, // 28: quantmesh.experiment.v1.UpdateRunRequest.update_mask:type_name -> google.protobuf.FieldMask
+	27,  // 29: quantmesh.experiment.v1.UpdateRunResponse.run:type_name -> quantmesh.experiment.v1.Run
+	27,  // 30: quantmesh.experiment.v1.DeleteRunResponse.run:type_name -> quantmesh.experiment.v1.Run
+	27,  // 31: quantmesh.experiment.v1.RestoreRunResponse.run:type_name -> quantmesh.experiment.v1.Run
+	26,  // 32: quantmesh.experiment.v1.LogBatchRequest.metrics:type_name -> quantmesh.experiment.v1.Metric
+	42,  // 33: quantmesh.experiment.v1.LogBatchRequest.params:type_name -> quantmesh.experiment.v1.Param
+	43,  // 34: quantmesh.experiment.v1.LogBatchRequest.tags:type_name -> quantmesh.experiment.v1.Tag
+	26,  // 35: quantmesh.experiment.v1.StreamMetricsRequest.metrics:type_name -> quantmesh.experiment.v1.Metric
 	1,   // 36: quantmesh.experiment.v1.SearchRunsRequest.run_view:type_name -> quantmesh.experiment.v1.ViewType
-	24,  // 37: quantmesh.experiment.v1.SearchRunsResponse.runs:type_name -> quantmesh.experiment.v1.Run
-	23,  // 38: quantmesh.experiment.v1.GetMetricHistoryResponse.metrics:type_name -> quantmesh.experiment.v1.Metric
-	122, // 39: quantmesh.experiment.v1.Checkpoint.create_time:type_name -> google.protobuf.Timestamp
-	49,  // 40: quantmesh.experiment.v1.LogCheckpointResponse.checkpoint:type_name -> quantmesh.experiment.v1.Checkpoint
-	49,  // 41: quantmesh.experiment.v1.ListCheckpointsResponse.checkpoints:type_name -> quantmesh.experiment.v1.Checkpoint
+	27,  // 37: quantmesh.experiment.v1.SearchRunsResponse.runs:type_name -> quantmesh.experiment.v1.Run
+	26,  // 38: quantmesh.experiment.v1.GetMetricHistoryResponse.metrics:type_name -> quantmesh.experiment.v1.Metric
+	127, // 39: quantmesh.experiment.v1.Checkpoint.create_time:type_name -> google.protobuf.Timestamp
+	52,  // 40: quantmesh.experiment.v1.LogCheckpointResponse.checkpoint:type_name -> quantmesh.experiment.v1.Checkpoint
+	52,  // 41: quantmesh.experiment.v1.ListCheckpointsResponse.checkpoints:type_name -> quantmesh.experiment.v1.Checkpoint
 	3,   // 42: quantmesh.experiment.v1.ApplyRetentionPolicyRequest.goal:type_name -> quantmesh.experiment.v1.MetricGoal
-	49,  // 43: quantmesh.experiment.v1.ApplyRetentionPolicyResponse.deleted:type_name -> quantmesh.experiment.v1.Checkpoint
-	114, // 44: quantmesh.experiment.v1.RegisteredModel.tags:type_name -> quantmesh.experiment.v1.RegisteredModel.TagsEntry
-	115, // 45: quantmesh.experiment.v1.RegisteredModel.aliases:type_name -> quantmesh.experiment.v1.RegisteredModel.AliasesEntry
-	122, // 46: quantmesh.experiment.v1.RegisteredModel.create_time:type_name -> google.protobuf.Timestamp
-	122, // 47: quantmesh.experiment.v1.RegisteredModel.update_time:type_name -> google.protobuf.Timestamp
-	116, // 48: quantmesh.experiment.v1.ModelVersion.metrics:type_name -> quantmesh.experiment.v1.ModelVersion.MetricsEntry
-	117, // 49: quantmesh.experiment.v1.ModelVersion.tags:type_name -> quantmesh.experiment.v1.ModelVersion.TagsEntry
-	122, // 50: quantmesh.experiment.v1.ModelVersion.create_time:type_name -> google.protobuf.Timestamp
-	118, // 51: quantmesh.experiment.v1.CreateRegisteredModelRequest.tags:type_name -> quantmesh.experiment.v1.CreateRegisteredModelRequest.TagsEntry
-	56,  // 52: quantmesh.experiment.v1.CreateRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
-	56,  // 53: quantmesh.experiment.v1.GetRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
-	56,  // 54: quantmesh.experiment.v1.ListRegisteredModelsResponse.registered_models:type_name -> quantmesh.experiment.v1.RegisteredModel
-	56,  // 55: quantmesh.experiment.v1.UpdateRegisteredModelRequest.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
-	123, // 56: quantmesh.experiment.v1.UpdateRegisteredModelRequest.update_mask:type_name -> google.protobuf.FieldMask
-	56,  // 57: quantmesh.experiment.v1.UpdateRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
-	119, // 58: quantmesh.experiment.v1.CreateModelVersionRequest.metrics:type_name -> quantmesh.experiment.v1.CreateModelVersionRequest.MetricsEntry
-	120, // 59: quantmesh.experiment.v1.CreateModelVersionRequest.tags:type_name -> quantmesh.experiment.v1.CreateModelVersionRequest.TagsEntry
-	57,  // 60: quantmesh.experiment.v1.CreateModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	52,  // 43: quantmesh.experiment.v1.ApplyRetentionPolicyResponse.deleted:type_name -> quantmesh.experiment.v1.Checkpoint
+	119, // 44: quantmesh.experiment.v1.RegisteredModel.tags:type_name -> quantmesh.experiment.v1.RegisteredModel.TagsEntry
+	120, // 45: quantmesh.experiment.v1.RegisteredModel.aliases:type_name -> quantmesh.experiment.v1.RegisteredModel.AliasesEntry
+	127, // 46: quantmesh.experiment.v1.RegisteredModel.create_time:type_name -> google.protobuf.Timestamp
+	127, // 47: quantmesh.experiment.v1.RegisteredModel.update_time:type_name -> google.protobuf.Timestamp
+	121, // 48: quantmesh.experiment.v1.ModelVersion.metrics:type_name -> quantmesh.experiment.v1.ModelVersion.MetricsEntry
+	122, // 49: quantmesh.experiment.v1.ModelVersion.tags:type_name -> quantmesh.experiment.v1.ModelVersion.TagsEntry
+	127, // 50: quantmesh.experiment.v1.ModelVersion.create_time:type_name -> google.protobuf.Timestamp
+	123, // 51: quantmesh.experiment.v1.CreateRegisteredModelRequest.tags:type_name -> quantmesh.experiment.v1.CreateRegisteredModelRequest.TagsEntry
+	59,  // 52: quantmesh.experiment.v1.CreateRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
+	59,  // 53: quantmesh.experiment.v1.GetRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
+	59,  // 54: quantmesh.experiment.v1.ListRegisteredModelsResponse.registered_models:type_name -> quantmesh.experiment.v1.RegisteredModel
+	59,  // 55: quantmesh.experiment.v1.UpdateRegisteredModelRequest.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
+	128, // 56: quantmesh.experiment.v1.UpdateRegisteredModelRequest.update_mask:type_name -> google.protobuf.FieldMask
+	59,  // 57: quantmesh.experiment.v1.UpdateRegisteredModelResponse.registered_model:type_name -> quantmesh.experiment.v1.RegisteredModel
+	124, // 58: quantmesh.experiment.v1.CreateModelVersionRequest.metrics:type_name -> quantmesh.experiment.v1.CreateModelVersionRequest.MetricsEntry
+	125, // 59: quantmesh.experiment.v1.CreateModelVersionRequest.tags:type_name -> quantmesh.experiment.v1.CreateModelVersionRequest.TagsEntry
+	60,  // 60: quantmesh.experiment.v1.CreateModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
 	4,   // 61: quantmesh.experiment.v1.GetModelVersionRequest.view:type_name -> quantmesh.experiment.v1.ModelVersionView
-	57,  // 62: quantmesh.experiment.v1.GetModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
-	57,  // 63: quantmesh.experiment.v1.ListModelVersionsResponse.model_versions:type_name -> quantmesh.experiment.v1.ModelVersion
-	57,  // 64: quantmesh.experiment.v1.UpdateModelVersionRequest.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
-	123, // 65: quantmesh.experiment.v1.UpdateModelVersionRequest.update_mask:type_name -> google.protobuf.FieldMask
-	57,  // 66: quantmesh.experiment.v1.UpdateModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	60,  // 62: quantmesh.experiment.v1.GetModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	60,  // 63: quantmesh.experiment.v1.ListModelVersionsResponse.model_versions:type_name -> quantmesh.experiment.v1.ModelVersion
+	60,  // 64: quantmesh.experiment.v1.UpdateModelVersionRequest.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	128, // 65: quantmesh.experiment.v1.UpdateModelVersionRequest.update_mask:type_name -> google.protobuf.FieldMask
+	60,  // 66: quantmesh.experiment.v1.UpdateModelVersionResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
 	4,   // 67: quantmesh.experiment.v1.GetModelVersionByAliasRequest.view:type_name -> quantmesh.experiment.v1.ModelVersionView
-	57,  // 68: quantmesh.experiment.v1.GetModelVersionByAliasResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
-	57,  // 69: quantmesh.experiment.v1.WatchModelResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	60,  // 68: quantmesh.experiment.v1.GetModelVersionByAliasResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
+	60,  // 69: quantmesh.experiment.v1.WatchModelResponse.model_version:type_name -> quantmesh.experiment.v1.ModelVersion
 	5,   // 70: quantmesh.experiment.v1.ABTest.mode:type_name -> quantmesh.experiment.v1.ABTestMode
 	6,   // 71: quantmesh.experiment.v1.ABTest.state:type_name -> quantmesh.experiment.v1.ABTestState
-	84,  // 72: quantmesh.experiment.v1.ABTest.guardrails:type_name -> quantmesh.experiment.v1.ABGuardrails
-	122, // 73: quantmesh.experiment.v1.ABTest.create_time:type_name -> google.protobuf.Timestamp
-	122, // 74: quantmesh.experiment.v1.ABTest.start_time:type_name -> google.protobuf.Timestamp
-	122, // 75: quantmesh.experiment.v1.ABTest.stop_time:type_name -> google.protobuf.Timestamp
-	5,   // 76: quantmesh.experiment.v1.CreateABTestRequest.mode:type_name -> quantmesh.experiment.v1.ABTestMode
-	84,  // 77: quantmesh.experiment.v1.CreateABTestRequest.guardrails:type_name -> quantmesh.experiment.v1.ABGuardrails
-	85,  // 78: quantmesh.experiment.v1.CreateABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	85,  // 79: quantmesh.experiment.v1.GetABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	6,   // 80: quantmesh.experiment.v1.ListABTestsRequest.state:type_name -> quantmesh.experiment.v1.ABTestState
-	85,  // 81: quantmesh.experiment.v1.ListABTestsResponse.ab_tests:type_name -> quantmesh.experiment.v1.ABTest
-	85,  // 82: quantmesh.experiment.v1.StartABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	85,  // 83: quantmesh.experiment.v1.PauseABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	85,  // 84: quantmesh.experiment.v1.StopABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	7,   // 85: quantmesh.experiment.v1.ArmResults.arm:type_name -> quantmesh.experiment.v1.ABArm
-	121, // 86: quantmesh.experiment.v1.ArmResults.action_counts:type_name -> quantmesh.experiment.v1.ArmResults.ActionCountsEntry
-	98,  // 87: quantmesh.experiment.v1.ABTestResults.arms:type_name -> quantmesh.experiment.v1.ArmResults
-	122, // 88: quantmesh.experiment.v1.ABTestResults.compute_time:type_name -> google.protobuf.Timestamp
-	99,  // 89: quantmesh.experiment.v1.GetABTestResultsResponse.results:type_name -> quantmesh.experiment.v1.ABTestResults
-	7,   // 90: quantmesh.experiment.v1.AssignUnitResponse.arm:type_name -> quantmesh.experiment.v1.ABArm
-	85,  // 91: quantmesh.experiment.v1.WatchABTestsResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
-	7,   // 92: quantmesh.experiment.v1.ABObservation.arm:type_name -> quantmesh.experiment.v1.ABArm
-	122, // 93: quantmesh.experiment.v1.ABObservation.observe_time:type_name -> google.protobuf.Timestamp
-	106, // 94: quantmesh.experiment.v1.RecordObservationsRequest.observations:type_name -> quantmesh.experiment.v1.ABObservation
-	9,   // 95: quantmesh.experiment.v1.ExperimentService.CreateExperiment:input_type -> quantmesh.experiment.v1.CreateExperimentRequest
-	11,  // 96: quantmesh.experiment.v1.ExperimentService.GetExperiment:input_type -> quantmesh.experiment.v1.GetExperimentRequest
-	13,  // 97: quantmesh.experiment.v1.ExperimentService.GetExperimentByName:input_type -> quantmesh.experiment.v1.GetExperimentByNameRequest
-	15,  // 98: quantmesh.experiment.v1.ExperimentService.ListExperiments:input_type -> quantmesh.experiment.v1.ListExperimentsRequest
-	17,  // 99: quantmesh.experiment.v1.ExperimentService.UpdateExperiment:input_type -> quantmesh.experiment.v1.UpdateExperimentRequest
-	19,  // 100: quantmesh.experiment.v1.ExperimentService.DeleteExperiment:input_type -> quantmesh.experiment.v1.DeleteExperimentRequest
-	21,  // 101: quantmesh.experiment.v1.ExperimentService.RestoreExperiment:input_type -> quantmesh.experiment.v1.RestoreExperimentRequest
-	25,  // 102: quantmesh.experiment.v1.ExperimentService.CreateRun:input_type -> quantmesh.experiment.v1.CreateRunRequest
-	27,  // 103: quantmesh.experiment.v1.ExperimentService.GetRun:input_type -> quantmesh.experiment.v1.GetRunRequest
-	29,  // 104: quantmesh.experiment.v1.ExperimentService.UpdateRun:input_type -> quantmesh.experiment.v1.UpdateRunRequest
-	31,  // 105: quantmesh.experiment.v1.ExperimentService.DeleteRun:input_type -> quantmesh.experiment.v1.DeleteRunRequest
-	33,  // 106: quantmesh.experiment.v1.ExperimentService.RestoreRun:input_type -> quantmesh.experiment.v1.RestoreRunRequest
-	35,  // 107: quantmesh.experiment.v1.ExperimentService.SetRunTag:input_type -> quantmesh.experiment.v1.SetRunTagRequest
-	37,  // 108: quantmesh.experiment.v1.ExperimentService.DeleteRunTag:input_type -> quantmesh.experiment.v1.DeleteRunTagRequest
-	41,  // 109: quantmesh.experiment.v1.ExperimentService.LogBatch:input_type -> quantmesh.experiment.v1.LogBatchRequest
-	43,  // 110: quantmesh.experiment.v1.ExperimentService.StreamMetrics:input_type -> quantmesh.experiment.v1.StreamMetricsRequest
-	45,  // 111: quantmesh.experiment.v1.ExperimentService.SearchRuns:input_type -> quantmesh.experiment.v1.SearchRunsRequest
-	47,  // 112: quantmesh.experiment.v1.ExperimentService.GetMetricHistory:input_type -> quantmesh.experiment.v1.GetMetricHistoryRequest
-	50,  // 113: quantmesh.experiment.v1.ExperimentService.LogCheckpoint:input_type -> quantmesh.experiment.v1.LogCheckpointRequest
-	52,  // 114: quantmesh.experiment.v1.ExperimentService.ListCheckpoints:input_type -> quantmesh.experiment.v1.ListCheckpointsRequest
-	54,  // 115: quantmesh.experiment.v1.ExperimentService.ApplyRetentionPolicy:input_type -> quantmesh.experiment.v1.ApplyRetentionPolicyRequest
-	58,  // 116: quantmesh.experiment.v1.ExperimentService.CreateRegisteredModel:input_type -> quantmesh.experiment.v1.CreateRegisteredModelRequest
-	60,  // 117: quantmesh.experiment.v1.ExperimentService.GetRegisteredModel:input_type -> quantmesh.experiment.v1.GetRegisteredModelRequest
-	62,  // 118: quantmesh.experiment.v1.ExperimentService.ListRegisteredModels:input_type -> quantmesh.experiment.v1.ListRegisteredModelsRequest
-	64,  // 119: quantmesh.experiment.v1.ExperimentService.UpdateRegisteredModel:input_type -> quantmesh.experiment.v1.UpdateRegisteredModelRequest
-	66,  // 120: quantmesh.experiment.v1.ExperimentService.DeleteRegisteredModel:input_type -> quantmesh.experiment.v1.DeleteRegisteredModelRequest
-	68,  // 121: quantmesh.experiment.v1.ExperimentService.CreateModelVersion:input_type -> quantmesh.experiment.v1.CreateModelVersionRequest
-	70,  // 122: quantmesh.experiment.v1.ExperimentService.GetModelVersion:input_type -> quantmesh.experiment.v1.GetModelVersionRequest
-	72,  // 123: quantmesh.experiment.v1.ExperimentService.ListModelVersions:input_type -> quantmesh.experiment.v1.ListModelVersionsRequest
-	74,  // 124: quantmesh.experiment.v1.ExperimentService.UpdateModelVersion:input_type -> quantmesh.experiment.v1.UpdateModelVersionRequest
-	76,  // 125: quantmesh.experiment.v1.ExperimentService.SetModelAlias:input_type -> quantmesh.experiment.v1.SetModelAliasRequest
-	78,  // 126: quantmesh.experiment.v1.ExperimentService.DeleteModelAlias:input_type -> quantmesh.experiment.v1.DeleteModelAliasRequest
-	80,  // 127: quantmesh.experiment.v1.ExperimentService.GetModelVersionByAlias:input_type -> quantmesh.experiment.v1.GetModelVersionByAliasRequest
-	82,  // 128: quantmesh.experiment.v1.ExperimentService.WatchModel:input_type -> quantmesh.experiment.v1.WatchModelRequest
-	86,  // 129: quantmesh.experiment.v1.ExperimentService.CreateABTest:input_type -> quantmesh.experiment.v1.CreateABTestRequest
-	88,  // 130: quantmesh.experiment.v1.ExperimentService.GetABTest:input_type -> quantmesh.experiment.v1.GetABTestRequest
-	90,  // 131: quantmesh.experiment.v1.ExperimentService.ListABTests:input_type -> quantmesh.experiment.v1.ListABTestsRequest
-	92,  // 132: quantmesh.experiment.v1.ExperimentService.StartABTest:input_type -> quantmesh.experiment.v1.StartABTestRequest
-	94,  // 133: quantmesh.experiment.v1.ExperimentService.PauseABTest:input_type -> quantmesh.experiment.v1.PauseABTestRequest
-	96,  // 134: quantmesh.experiment.v1.ExperimentService.StopABTest:input_type -> quantmesh.experiment.v1.StopABTestRequest
-	100, // 135: quantmesh.experiment.v1.ExperimentService.GetABTestResults:input_type -> quantmesh.experiment.v1.GetABTestResultsRequest
-	102, // 136: quantmesh.experiment.v1.ExperimentService.AssignUnit:input_type -> quantmesh.experiment.v1.AssignUnitRequest
-	104, // 137: quantmesh.experiment.v1.ExperimentService.WatchABTests:input_type -> quantmesh.experiment.v1.WatchABTestsRequest
-	107, // 138: quantmesh.experiment.v1.ExperimentService.RecordObservations:input_type -> quantmesh.experiment.v1.RecordObservationsRequest
-	10,  // 139: quantmesh.experiment.v1.ExperimentService.CreateExperiment:output_type -> quantmesh.experiment.v1.CreateExperimentResponse
-	12,  // 140: quantmesh.experiment.v1.ExperimentService.GetExperiment:output_type -> quantmesh.experiment.v1.GetExperimentResponse
-	14,  // 141: quantmesh.experiment.v1.ExperimentService.GetExperimentByName:output_type -> quantmesh.experiment.v1.GetExperimentByNameResponse
-	16,  // 142: quantmesh.experiment.v1.ExperimentService.ListExperiments:output_type -> quantmesh.experiment.v1.ListExperimentsResponse
-	18,  // 143: quantmesh.experiment.v1.ExperimentService.UpdateExperiment:output_type -> quantmesh.experiment.v1.UpdateExperimentResponse
-	20,  // 144: quantmesh.experiment.v1.ExperimentService.DeleteExperiment:output_type -> quantmesh.experiment.v1.DeleteExperimentResponse
-	22,  // 145: quantmesh.experiment.v1.ExperimentService.RestoreExperiment:output_type -> quantmesh.experiment.v1.RestoreExperimentResponse
-	26,  // 146: quantmesh.experiment.v1.ExperimentService.CreateRun:output_type -> quantmesh.experiment.v1.CreateRunResponse
-	28,  // 147: quantmesh.experiment.v1.ExperimentService.GetRun:output_type -> quantmesh.experiment.v1.GetRunResponse
-	30,  // 148: quantmesh.experiment.v1.ExperimentService.UpdateRun:output_type -> quantmesh.experiment.v1.UpdateRunResponse
-	32,  // 149: quantmesh.experiment.v1.ExperimentService.DeleteRun:output_type -> quantmesh.experiment.v1.DeleteRunResponse
-	34,  // 150: quantmesh.experiment.v1.ExperimentService.RestoreRun:output_type -> quantmesh.experiment.v1.RestoreRunResponse
-	36,  // 151: quantmesh.experiment.v1.ExperimentService.SetRunTag:output_type -> quantmesh.experiment.v1.SetRunTagResponse
-	38,  // 152: quantmesh.experiment.v1.ExperimentService.DeleteRunTag:output_type -> quantmesh.experiment.v1.DeleteRunTagResponse
-	42,  // 153: quantmesh.experiment.v1.ExperimentService.LogBatch:output_type -> quantmesh.experiment.v1.LogBatchResponse
-	44,  // 154: quantmesh.experiment.v1.ExperimentService.StreamMetrics:output_type -> quantmesh.experiment.v1.StreamMetricsResponse
-	46,  // 155: quantmesh.experiment.v1.ExperimentService.SearchRuns:output_type -> quantmesh.experiment.v1.SearchRunsResponse
-	48,  // 156: quantmesh.experiment.v1.ExperimentService.GetMetricHistory:output_type -> quantmesh.experiment.v1.GetMetricHistoryResponse
-	51,  // 157: quantmesh.experiment.v1.ExperimentService.LogCheckpoint:output_type -> quantmesh.experiment.v1.LogCheckpointResponse
-	53,  // 158: quantmesh.experiment.v1.ExperimentService.ListCheckpoints:output_type -> quantmesh.experiment.v1.ListCheckpointsResponse
-	55,  // 159: quantmesh.experiment.v1.ExperimentService.ApplyRetentionPolicy:output_type -> quantmesh.experiment.v1.ApplyRetentionPolicyResponse
-	59,  // 160: quantmesh.experiment.v1.ExperimentService.CreateRegisteredModel:output_type -> quantmesh.experiment.v1.CreateRegisteredModelResponse
-	61,  // 161: quantmesh.experiment.v1.ExperimentService.GetRegisteredModel:output_type -> quantmesh.experiment.v1.GetRegisteredModelResponse
-	63,  // 162: quantmesh.experiment.v1.ExperimentService.ListRegisteredModels:output_type -> quantmesh.experiment.v1.ListRegisteredModelsResponse
-	65,  // 163: quantmesh.experiment.v1.ExperimentService.UpdateRegisteredModel:output_type -> quantmesh.experiment.v1.UpdateRegisteredModelResponse
-	67,  // 164: quantmesh.experiment.v1.ExperimentService.DeleteRegisteredModel:output_type -> quantmesh.experiment.v1.DeleteRegisteredModelResponse
-	69,  // 165: quantmesh.experiment.v1.ExperimentService.CreateModelVersion:output_type -> quantmesh.experiment.v1.CreateModelVersionResponse
-	71,  // 166: quantmesh.experiment.v1.ExperimentService.GetModelVersion:output_type -> quantmesh.experiment.v1.GetModelVersionResponse
-	73,  // 167: quantmesh.experiment.v1.ExperimentService.ListModelVersions:output_type -> quantmesh.experiment.v1.ListModelVersionsResponse
-	75,  // 168: quantmesh.experiment.v1.ExperimentService.UpdateModelVersion:output_type -> quantmesh.experiment.v1.UpdateModelVersionResponse
-	77,  // 169: quantmesh.experiment.v1.ExperimentService.SetModelAlias:output_type -> quantmesh.experiment.v1.SetModelAliasResponse
-	79,  // 170: quantmesh.experiment.v1.ExperimentService.DeleteModelAlias:output_type -> quantmesh.experiment.v1.DeleteModelAliasResponse
-	81,  // 171: quantmesh.experiment.v1.ExperimentService.GetModelVersionByAlias:output_type -> quantmesh.experiment.v1.GetModelVersionByAliasResponse
-	83,  // 172: quantmesh.experiment.v1.ExperimentService.WatchModel:output_type -> quantmesh.experiment.v1.WatchModelResponse
-	87,  // 173: quantmesh.experiment.v1.ExperimentService.CreateABTest:output_type -> quantmesh.experiment.v1.CreateABTestResponse
-	89,  // 174: quantmesh.experiment.v1.ExperimentService.GetABTest:output_type -> quantmesh.experiment.v1.GetABTestResponse
-	91,  // 175: quantmesh.experiment.v1.ExperimentService.ListABTests:output_type -> quantmesh.experiment.v1.ListABTestsResponse
-	93,  // 176: quantmesh.experiment.v1.ExperimentService.StartABTest:output_type -> quantmesh.experiment.v1.StartABTestResponse
-	95,  // 177: quantmesh.experiment.v1.ExperimentService.PauseABTest:output_type -> quantmesh.experiment.v1.PauseABTestResponse
-	97,  // 178: quantmesh.experiment.v1.ExperimentService.StopABTest:output_type -> quantmesh.experiment.v1.StopABTestResponse
-	101, // 179: quantmesh.experiment.v1.ExperimentService.GetABTestResults:output_type -> quantmesh.experiment.v1.GetABTestResultsResponse
-	103, // 180: quantmesh.experiment.v1.ExperimentService.AssignUnit:output_type -> quantmesh.experiment.v1.AssignUnitResponse
-	105, // 181: quantmesh.experiment.v1.ExperimentService.WatchABTests:output_type -> quantmesh.experiment.v1.WatchABTestsResponse
-	108, // 182: quantmesh.experiment.v1.ExperimentService.RecordObservations:output_type -> quantmesh.experiment.v1.RecordObservationsResponse
-	139, // [139:183] is the sub-list for method output_type
-	95,  // [95:139] is the sub-list for method input_type
-	95,  // [95:95] is the sub-list for extension type_name
-	95,  // [95:95] is the sub-list for extension extendee
-	0,   // [0:95] is the sub-list for field type_name
+	87,  // 72: quantmesh.experiment.v1.ABTest.guardrails:type_name -> quantmesh.experiment.v1.ABGuardrails
+	8,   // 73: quantmesh.experiment.v1.ABTest.outcome:type_name -> quantmesh.experiment.v1.ABOutcome
+	127, // 74: quantmesh.experiment.v1.ABTest.create_time:type_name -> google.protobuf.Timestamp
+	127, // 75: quantmesh.experiment.v1.ABTest.start_time:type_name -> google.protobuf.Timestamp
+	127, // 76: quantmesh.experiment.v1.ABTest.stop_time:type_name -> google.protobuf.Timestamp
+	5,   // 77: quantmesh.experiment.v1.CreateABTestRequest.mode:type_name -> quantmesh.experiment.v1.ABTestMode
+	87,  // 78: quantmesh.experiment.v1.CreateABTestRequest.guardrails:type_name -> quantmesh.experiment.v1.ABGuardrails
+	8,   // 79: quantmesh.experiment.v1.CreateABTestRequest.outcome:type_name -> quantmesh.experiment.v1.ABOutcome
+	88,  // 80: quantmesh.experiment.v1.CreateABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	88,  // 81: quantmesh.experiment.v1.GetABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	6,   // 82: quantmesh.experiment.v1.ListABTestsRequest.state:type_name -> quantmesh.experiment.v1.ABTestState
+	88,  // 83: quantmesh.experiment.v1.ListABTestsResponse.ab_tests:type_name -> quantmesh.experiment.v1.ABTest
+	88,  // 84: quantmesh.experiment.v1.StartABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	88,  // 85: quantmesh.experiment.v1.PauseABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	88,  // 86: quantmesh.experiment.v1.StopABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	7,   // 87: quantmesh.experiment.v1.ArmResults.arm:type_name -> quantmesh.experiment.v1.ABArm
+	126, // 88: quantmesh.experiment.v1.ArmResults.action_counts:type_name -> quantmesh.experiment.v1.ArmResults.ActionCountsEntry
+	101, // 89: quantmesh.experiment.v1.ABTestResults.arms:type_name -> quantmesh.experiment.v1.ArmResults
+	127, // 90: quantmesh.experiment.v1.ABTestResults.compute_time:type_name -> google.protobuf.Timestamp
+	102, // 91: quantmesh.experiment.v1.GetABTestResultsResponse.results:type_name -> quantmesh.experiment.v1.ABTestResults
+	7,   // 92: quantmesh.experiment.v1.AssignUnitResponse.arm:type_name -> quantmesh.experiment.v1.ABArm
+	88,  // 93: quantmesh.experiment.v1.WatchABTestsResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	10,  // 94: quantmesh.experiment.v1.WatchABTestsResponse.kind:type_name -> quantmesh.experiment.v1.WatchEventKind
+	88,  // 95: quantmesh.experiment.v1.UpdateABTestRequest.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	128, // 96: quantmesh.experiment.v1.UpdateABTestRequest.update_mask:type_name -> google.protobuf.FieldMask
+	88,  // 97: quantmesh.experiment.v1.UpdateABTestResponse.ab_test:type_name -> quantmesh.experiment.v1.ABTest
+	7,   // 98: quantmesh.experiment.v1.ABObservation.arm:type_name -> quantmesh.experiment.v1.ABArm
+	9,   // 99: quantmesh.experiment.v1.ABObservation.action:type_name -> quantmesh.experiment.v1.TradeAction
+	9,   // 100: quantmesh.experiment.v1.ABObservation.shadow_action:type_name -> quantmesh.experiment.v1.TradeAction
+	127, // 101: quantmesh.experiment.v1.ABObservation.observe_time:type_name -> google.protobuf.Timestamp
+	111, // 102: quantmesh.experiment.v1.RecordObservationsRequest.observations:type_name -> quantmesh.experiment.v1.ABObservation
+	12,  // 103: quantmesh.experiment.v1.ExperimentService.CreateExperiment:input_type -> quantmesh.experiment.v1.CreateExperimentRequest
+	14,  // 104: quantmesh.experiment.v1.ExperimentService.GetExperiment:input_type -> quantmesh.experiment.v1.GetExperimentRequest
+	16,  // 105: quantmesh.experiment.v1.ExperimentService.GetExperimentByName:input_type -> quantmesh.experiment.v1.GetExperimentByNameRequest
+	18,  // 106: quantmesh.experiment.v1.ExperimentService.ListExperiments:input_type -> quantmesh.experiment.v1.ListExperimentsRequest
+	20,  // 107: quantmesh.experiment.v1.ExperimentService.UpdateExperiment:input_type -> quantmesh.experiment.v1.UpdateExperimentRequest
+	22,  // 108: quantmesh.experiment.v1.ExperimentService.DeleteExperiment:input_type -> quantmesh.experiment.v1.DeleteExperimentRequest
+	24,  // 109: quantmesh.experiment.v1.ExperimentService.RestoreExperiment:input_type -> quantmesh.experiment.v1.RestoreExperimentRequest
+	28,  // 110: quantmesh.experiment.v1.ExperimentService.CreateRun:input_type -> quantmesh.experiment.v1.CreateRunRequest
+	30,  // 111: quantmesh.experiment.v1.ExperimentService.GetRun:input_type -> quantmesh.experiment.v1.GetRunRequest
+	32,  // 112: quantmesh.experiment.v1.ExperimentService.UpdateRun:input_type -> quantmesh.experiment.v1.UpdateRunRequest
+	34,  // 113: quantmesh.experiment.v1.ExperimentService.DeleteRun:input_type -> quantmesh.experiment.v1.DeleteRunRequest
+	36,  // 114: quantmesh.experiment.v1.ExperimentService.RestoreRun:input_type -> quantmesh.experiment.v1.RestoreRunRequest
+	38,  // 115: quantmesh.experiment.v1.ExperimentService.SetRunTag:input_type -> quantmesh.experiment.v1.SetRunTagRequest
+	40,  // 116: quantmesh.experiment.v1.ExperimentService.DeleteRunTag:input_type -> quantmesh.experiment.v1.DeleteRunTagRequest
+	44,  // 117: quantmesh.experiment.v1.ExperimentService.LogBatch:input_type -> quantmesh.experiment.v1.LogBatchRequest
+	46,  // 118: quantmesh.experiment.v1.ExperimentService.StreamMetrics:input_type -> quantmesh.experiment.v1.StreamMetricsRequest
+	48,  // 119: quantmesh.experiment.v1.ExperimentService.SearchRuns:input_type -> quantmesh.experiment.v1.SearchRunsRequest
+	50,  // 120: quantmesh.experiment.v1.ExperimentService.GetMetricHistory:input_type -> quantmesh.experiment.v1.GetMetricHistoryRequest
+	53,  // 121: quantmesh.experiment.v1.ExperimentService.LogCheckpoint:input_type -> quantmesh.experiment.v1.LogCheckpointRequest
+	55,  // 122: quantmesh.experiment.v1.ExperimentService.ListCheckpoints:input_type -> quantmesh.experiment.v1.ListCheckpointsRequest
+	57,  // 123: quantmesh.experiment.v1.ExperimentService.ApplyRetentionPolicy:input_type -> quantmesh.experiment.v1.ApplyRetentionPolicyRequest
+	61,  // 124: quantmesh.experiment.v1.ExperimentService.CreateRegisteredModel:input_type -> quantmesh.experiment.v1.CreateRegisteredModelRequest
+	63,  // 125: quantmesh.experiment.v1.ExperimentService.GetRegisteredModel:input_type -> quantmesh.experiment.v1.GetRegisteredModelRequest
+	65,  // 126: quantmesh.experiment.v1.ExperimentService.ListRegisteredModels:input_type -> quantmesh.experiment.v1.ListRegisteredModelsRequest
+	67,  // 127: quantmesh.experiment.v1.ExperimentService.UpdateRegisteredModel:input_type -> quantmesh.experiment.v1.UpdateRegisteredModelRequest
+	69,  // 128: quantmesh.experiment.v1.ExperimentService.DeleteRegisteredModel:input_type -> quantmesh.experiment.v1.DeleteRegisteredModelRequest
+	71,  // 129: quantmesh.experiment.v1.ExperimentService.CreateModelVersion:input_type -> quantmesh.experiment.v1.CreateModelVersionRequest
+	73,  // 130: quantmesh.experiment.v1.ExperimentService.GetModelVersion:input_type -> quantmesh.experiment.v1.GetModelVersionRequest
+	75,  // 131: quantmesh.experiment.v1.ExperimentService.ListModelVersions:input_type -> quantmesh.experiment.v1.ListModelVersionsRequest
+	77,  // 132: quantmesh.experiment.v1.ExperimentService.UpdateModelVersion:input_type -> quantmesh.experiment.v1.UpdateModelVersionRequest
+	79,  // 133: quantmesh.experiment.v1.ExperimentService.SetModelAlias:input_type -> quantmesh.experiment.v1.SetModelAliasRequest
+	81,  // 134: quantmesh.experiment.v1.ExperimentService.DeleteModelAlias:input_type -> quantmesh.experiment.v1.DeleteModelAliasRequest
+	83,  // 135: quantmesh.experiment.v1.ExperimentService.GetModelVersionByAlias:input_type -> quantmesh.experiment.v1.GetModelVersionByAliasRequest
+	85,  // 136: quantmesh.experiment.v1.ExperimentService.WatchModel:input_type -> quantmesh.experiment.v1.WatchModelRequest
+	89,  // 137: quantmesh.experiment.v1.ExperimentService.CreateABTest:input_type -> quantmesh.experiment.v1.CreateABTestRequest
+	91,  // 138: quantmesh.experiment.v1.ExperimentService.GetABTest:input_type -> quantmesh.experiment.v1.GetABTestRequest
+	93,  // 139: quantmesh.experiment.v1.ExperimentService.ListABTests:input_type -> quantmesh.experiment.v1.ListABTestsRequest
+	109, // 140: quantmesh.experiment.v1.ExperimentService.UpdateABTest:input_type -> quantmesh.experiment.v1.UpdateABTestRequest
+	95,  // 141: quantmesh.experiment.v1.ExperimentService.StartABTest:input_type -> quantmesh.experiment.v1.StartABTestRequest
+	97,  // 142: quantmesh.experiment.v1.ExperimentService.PauseABTest:input_type -> quantmesh.experiment.v1.PauseABTestRequest
+	99,  // 143: quantmesh.experiment.v1.ExperimentService.StopABTest:input_type -> quantmesh.experiment.v1.StopABTestRequest
+	103, // 144: quantmesh.experiment.v1.ExperimentService.GetABTestResults:input_type -> quantmesh.experiment.v1.GetABTestResultsRequest
+	105, // 145: quantmesh.experiment.v1.ExperimentService.AssignUnit:input_type -> quantmesh.experiment.v1.AssignUnitRequest
+	107, // 146: quantmesh.experiment.v1.ExperimentService.WatchABTests:input_type -> quantmesh.experiment.v1.WatchABTestsRequest
+	112, // 147: quantmesh.experiment.v1.ExperimentService.RecordObservations:input_type -> quantmesh.experiment.v1.RecordObservationsRequest
+	13,  // 148: quantmesh.experiment.v1.ExperimentService.CreateExperiment:output_type -> quantmesh.experiment.v1.CreateExperimentResponse
+	15,  // 149: quantmesh.experiment.v1.ExperimentService.GetExperiment:output_type -> quantmesh.experiment.v1.GetExperimentResponse
+	17,  // 150: quantmesh.experiment.v1.ExperimentService.GetExperimentByName:output_type -> quantmesh.experiment.v1.GetExperimentByNameResponse
+	19,  // 151: quantmesh.experiment.v1.ExperimentService.ListExperiments:output_type -> quantmesh.experiment.v1.ListExperimentsResponse
+	21,  // 152: quantmesh.experiment.v1.ExperimentService.UpdateExperiment:output_type -> quantmesh.experiment.v1.UpdateExperimentResponse
+	23,  // 153: quantmesh.experiment.v1.ExperimentService.DeleteExperiment:output_type -> quantmesh.experiment.v1.DeleteExperimentResponse
+	25,  // 154: quantmesh.experiment.v1.ExperimentService.RestoreExperiment:output_type -> quantmesh.experiment.v1.RestoreExperimentResponse
+	29,  // 155: quantmesh.experiment.v1.ExperimentService.CreateRun:output_type -> quantmesh.experiment.v1.CreateRunResponse
+	31,  // 156: quantmesh.experiment.v1.ExperimentService.GetRun:output_type -> quantmesh.experiment.v1.GetRunResponse
+	33,  // 157: quantmesh.experiment.v1.ExperimentService.UpdateRun:output_type -> quantmesh.experiment.v1.UpdateRunResponse
+	35,  // 158: quantmesh.experiment.v1.ExperimentService.DeleteRun:output_type -> quantmesh.experiment.v1.DeleteRunResponse
+	37,  // 159: quantmesh.experiment.v1.ExperimentService.RestoreRun:output_type -> quantmesh.experiment.v1.RestoreRunResponse
+	39,  // 160: quantmesh.experiment.v1.ExperimentService.SetRunTag:output_type -> quantmesh.experiment.v1.SetRunTagResponse
+	41,  // 161: quantmesh.experiment.v1.ExperimentService.DeleteRunTag:output_type -> quantmesh.experiment.v1.DeleteRunTagResponse
+	45,  // 162: quantmesh.experiment.v1.ExperimentService.LogBatch:output_type -> quantmesh.experiment.v1.LogBatchResponse
+	47,  // 163: quantmesh.experiment.v1.ExperimentService.StreamMetrics:output_type -> quantmesh.experiment.v1.StreamMetricsResponse
+	49,  // 164: quantmesh.experiment.v1.ExperimentService.SearchRuns:output_type -> quantmesh.experiment.v1.SearchRunsResponse
+	51,  // 165: quantmesh.experiment.v1.ExperimentService.GetMetricHistory:output_type -> quantmesh.experiment.v1.GetMetricHistoryResponse
+	54,  // 166: quantmesh.experiment.v1.ExperimentService.LogCheckpoint:output_type -> quantmesh.experiment.v1.LogCheckpointResponse
+	56,  // 167: quantmesh.experiment.v1.ExperimentService.ListCheckpoints:output_type -> quantmesh.experiment.v1.ListCheckpointsResponse
+	58,  // 168: quantmesh.experiment.v1.ExperimentService.ApplyRetentionPolicy:output_type -> quantmesh.experiment.v1.ApplyRetentionPolicyResponse
+	62,  // 169: quantmesh.experiment.v1.ExperimentService.CreateRegisteredModel:output_type -> quantmesh.experiment.v1.CreateRegisteredModelResponse
+	64,  // 170: quantmesh.experiment.v1.ExperimentService.GetRegisteredModel:output_type -> quantmesh.experiment.v1.GetRegisteredModelResponse
+	66,  // 171: quantmesh.experiment.v1.ExperimentService.ListRegisteredModels:output_type -> quantmesh.experiment.v1.ListRegisteredModelsResponse
+	68,  // 172: quantmesh.experiment.v1.ExperimentService.UpdateRegisteredModel:output_type -> quantmesh.experiment.v1.UpdateRegisteredModelResponse
+	70,  // 173: quantmesh.experiment.v1.ExperimentService.DeleteRegisteredModel:output_type -> quantmesh.experiment.v1.DeleteRegisteredModelResponse
+	72,  // 174: quantmesh.experiment.v1.ExperimentService.CreateModelVersion:output_type -> quantmesh.experiment.v1.CreateModelVersionResponse
+	74,  // 175: quantmesh.experiment.v1.ExperimentService.GetModelVersion:output_type -> quantmesh.experiment.v1.GetModelVersionResponse
+	76,  // 176: quantmesh.experiment.v1.ExperimentService.ListModelVersions:output_type -> quantmesh.experiment.v1.ListModelVersionsResponse
+	78,  // 177: quantmesh.experiment.v1.ExperimentService.UpdateModelVersion:output_type -> quantmesh.experiment.v1.UpdateModelVersionResponse
+	80,  // 178: quantmesh.experiment.v1.ExperimentService.SetModelAlias:output_type -> quantmesh.experiment.v1.SetModelAliasResponse
+	82,  // 179: quantmesh.experiment.v1.ExperimentService.DeleteModelAlias:output_type -> quantmesh.experiment.v1.DeleteModelAliasResponse
+	84,  // 180: quantmesh.experiment.v1.ExperimentService.GetModelVersionByAlias:output_type -> quantmesh.experiment.v1.GetModelVersionByAliasResponse
+	86,  // 181: quantmesh.experiment.v1.ExperimentService.WatchModel:output_type -> quantmesh.experiment.v1.WatchModelResponse
+	90,  // 182: quantmesh.experiment.v1.ExperimentService.CreateABTest:output_type -> quantmesh.experiment.v1.CreateABTestResponse
+	92,  // 183: quantmesh.experiment.v1.ExperimentService.GetABTest:output_type -> quantmesh.experiment.v1.GetABTestResponse
+	94,  // 184: quantmesh.experiment.v1.ExperimentService.ListABTests:output_type -> quantmesh.experiment.v1.ListABTestsResponse
+	110, // 185: quantmesh.experiment.v1.ExperimentService.UpdateABTest:output_type -> quantmesh.experiment.v1.UpdateABTestResponse
+	96,  // 186: quantmesh.experiment.v1.ExperimentService.StartABTest:output_type -> quantmesh.experiment.v1.StartABTestResponse
+	98,  // 187: quantmesh.experiment.v1.ExperimentService.PauseABTest:output_type -> quantmesh.experiment.v1.PauseABTestResponse
+	100, // 188: quantmesh.experiment.v1.ExperimentService.StopABTest:output_type -> quantmesh.experiment.v1.StopABTestResponse
+	104, // 189: quantmesh.experiment.v1.ExperimentService.GetABTestResults:output_type -> quantmesh.experiment.v1.GetABTestResultsResponse
+	106, // 190: quantmesh.experiment.v1.ExperimentService.AssignUnit:output_type -> quantmesh.experiment.v1.AssignUnitResponse
+	108, // 191: quantmesh.experiment.v1.ExperimentService.WatchABTests:output_type -> quantmesh.experiment.v1.WatchABTestsResponse
+	113, // 192: quantmesh.experiment.v1.ExperimentService.RecordObservations:output_type -> quantmesh.experiment.v1.RecordObservationsResponse
+	148, // [148:193] is the sub-list for method output_type
+	103, // [103:148] is the sub-list for method input_type
+	103, // [103:103] is the sub-list for extension type_name
+	103, // [103:103] is the sub-list for extension extendee
+	0,   // [0:103] is the sub-list for field type_name
 }
 
 func init() { file_quantmesh_experiment_v1_experiment_proto_init() }
@@ -7896,13 +8328,14 @@ func file_quantmesh_experiment_v1_experiment_proto_init() {
 		return
 	}
 	file_quantmesh_experiment_v1_experiment_proto_msgTypes[46].OneofWrappers = []any{}
+	file_quantmesh_experiment_v1_experiment_proto_msgTypes[68].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quantmesh_experiment_v1_experiment_proto_rawDesc), len(file_quantmesh_experiment_v1_experiment_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   114,
+			NumEnums:      11,
+			NumMessages:   116,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

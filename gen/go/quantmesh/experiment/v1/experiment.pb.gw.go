@@ -1747,6 +1747,87 @@ func local_request_ExperimentService_ListABTests_0(ctx context.Context, marshale
 	return msg, metadata, err
 }
 
+var filter_ExperimentService_UpdateABTest_0 = &utilities.DoubleArray{Encoding: map[string]int{"ab_test": 0, "ab_test_id": 1}, Base: []int{1, 1, 2, 0, 0}, Check: []int{0, 1, 2, 2, 3}}
+
+func request_ExperimentService_UpdateABTest_0(ctx context.Context, marshaler runtime.Marshaler, client ExperimentServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq UpdateABTestRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	newReader, berr := utilities.IOReaderFactory(req.Body)
+	if berr != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", berr)
+	}
+	if err := marshaler.NewDecoder(newReader()).Decode(&protoReq.AbTest); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if protoReq.UpdateMask == nil || len(protoReq.UpdateMask.GetPaths()) == 0 {
+		if fieldMask, err := runtime.FieldMaskFromRequestBody(newReader(), protoReq.AbTest); err != nil {
+			return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+		} else {
+			protoReq.UpdateMask = fieldMask
+		}
+	}
+	val, ok := pathParams["ab_test.ab_test_id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "ab_test.ab_test_id")
+	}
+	err = runtime.PopulateFieldFromPath(&protoReq, "ab_test.ab_test_id", val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "ab_test.ab_test_id", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_ExperimentService_UpdateABTest_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if req.Body != nil {
+		_, _ = io.Copy(io.Discard, req.Body)
+	}
+	msg, err := client.UpdateABTest(ctx, &protoReq, grpc.Header(&metadata.HeaderMD), grpc.Trailer(&metadata.TrailerMD))
+	return msg, metadata, err
+}
+
+func local_request_ExperimentService_UpdateABTest_0(ctx context.Context, marshaler runtime.Marshaler, server ExperimentServiceServer, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
+	var (
+		protoReq UpdateABTestRequest
+		metadata runtime.ServerMetadata
+		err      error
+	)
+	newReader, berr := utilities.IOReaderFactory(req.Body)
+	if berr != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", berr)
+	}
+	if err := marshaler.NewDecoder(newReader()).Decode(&protoReq.AbTest); err != nil && !errors.Is(err, io.EOF) {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if protoReq.UpdateMask == nil || len(protoReq.UpdateMask.GetPaths()) == 0 {
+		if fieldMask, err := runtime.FieldMaskFromRequestBody(newReader(), protoReq.AbTest); err != nil {
+			return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+		} else {
+			protoReq.UpdateMask = fieldMask
+		}
+	}
+	val, ok := pathParams["ab_test.ab_test_id"]
+	if !ok {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "missing parameter %s", "ab_test.ab_test_id")
+	}
+	err = runtime.PopulateFieldFromPath(&protoReq, "ab_test.ab_test_id", val)
+	if err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "type mismatch, parameter: %s, error: %v", "ab_test.ab_test_id", err)
+	}
+	if err := req.ParseForm(); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	if err := runtime.PopulateQueryParameters(&protoReq, req.Form, filter_ExperimentService_UpdateABTest_0); err != nil {
+		return nil, metadata, status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	msg, err := server.UpdateABTest(ctx, &protoReq)
+	return msg, metadata, err
+}
+
 func request_ExperimentService_StartABTest_0(ctx context.Context, marshaler runtime.Marshaler, client ExperimentServiceClient, req *http.Request, pathParams map[string]string) (proto.Message, runtime.ServerMetadata, error) {
 	var (
 		protoReq StartABTestRequest
@@ -2283,7 +2364,7 @@ func RegisterExperimentServiceHandlerServer(ctx context.Context, mux *runtime.Se
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/SetRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key}"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/SetRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -2303,7 +2384,7 @@ func RegisterExperimentServiceHandlerServer(ctx context.Context, mux *runtime.Se
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/DeleteRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key}"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/DeleteRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -2363,7 +2444,7 @@ func RegisterExperimentServiceHandlerServer(ctx context.Context, mux *runtime.Se
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/GetMetricHistory", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/metrics/{metric_key}"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/GetMetricHistory", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/metrics/{metric_key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -2744,6 +2825,26 @@ func RegisterExperimentServiceHandlerServer(ctx context.Context, mux *runtime.Se
 		}
 		forward_ExperimentService_ListABTests_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPatch, pattern_ExperimentService_UpdateABTest_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		var stream runtime.ServerTransportStream
+		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/UpdateABTest", runtime.WithHTTPPathPattern("/v1/abtests/{ab_test.ab_test_id}"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := local_request_ExperimentService_UpdateABTest_0(annotatedContext, inboundMarshaler, server, req, pathParams)
+		md.HeaderMD, md.TrailerMD = metadata.Join(md.HeaderMD, stream.Header()), metadata.Join(md.TrailerMD, stream.Trailer())
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ExperimentService_UpdateABTest_0(annotatedContext, mux, outboundMarshaler, w, req, response_ExperimentService_UpdateABTest_0{resp.(*UpdateABTestResponse)}, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_ExperimentService_StartABTest_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -3119,7 +3220,7 @@ func RegisterExperimentServiceHandlerClient(ctx context.Context, mux *runtime.Se
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/SetRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key}"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/SetRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -3136,7 +3237,7 @@ func RegisterExperimentServiceHandlerClient(ctx context.Context, mux *runtime.Se
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/DeleteRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key}"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/DeleteRunTag", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/tags/{key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -3187,7 +3288,7 @@ func RegisterExperimentServiceHandlerClient(ctx context.Context, mux *runtime.Se
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/GetMetricHistory", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/metrics/{metric_key}"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/GetMetricHistory", runtime.WithHTTPPathPattern("/v1/runs/{run_id}/metrics/{metric_key=**}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -3523,6 +3624,23 @@ func RegisterExperimentServiceHandlerClient(ctx context.Context, mux *runtime.Se
 		}
 		forward_ExperimentService_ListABTests_0(annotatedContext, mux, outboundMarshaler, w, req, resp, mux.GetForwardResponseOptions()...)
 	})
+	mux.Handle(http.MethodPatch, pattern_ExperimentService_UpdateABTest_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
+		ctx, cancel := context.WithCancel(req.Context())
+		defer cancel()
+		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.experiment.v1.ExperimentService/UpdateABTest", runtime.WithHTTPPathPattern("/v1/abtests/{ab_test.ab_test_id}"))
+		if err != nil {
+			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		resp, md, err := request_ExperimentService_UpdateABTest_0(annotatedContext, inboundMarshaler, client, req, pathParams)
+		annotatedContext = runtime.NewServerMetadataContext(annotatedContext, md)
+		if err != nil {
+			runtime.HTTPError(annotatedContext, mux, outboundMarshaler, w, req, err)
+			return
+		}
+		forward_ExperimentService_UpdateABTest_0(annotatedContext, mux, outboundMarshaler, w, req, response_ExperimentService_UpdateABTest_0{resp.(*UpdateABTestResponse)}, mux.GetForwardResponseOptions()...)
+	})
 	mux.Handle(http.MethodPost, pattern_ExperimentService_StartABTest_0, func(w http.ResponseWriter, req *http.Request, pathParams map[string]string) {
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
@@ -3834,6 +3952,15 @@ func (m response_ExperimentService_GetABTest_0) XXX_ResponseBody() interface{} {
 	return response.AbTest
 }
 
+type response_ExperimentService_UpdateABTest_0 struct {
+	*UpdateABTestResponse
+}
+
+func (m response_ExperimentService_UpdateABTest_0) XXX_ResponseBody() interface{} {
+	response := m.UpdateABTestResponse
+	return response.AbTest
+}
+
 type response_ExperimentService_StartABTest_0 struct {
 	*StartABTestResponse
 }
@@ -3883,11 +4010,11 @@ var (
 	pattern_ExperimentService_UpdateRun_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "runs", "run.run_id"}, ""))
 	pattern_ExperimentService_DeleteRun_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "runs", "run_id"}, ""))
 	pattern_ExperimentService_RestoreRun_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "runs", "run_id"}, "restore"))
-	pattern_ExperimentService_SetRunTag_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 1, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "tags", "key"}, ""))
-	pattern_ExperimentService_DeleteRunTag_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 1, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "tags", "key"}, ""))
+	pattern_ExperimentService_SetRunTag_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 3, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "tags", "key"}, ""))
+	pattern_ExperimentService_DeleteRunTag_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 3, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "tags", "key"}, ""))
 	pattern_ExperimentService_LogBatch_0               = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "runs", "run_id"}, "logBatch"))
 	pattern_ExperimentService_SearchRuns_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "runs"}, "search"))
-	pattern_ExperimentService_GetMetricHistory_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 1, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "metrics", "metric_key"}, ""))
+	pattern_ExperimentService_GetMetricHistory_0       = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3, 3, 0, 4, 1, 5, 4}, []string{"v1", "runs", "run_id", "metrics", "metric_key"}, ""))
 	pattern_ExperimentService_LogCheckpoint_0          = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2, 2, 3}, []string{"v1", "runs", "run_id", "checkpoints"}, ""))
 	pattern_ExperimentService_ListCheckpoints_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "checkpoints"}, ""))
 	pattern_ExperimentService_ApplyRetentionPolicy_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "checkpoints"}, "applyRetentionPolicy"))
@@ -3907,6 +4034,7 @@ var (
 	pattern_ExperimentService_CreateABTest_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "abtests"}, ""))
 	pattern_ExperimentService_GetABTest_0              = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "abtests", "ab_test_id"}, ""))
 	pattern_ExperimentService_ListABTests_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "abtests"}, ""))
+	pattern_ExperimentService_UpdateABTest_0           = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "abtests", "ab_test.ab_test_id"}, ""))
 	pattern_ExperimentService_StartABTest_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "abtests", "ab_test_id"}, "start"))
 	pattern_ExperimentService_PauseABTest_0            = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "abtests", "ab_test_id"}, "pause"))
 	pattern_ExperimentService_StopABTest_0             = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "abtests", "ab_test_id"}, "stop"))
@@ -3953,6 +4081,7 @@ var (
 	forward_ExperimentService_CreateABTest_0           = runtime.ForwardResponseMessage
 	forward_ExperimentService_GetABTest_0              = runtime.ForwardResponseMessage
 	forward_ExperimentService_ListABTests_0            = runtime.ForwardResponseMessage
+	forward_ExperimentService_UpdateABTest_0           = runtime.ForwardResponseMessage
 	forward_ExperimentService_StartABTest_0            = runtime.ForwardResponseMessage
 	forward_ExperimentService_PauseABTest_0            = runtime.ForwardResponseMessage
 	forward_ExperimentService_StopABTest_0             = runtime.ForwardResponseMessage

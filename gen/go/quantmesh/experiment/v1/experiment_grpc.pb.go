@@ -56,6 +56,7 @@ const (
 	ExperimentService_CreateABTest_FullMethodName           = "/quantmesh.experiment.v1.ExperimentService/CreateABTest"
 	ExperimentService_GetABTest_FullMethodName              = "/quantmesh.experiment.v1.ExperimentService/GetABTest"
 	ExperimentService_ListABTests_FullMethodName            = "/quantmesh.experiment.v1.ExperimentService/ListABTests"
+	ExperimentService_UpdateABTest_FullMethodName           = "/quantmesh.experiment.v1.ExperimentService/UpdateABTest"
 	ExperimentService_StartABTest_FullMethodName            = "/quantmesh.experiment.v1.ExperimentService/StartABTest"
 	ExperimentService_PauseABTest_FullMethodName            = "/quantmesh.experiment.v1.ExperimentService/PauseABTest"
 	ExperimentService_StopABTest_FullMethodName             = "/quantmesh.experiment.v1.ExperimentService/StopABTest"
@@ -120,7 +121,9 @@ type ExperimentServiceClient interface {
 	LogBatch(ctx context.Context, in *LogBatchRequest, opts ...grpc.CallOption) (*LogBatchResponse, error)
 	// StreamMetrics takes a stream of metric points for any number of runs and
 	// answers once the stream ends with how many points were persisted. Every
-	// point counted in the response is durable.
+	// point counted in the response is durable. Messages carry a stream id and
+	// a sequence, so a client whose stream broke resends from its buffer on a
+	// new stream with the same id and no point is stored twice.
 	StreamMetrics(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[StreamMetricsRequest, StreamMetricsResponse], error)
 	// SearchRuns finds runs with a filter over metrics, params, tags and
 	// attributes, ordered and paged.
@@ -167,8 +170,9 @@ type ExperimentServiceClient interface {
 	// GetModelVersionByAlias returns the version an alias points to.
 	GetModelVersionByAlias(ctx context.Context, in *GetModelVersionByAliasRequest, opts ...grpc.CallOption) (*GetModelVersionByAliasResponse, error)
 	// WatchModel streams the version an alias points to, weights included: the
-	// current one first, then one message on every move. A client resumes with
-	// the last revision it applied and receives only what is newer.
+	// current one first, then one message on every move or deletion. A client
+	// resumes with the last revision it applied and receives only what is
+	// newer. While the alias is unset the stream waits (it does not fail).
 	WatchModel(ctx context.Context, in *WatchModelRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchModelResponse], error)
 	// CreateABTest creates an A/B test between two versions of a model, in the
 	// DRAFT state.
@@ -177,6 +181,10 @@ type ExperimentServiceClient interface {
 	GetABTest(ctx context.Context, in *GetABTestRequest, opts ...grpc.CallOption) (*GetABTestResponse, error)
 	// ListABTests pages through A/B tests, newest first.
 	ListABTests(ctx context.Context, in *ListABTestsRequest, opts ...grpc.CallOption) (*ListABTestsResponse, error)
+	// UpdateABTest changes the fields named in update_mask: treatment_bps,
+	// mode, guardrails, description (in any state but STOPPED) and salt (in
+	// DRAFT only, since it reshuffles units).
+	UpdateABTest(ctx context.Context, in *UpdateABTestRequest, opts ...grpc.CallOption) (*UpdateABTestResponse, error)
 	// StartABTest moves a DRAFT or PAUSED test to RUNNING. One model has at
 	// most one running test.
 	StartABTest(ctx context.Context, in *StartABTestRequest, opts ...grpc.CallOption) (*StartABTestResponse, error)
@@ -191,8 +199,10 @@ type ExperimentServiceClient interface {
 	// AssignUnit tells which arm a unit (account, strategy, ...) is assigned to.
 	// Assignment is a pure function of the test's salt, traffic and the unit id.
 	AssignUnit(ctx context.Context, in *AssignUnitRequest, opts ...grpc.CallOption) (*AssignUnitResponse, error)
-	// WatchABTests streams test configurations: every non-stopped test first,
-	// then every change. A client resumes with the last revision it applied.
+	// WatchABTests streams test configurations: a snapshot of every test not
+	// stopped, a SNAPSHOT_END marker, then every change. A client resumes with
+	// the last revision it applied: the changes after it are replayed, or, if
+	// they are no longer kept, a fresh snapshot is sent (marked as such).
 	WatchABTests(ctx context.Context, in *WatchABTestsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchABTestsResponse], error)
 	// RecordObservations stores observations from inference in a batch (the
 	// bus topic abtest.observations carries the same messages). Idempotent by
@@ -590,6 +600,16 @@ func (c *experimentServiceClient) ListABTests(ctx context.Context, in *ListABTes
 	return out, nil
 }
 
+func (c *experimentServiceClient) UpdateABTest(ctx context.Context, in *UpdateABTestRequest, opts ...grpc.CallOption) (*UpdateABTestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateABTestResponse)
+	err := c.cc.Invoke(ctx, ExperimentService_UpdateABTest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *experimentServiceClient) StartABTest(ctx context.Context, in *StartABTestRequest, opts ...grpc.CallOption) (*StartABTestResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StartABTestResponse)
@@ -724,7 +744,9 @@ type ExperimentServiceServer interface {
 	LogBatch(context.Context, *LogBatchRequest) (*LogBatchResponse, error)
 	// StreamMetrics takes a stream of metric points for any number of runs and
 	// answers once the stream ends with how many points were persisted. Every
-	// point counted in the response is durable.
+	// point counted in the response is durable. Messages carry a stream id and
+	// a sequence, so a client whose stream broke resends from its buffer on a
+	// new stream with the same id and no point is stored twice.
 	StreamMetrics(grpc.ClientStreamingServer[StreamMetricsRequest, StreamMetricsResponse]) error
 	// SearchRuns finds runs with a filter over metrics, params, tags and
 	// attributes, ordered and paged.
@@ -771,8 +793,9 @@ type ExperimentServiceServer interface {
 	// GetModelVersionByAlias returns the version an alias points to.
 	GetModelVersionByAlias(context.Context, *GetModelVersionByAliasRequest) (*GetModelVersionByAliasResponse, error)
 	// WatchModel streams the version an alias points to, weights included: the
-	// current one first, then one message on every move. A client resumes with
-	// the last revision it applied and receives only what is newer.
+	// current one first, then one message on every move or deletion. A client
+	// resumes with the last revision it applied and receives only what is
+	// newer. While the alias is unset the stream waits (it does not fail).
 	WatchModel(*WatchModelRequest, grpc.ServerStreamingServer[WatchModelResponse]) error
 	// CreateABTest creates an A/B test between two versions of a model, in the
 	// DRAFT state.
@@ -781,6 +804,10 @@ type ExperimentServiceServer interface {
 	GetABTest(context.Context, *GetABTestRequest) (*GetABTestResponse, error)
 	// ListABTests pages through A/B tests, newest first.
 	ListABTests(context.Context, *ListABTestsRequest) (*ListABTestsResponse, error)
+	// UpdateABTest changes the fields named in update_mask: treatment_bps,
+	// mode, guardrails, description (in any state but STOPPED) and salt (in
+	// DRAFT only, since it reshuffles units).
+	UpdateABTest(context.Context, *UpdateABTestRequest) (*UpdateABTestResponse, error)
 	// StartABTest moves a DRAFT or PAUSED test to RUNNING. One model has at
 	// most one running test.
 	StartABTest(context.Context, *StartABTestRequest) (*StartABTestResponse, error)
@@ -795,8 +822,10 @@ type ExperimentServiceServer interface {
 	// AssignUnit tells which arm a unit (account, strategy, ...) is assigned to.
 	// Assignment is a pure function of the test's salt, traffic and the unit id.
 	AssignUnit(context.Context, *AssignUnitRequest) (*AssignUnitResponse, error)
-	// WatchABTests streams test configurations: every non-stopped test first,
-	// then every change. A client resumes with the last revision it applied.
+	// WatchABTests streams test configurations: a snapshot of every test not
+	// stopped, a SNAPSHOT_END marker, then every change. A client resumes with
+	// the last revision it applied: the changes after it are replayed, or, if
+	// they are no longer kept, a fresh snapshot is sent (marked as such).
 	WatchABTests(*WatchABTestsRequest, grpc.ServerStreamingServer[WatchABTestsResponse]) error
 	// RecordObservations stores observations from inference in a batch (the
 	// bus topic abtest.observations carries the same messages). Idempotent by
@@ -922,6 +951,9 @@ func (UnimplementedExperimentServiceServer) GetABTest(context.Context, *GetABTes
 }
 func (UnimplementedExperimentServiceServer) ListABTests(context.Context, *ListABTestsRequest) (*ListABTestsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListABTests not implemented")
+}
+func (UnimplementedExperimentServiceServer) UpdateABTest(context.Context, *UpdateABTestRequest) (*UpdateABTestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateABTest not implemented")
 }
 func (UnimplementedExperimentServiceServer) StartABTest(context.Context, *StartABTestRequest) (*StartABTestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartABTest not implemented")
@@ -1613,6 +1645,24 @@ func _ExperimentService_ListABTests_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExperimentService_UpdateABTest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateABTestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExperimentServiceServer).UpdateABTest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExperimentService_UpdateABTest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExperimentServiceServer).UpdateABTest(ctx, req.(*UpdateABTestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ExperimentService_StartABTest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(StartABTestRequest)
 	if err := dec(in); err != nil {
@@ -1878,6 +1928,10 @@ var ExperimentService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListABTests",
 			Handler:    _ExperimentService_ListABTests_Handler,
+		},
+		{
+			MethodName: "UpdateABTest",
+			Handler:    _ExperimentService_UpdateABTest_Handler,
 		},
 		{
 			MethodName: "StartABTest",

@@ -731,7 +731,8 @@ func (x *StreamPredictRequest) GetRequest() *PredictRequest {
 	return nil
 }
 
-// PredictError is why one streamed request got no answer.
+// PredictError is why one streamed request got no answer: the status the
+// same request would have failed with on Predict.
 type PredictError struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The gRPC status code (a google.rpc.Code value), for example 3
@@ -740,9 +741,15 @@ type PredictError struct {
 	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
 	// Human-readable message.
 	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
-	// The offending field for INVALID_ARGUMENT, for example request.features;
-	// empty otherwise.
-	Field         string `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
+	// Deprecated by field_violations: the first offending field for
+	// INVALID_ARGUMENT, for example request.features; empty otherwise.
+	Field string `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
+	// Every offending field for INVALID_ARGUMENT (as google.rpc.BadRequest
+	// lists them on Predict); empty otherwise.
+	FieldViolations []*PredictFieldViolation `protobuf:"bytes,4,rep,name=field_violations,json=fieldViolations,proto3" json:"field_violations,omitempty"`
+	// Machine-readable reason for other codes (as google.rpc.ErrorInfo
+	// carries it on Predict), for example MODEL_NOT_LOADED; empty when none.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -798,6 +805,75 @@ func (x *PredictError) GetField() string {
 	return ""
 }
 
+func (x *PredictError) GetFieldViolations() []*PredictFieldViolation {
+	if x != nil {
+		return x.FieldViolations
+	}
+	return nil
+}
+
+func (x *PredictError) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// PredictFieldViolation names one invalid field of a streamed request.
+type PredictFieldViolation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path of the field in the request, for example features.
+	Field string `protobuf:"bytes,1,opt,name=field,proto3" json:"field,omitempty"`
+	// What is wrong and what is allowed.
+	Description   string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PredictFieldViolation) Reset() {
+	*x = PredictFieldViolation{}
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PredictFieldViolation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PredictFieldViolation) ProtoMessage() {}
+
+func (x *PredictFieldViolation) ProtoReflect() protoreflect.Message {
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PredictFieldViolation.ProtoReflect.Descriptor instead.
+func (*PredictFieldViolation) Descriptor() ([]byte, []int) {
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PredictFieldViolation) GetField() string {
+	if x != nil {
+		return x.Field
+	}
+	return ""
+}
+
+func (x *PredictFieldViolation) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 // StreamPredictResponse is the answer to one streamed request.
 type StreamPredictResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -819,7 +895,7 @@ type StreamPredictResponse struct {
 
 func (x *StreamPredictResponse) Reset() {
 	*x = StreamPredictResponse{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[7]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -831,7 +907,7 @@ func (x *StreamPredictResponse) String() string {
 func (*StreamPredictResponse) ProtoMessage() {}
 
 func (x *StreamPredictResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[7]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -844,7 +920,7 @@ func (x *StreamPredictResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamPredictResponse.ProtoReflect.Descriptor instead.
 func (*StreamPredictResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{7}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StreamPredictResponse) GetSequence() uint64 {
@@ -935,7 +1011,7 @@ type ABTestStatus struct {
 
 func (x *ABTestStatus) Reset() {
 	*x = ABTestStatus{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[8]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1023,7 @@ func (x *ABTestStatus) String() string {
 func (*ABTestStatus) ProtoMessage() {}
 
 func (x *ABTestStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[8]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1036,7 @@ func (x *ABTestStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ABTestStatus.ProtoReflect.Descriptor instead.
 func (*ABTestStatus) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{8}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ABTestStatus) GetAbTestId() string {
@@ -1065,7 +1141,7 @@ type ModelStatus struct {
 
 func (x *ModelStatus) Reset() {
 	*x = ModelStatus{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[9]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1077,7 +1153,7 @@ func (x *ModelStatus) String() string {
 func (*ModelStatus) ProtoMessage() {}
 
 func (x *ModelStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[9]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1090,7 +1166,7 @@ func (x *ModelStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelStatus.ProtoReflect.Descriptor instead.
 func (*ModelStatus) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{9}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ModelStatus) GetModelName() string {
@@ -1196,7 +1272,7 @@ type GetModelStatusRequest struct {
 
 func (x *GetModelStatusRequest) Reset() {
 	*x = GetModelStatusRequest{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[10]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1284,7 @@ func (x *GetModelStatusRequest) String() string {
 func (*GetModelStatusRequest) ProtoMessage() {}
 
 func (x *GetModelStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[10]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1297,7 @@ func (x *GetModelStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetModelStatusRequest) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{10}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetModelStatusRequest) GetModelName() string {
@@ -1242,7 +1318,7 @@ type GetModelStatusResponse struct {
 
 func (x *GetModelStatusResponse) Reset() {
 	*x = GetModelStatusResponse{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[11]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1330,7 @@ func (x *GetModelStatusResponse) String() string {
 func (*GetModelStatusResponse) ProtoMessage() {}
 
 func (x *GetModelStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[11]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1343,7 @@ func (x *GetModelStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelStatusResponse.ProtoReflect.Descriptor instead.
 func (*GetModelStatusResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{11}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetModelStatusResponse) GetModels() []*ModelStatus {
@@ -1323,7 +1399,7 @@ type Decision struct {
 
 func (x *Decision) Reset() {
 	*x = Decision{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[12]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1335,7 +1411,7 @@ func (x *Decision) String() string {
 func (*Decision) ProtoMessage() {}
 
 func (x *Decision) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[12]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1348,7 +1424,7 @@ func (x *Decision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Decision.ProtoReflect.Descriptor instead.
 func (*Decision) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{12}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Decision) GetDecisionId() string {
@@ -1488,7 +1564,7 @@ type GetDecisionRequest struct {
 
 func (x *GetDecisionRequest) Reset() {
 	*x = GetDecisionRequest{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[13]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1576,7 @@ func (x *GetDecisionRequest) String() string {
 func (*GetDecisionRequest) ProtoMessage() {}
 
 func (x *GetDecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[13]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1589,7 @@ func (x *GetDecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDecisionRequest.ProtoReflect.Descriptor instead.
 func (*GetDecisionRequest) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{13}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetDecisionRequest) GetDecisionId() string {
@@ -1534,7 +1610,7 @@ type GetDecisionResponse struct {
 
 func (x *GetDecisionResponse) Reset() {
 	*x = GetDecisionResponse{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[14]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1622,7 @@ func (x *GetDecisionResponse) String() string {
 func (*GetDecisionResponse) ProtoMessage() {}
 
 func (x *GetDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[14]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1635,7 @@ func (x *GetDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDecisionResponse.ProtoReflect.Descriptor instead.
 func (*GetDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{14}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetDecisionResponse) GetDecision() *Decision {
@@ -1600,7 +1676,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[15]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1612,7 +1688,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[15]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1625,7 +1701,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{15}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListDecisionsRequest) GetStartTime() *timestamppb.Timestamp {
@@ -1697,7 +1773,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[16]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1785,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[16]
+	mi := &file_quantmesh_inference_v1_inference_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1798,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{16}
+	return file_quantmesh_inference_v1_inference_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*Decision {
@@ -1787,11 +1863,16 @@ const file_quantmesh_inference_v1_inference_proto_rawDesc = "" +
 	"\x14PredictBatchResponse\x12E\n" +
 	"\tresponses\x18\x01 \x03(\v2'.quantmesh.inference.v1.PredictResponseR\tresponses\"X\n" +
 	"\x14StreamPredictRequest\x12@\n" +
-	"\arequest\x18\x01 \x01(\v2&.quantmesh.inference.v1.PredictRequestR\arequest\"R\n" +
+	"\arequest\x18\x01 \x01(\v2&.quantmesh.inference.v1.PredictRequestR\arequest\"\xc4\x01\n" +
 	"\fPredictError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
-	"\x05field\x18\x03 \x01(\tR\x05field\"\xe1\x01\n" +
+	"\x05field\x18\x03 \x01(\tR\x05field\x12X\n" +
+	"\x10field_violations\x18\x04 \x03(\v2-.quantmesh.inference.v1.PredictFieldViolationR\x0ffieldViolations\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"O\n" +
+	"\x15PredictFieldViolation\x12\x14\n" +
+	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"\xe1\x01\n" +
 	"\x15StreamPredictResponse\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1d\n" +
 	"\n" +
@@ -1924,7 +2005,7 @@ func file_quantmesh_inference_v1_inference_proto_rawDescGZIP() []byte {
 }
 
 var file_quantmesh_inference_v1_inference_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quantmesh_inference_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_quantmesh_inference_v1_inference_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_quantmesh_inference_v1_inference_proto_goTypes = []any{
 	(Action)(0),                    // 0: quantmesh.inference.v1.Action
 	(Arm)(0),                       // 1: quantmesh.inference.v1.Arm
@@ -1937,61 +2018,63 @@ var file_quantmesh_inference_v1_inference_proto_goTypes = []any{
 	(*PredictBatchResponse)(nil),   // 8: quantmesh.inference.v1.PredictBatchResponse
 	(*StreamPredictRequest)(nil),   // 9: quantmesh.inference.v1.StreamPredictRequest
 	(*PredictError)(nil),           // 10: quantmesh.inference.v1.PredictError
-	(*StreamPredictResponse)(nil),  // 11: quantmesh.inference.v1.StreamPredictResponse
-	(*ABTestStatus)(nil),           // 12: quantmesh.inference.v1.ABTestStatus
-	(*ModelStatus)(nil),            // 13: quantmesh.inference.v1.ModelStatus
-	(*GetModelStatusRequest)(nil),  // 14: quantmesh.inference.v1.GetModelStatusRequest
-	(*GetModelStatusResponse)(nil), // 15: quantmesh.inference.v1.GetModelStatusResponse
-	(*Decision)(nil),               // 16: quantmesh.inference.v1.Decision
-	(*GetDecisionRequest)(nil),     // 17: quantmesh.inference.v1.GetDecisionRequest
-	(*GetDecisionResponse)(nil),    // 18: quantmesh.inference.v1.GetDecisionResponse
-	(*ListDecisionsRequest)(nil),   // 19: quantmesh.inference.v1.ListDecisionsRequest
-	(*ListDecisionsResponse)(nil),  // 20: quantmesh.inference.v1.ListDecisionsResponse
-	(*timestamppb.Timestamp)(nil),  // 21: google.protobuf.Timestamp
+	(*PredictFieldViolation)(nil),  // 11: quantmesh.inference.v1.PredictFieldViolation
+	(*StreamPredictResponse)(nil),  // 12: quantmesh.inference.v1.StreamPredictResponse
+	(*ABTestStatus)(nil),           // 13: quantmesh.inference.v1.ABTestStatus
+	(*ModelStatus)(nil),            // 14: quantmesh.inference.v1.ModelStatus
+	(*GetModelStatusRequest)(nil),  // 15: quantmesh.inference.v1.GetModelStatusRequest
+	(*GetModelStatusResponse)(nil), // 16: quantmesh.inference.v1.GetModelStatusResponse
+	(*Decision)(nil),               // 17: quantmesh.inference.v1.Decision
+	(*GetDecisionRequest)(nil),     // 18: quantmesh.inference.v1.GetDecisionRequest
+	(*GetDecisionResponse)(nil),    // 19: quantmesh.inference.v1.GetDecisionResponse
+	(*ListDecisionsRequest)(nil),   // 20: quantmesh.inference.v1.ListDecisionsRequest
+	(*ListDecisionsResponse)(nil),  // 21: quantmesh.inference.v1.ListDecisionsResponse
+	(*timestamppb.Timestamp)(nil),  // 22: google.protobuf.Timestamp
 }
 var file_quantmesh_inference_v1_inference_proto_depIdxs = []int32{
-	21, // 0: quantmesh.inference.v1.PredictRequest.client_time:type_name -> google.protobuf.Timestamp
+	22, // 0: quantmesh.inference.v1.PredictRequest.client_time:type_name -> google.protobuf.Timestamp
 	0,  // 1: quantmesh.inference.v1.PredictResponse.action:type_name -> quantmesh.inference.v1.Action
 	4,  // 2: quantmesh.inference.v1.PredictResponse.probabilities:type_name -> quantmesh.inference.v1.ActionProbabilities
 	1,  // 3: quantmesh.inference.v1.PredictResponse.arm:type_name -> quantmesh.inference.v1.Arm
-	21, // 4: quantmesh.inference.v1.PredictResponse.decision_time:type_name -> google.protobuf.Timestamp
+	22, // 4: quantmesh.inference.v1.PredictResponse.decision_time:type_name -> google.protobuf.Timestamp
 	5,  // 5: quantmesh.inference.v1.PredictBatchRequest.requests:type_name -> quantmesh.inference.v1.PredictRequest
 	6,  // 6: quantmesh.inference.v1.PredictBatchResponse.responses:type_name -> quantmesh.inference.v1.PredictResponse
 	5,  // 7: quantmesh.inference.v1.StreamPredictRequest.request:type_name -> quantmesh.inference.v1.PredictRequest
-	6,  // 8: quantmesh.inference.v1.StreamPredictResponse.response:type_name -> quantmesh.inference.v1.PredictResponse
-	10, // 9: quantmesh.inference.v1.StreamPredictResponse.error:type_name -> quantmesh.inference.v1.PredictError
-	2,  // 10: quantmesh.inference.v1.ABTestStatus.mode:type_name -> quantmesh.inference.v1.ABTestMode
-	21, // 11: quantmesh.inference.v1.ModelStatus.load_time:type_name -> google.protobuf.Timestamp
-	3,  // 12: quantmesh.inference.v1.ModelStatus.source_state:type_name -> quantmesh.inference.v1.ModelSourceState
-	21, // 13: quantmesh.inference.v1.ModelStatus.source_state_time:type_name -> google.protobuf.Timestamp
-	12, // 14: quantmesh.inference.v1.ModelStatus.ab_test:type_name -> quantmesh.inference.v1.ABTestStatus
-	13, // 15: quantmesh.inference.v1.GetModelStatusResponse.models:type_name -> quantmesh.inference.v1.ModelStatus
-	21, // 16: quantmesh.inference.v1.Decision.decision_time:type_name -> google.protobuf.Timestamp
-	21, // 17: quantmesh.inference.v1.Decision.client_time:type_name -> google.protobuf.Timestamp
-	0,  // 18: quantmesh.inference.v1.Decision.action:type_name -> quantmesh.inference.v1.Action
-	4,  // 19: quantmesh.inference.v1.Decision.probabilities:type_name -> quantmesh.inference.v1.ActionProbabilities
-	1,  // 20: quantmesh.inference.v1.Decision.arm:type_name -> quantmesh.inference.v1.Arm
-	16, // 21: quantmesh.inference.v1.GetDecisionResponse.decision:type_name -> quantmesh.inference.v1.Decision
-	21, // 22: quantmesh.inference.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
-	21, // 23: quantmesh.inference.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
-	16, // 24: quantmesh.inference.v1.ListDecisionsResponse.decisions:type_name -> quantmesh.inference.v1.Decision
-	5,  // 25: quantmesh.inference.v1.InferenceService.Predict:input_type -> quantmesh.inference.v1.PredictRequest
-	7,  // 26: quantmesh.inference.v1.InferenceService.PredictBatch:input_type -> quantmesh.inference.v1.PredictBatchRequest
-	9,  // 27: quantmesh.inference.v1.InferenceService.StreamPredict:input_type -> quantmesh.inference.v1.StreamPredictRequest
-	14, // 28: quantmesh.inference.v1.InferenceService.GetModelStatus:input_type -> quantmesh.inference.v1.GetModelStatusRequest
-	17, // 29: quantmesh.inference.v1.InferenceService.GetDecision:input_type -> quantmesh.inference.v1.GetDecisionRequest
-	19, // 30: quantmesh.inference.v1.InferenceService.ListDecisions:input_type -> quantmesh.inference.v1.ListDecisionsRequest
-	6,  // 31: quantmesh.inference.v1.InferenceService.Predict:output_type -> quantmesh.inference.v1.PredictResponse
-	8,  // 32: quantmesh.inference.v1.InferenceService.PredictBatch:output_type -> quantmesh.inference.v1.PredictBatchResponse
-	11, // 33: quantmesh.inference.v1.InferenceService.StreamPredict:output_type -> quantmesh.inference.v1.StreamPredictResponse
-	15, // 34: quantmesh.inference.v1.InferenceService.GetModelStatus:output_type -> quantmesh.inference.v1.GetModelStatusResponse
-	18, // 35: quantmesh.inference.v1.InferenceService.GetDecision:output_type -> quantmesh.inference.v1.GetDecisionResponse
-	20, // 36: quantmesh.inference.v1.InferenceService.ListDecisions:output_type -> quantmesh.inference.v1.ListDecisionsResponse
-	31, // [31:37] is the sub-list for method output_type
-	25, // [25:31] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	11, // 8: quantmesh.inference.v1.PredictError.field_violations:type_name -> quantmesh.inference.v1.PredictFieldViolation
+	6,  // 9: quantmesh.inference.v1.StreamPredictResponse.response:type_name -> quantmesh.inference.v1.PredictResponse
+	10, // 10: quantmesh.inference.v1.StreamPredictResponse.error:type_name -> quantmesh.inference.v1.PredictError
+	2,  // 11: quantmesh.inference.v1.ABTestStatus.mode:type_name -> quantmesh.inference.v1.ABTestMode
+	22, // 12: quantmesh.inference.v1.ModelStatus.load_time:type_name -> google.protobuf.Timestamp
+	3,  // 13: quantmesh.inference.v1.ModelStatus.source_state:type_name -> quantmesh.inference.v1.ModelSourceState
+	22, // 14: quantmesh.inference.v1.ModelStatus.source_state_time:type_name -> google.protobuf.Timestamp
+	13, // 15: quantmesh.inference.v1.ModelStatus.ab_test:type_name -> quantmesh.inference.v1.ABTestStatus
+	14, // 16: quantmesh.inference.v1.GetModelStatusResponse.models:type_name -> quantmesh.inference.v1.ModelStatus
+	22, // 17: quantmesh.inference.v1.Decision.decision_time:type_name -> google.protobuf.Timestamp
+	22, // 18: quantmesh.inference.v1.Decision.client_time:type_name -> google.protobuf.Timestamp
+	0,  // 19: quantmesh.inference.v1.Decision.action:type_name -> quantmesh.inference.v1.Action
+	4,  // 20: quantmesh.inference.v1.Decision.probabilities:type_name -> quantmesh.inference.v1.ActionProbabilities
+	1,  // 21: quantmesh.inference.v1.Decision.arm:type_name -> quantmesh.inference.v1.Arm
+	17, // 22: quantmesh.inference.v1.GetDecisionResponse.decision:type_name -> quantmesh.inference.v1.Decision
+	22, // 23: quantmesh.inference.v1.ListDecisionsRequest.start_time:type_name -> google.protobuf.Timestamp
+	22, // 24: quantmesh.inference.v1.ListDecisionsRequest.end_time:type_name -> google.protobuf.Timestamp
+	17, // 25: quantmesh.inference.v1.ListDecisionsResponse.decisions:type_name -> quantmesh.inference.v1.Decision
+	5,  // 26: quantmesh.inference.v1.InferenceService.Predict:input_type -> quantmesh.inference.v1.PredictRequest
+	7,  // 27: quantmesh.inference.v1.InferenceService.PredictBatch:input_type -> quantmesh.inference.v1.PredictBatchRequest
+	9,  // 28: quantmesh.inference.v1.InferenceService.StreamPredict:input_type -> quantmesh.inference.v1.StreamPredictRequest
+	15, // 29: quantmesh.inference.v1.InferenceService.GetModelStatus:input_type -> quantmesh.inference.v1.GetModelStatusRequest
+	18, // 30: quantmesh.inference.v1.InferenceService.GetDecision:input_type -> quantmesh.inference.v1.GetDecisionRequest
+	20, // 31: quantmesh.inference.v1.InferenceService.ListDecisions:input_type -> quantmesh.inference.v1.ListDecisionsRequest
+	6,  // 32: quantmesh.inference.v1.InferenceService.Predict:output_type -> quantmesh.inference.v1.PredictResponse
+	8,  // 33: quantmesh.inference.v1.InferenceService.PredictBatch:output_type -> quantmesh.inference.v1.PredictBatchResponse
+	12, // 34: quantmesh.inference.v1.InferenceService.StreamPredict:output_type -> quantmesh.inference.v1.StreamPredictResponse
+	16, // 35: quantmesh.inference.v1.InferenceService.GetModelStatus:output_type -> quantmesh.inference.v1.GetModelStatusResponse
+	19, // 36: quantmesh.inference.v1.InferenceService.GetDecision:output_type -> quantmesh.inference.v1.GetDecisionResponse
+	21, // 37: quantmesh.inference.v1.InferenceService.ListDecisions:output_type -> quantmesh.inference.v1.ListDecisionsResponse
+	32, // [32:38] is the sub-list for method output_type
+	26, // [26:32] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_quantmesh_inference_v1_inference_proto_init() }
@@ -2000,7 +2083,7 @@ func file_quantmesh_inference_v1_inference_proto_init() {
 		return
 	}
 	file_quantmesh_inference_v1_inference_proto_msgTypes[1].OneofWrappers = []any{}
-	file_quantmesh_inference_v1_inference_proto_msgTypes[7].OneofWrappers = []any{
+	file_quantmesh_inference_v1_inference_proto_msgTypes[8].OneofWrappers = []any{
 		(*StreamPredictResponse_Response)(nil),
 		(*StreamPredictResponse_Error)(nil),
 	}
@@ -2010,7 +2093,7 @@ func file_quantmesh_inference_v1_inference_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quantmesh_inference_v1_inference_proto_rawDesc), len(file_quantmesh_inference_v1_inference_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

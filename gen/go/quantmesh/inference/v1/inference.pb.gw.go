@@ -267,7 +267,7 @@ func RegisterInferenceServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/Predict", runtime.WithHTTPPathPattern("/v1/models/{model_name}:predict"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/Predict", runtime.WithHTTPPathPattern("/v1/servedModels/{model_name}:predict"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -287,7 +287,7 @@ func RegisterInferenceServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/PredictBatch", runtime.WithHTTPPathPattern("/v1/models:batchPredict"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/PredictBatch", runtime.WithHTTPPathPattern("/v1/servedModels:batchPredict"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -307,7 +307,7 @@ func RegisterInferenceServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/models/{model_name}:status"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/servedModels/{model_name}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -327,7 +327,7 @@ func RegisterInferenceServiceHandlerServer(ctx context.Context, mux *runtime.Ser
 		var stream runtime.ServerTransportStream
 		ctx = grpc.NewContextWithServerTransportStream(ctx, &stream)
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/models:status"))
+		annotatedContext, err := runtime.AnnotateIncomingContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/servedModels"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -425,7 +425,7 @@ func RegisterInferenceServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/Predict", runtime.WithHTTPPathPattern("/v1/models/{model_name}:predict"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/Predict", runtime.WithHTTPPathPattern("/v1/servedModels/{model_name}:predict"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -442,7 +442,7 @@ func RegisterInferenceServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/PredictBatch", runtime.WithHTTPPathPattern("/v1/models:batchPredict"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/PredictBatch", runtime.WithHTTPPathPattern("/v1/servedModels:batchPredict"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -459,7 +459,7 @@ func RegisterInferenceServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/models/{model_name}:status"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/servedModels/{model_name}"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -476,7 +476,7 @@ func RegisterInferenceServiceHandlerClient(ctx context.Context, mux *runtime.Ser
 		ctx, cancel := context.WithCancel(req.Context())
 		defer cancel()
 		inboundMarshaler, outboundMarshaler := runtime.MarshalerForRequest(mux, req)
-		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/models:status"))
+		annotatedContext, err := runtime.AnnotateContext(ctx, mux, req, "/quantmesh.inference.v1.InferenceService/GetModelStatus", runtime.WithHTTPPathPattern("/v1/servedModels"))
 		if err != nil {
 			runtime.HTTPError(ctx, mux, outboundMarshaler, w, req, err)
 			return
@@ -536,10 +536,10 @@ func (m response_InferenceService_GetDecision_0) XXX_ResponseBody() interface{} 
 }
 
 var (
-	pattern_InferenceService_Predict_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "models", "model_name"}, "predict"))
-	pattern_InferenceService_PredictBatch_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "models"}, "batchPredict"))
-	pattern_InferenceService_GetModelStatus_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "models", "model_name"}, "status"))
-	pattern_InferenceService_GetModelStatus_1 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "models"}, "status"))
+	pattern_InferenceService_Predict_0        = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "servedModels", "model_name"}, "predict"))
+	pattern_InferenceService_PredictBatch_0   = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "servedModels"}, "batchPredict"))
+	pattern_InferenceService_GetModelStatus_0 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "servedModels", "model_name"}, ""))
+	pattern_InferenceService_GetModelStatus_1 = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "servedModels"}, ""))
 	pattern_InferenceService_GetDecision_0    = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1, 1, 0, 4, 1, 5, 2}, []string{"v1", "decisions", "decision_id"}, ""))
 	pattern_InferenceService_ListDecisions_0  = runtime.MustPattern(runtime.NewPattern(1, []int{2, 0, 2, 1}, []string{"v1", "decisions"}, ""))
 )
