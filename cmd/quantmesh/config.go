@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -35,15 +36,18 @@ func envName(name string) string {
 }
 
 // parseFlags parses args into fs, then sets every flag not given on the
-// command line from its QUANTMESH_* variable. Errors are usage errors
-// naming the flag or variable.
-func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) error {
-	fs.SetOutput(stderr)
+// command line from its QUANTMESH_* variable. Errors are one-line usage
+// errors naming the flag or variable; -h prints the flags to helpOut.
+func parseFlags(fs *flag.FlagSet, args []string, helpOut io.Writer) error {
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(helpOut, "Usage of %s:\n", fs.Name())
+			fs.SetOutput(helpOut)
+			fs.PrintDefaults()
 			return errHelp
 		}
-		return usagef("%v", err)
+		return usagef("%v (see '%s -h')", err, fs.Name())
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
