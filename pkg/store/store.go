@@ -286,6 +286,13 @@ func (db *DB) Ping(ctx context.Context) error {
 	return nil
 }
 
+// PrepareWrite prepares a statement for repeated use in write transactions:
+// inside InTx, run it with tx.StmtContext(ctx, stmt). On SQLite it is bound
+// to the single writer connection, so it is parsed once, not per use.
+func (db *DB) PrepareWrite(ctx context.Context, query string) (*sql.Stmt, error) {
+	return db.writer.PrepareContext(ctx, query)
+}
+
 // InTx runs fn in a write transaction and commits when fn returns nil. The
 // write is durable when InTx returns nil.
 func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
