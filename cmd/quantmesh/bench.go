@@ -22,6 +22,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 // envBenchAPIKey holds the API key bench sends to a --target mesh that
@@ -265,6 +266,8 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 		maxRecvBytes:    server.DefaultConfig().MaxRecvBytes,
 		logLevel:        f.logLevel,
 		logFormat:       "text",
+		riskTTL:         risk.DefaultConfig().ReservationTTL,
+		riskTimezone:    "UTC",
 	}
 	cfg, _, err := mf.config(mesh.AllServices)
 	if err != nil {

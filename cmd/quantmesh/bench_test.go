@@ -19,6 +19,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 func TestBenchUsageErrors(t *testing.T) {
@@ -193,6 +194,7 @@ func startTargetMesh(t *testing.T, keys auth.Keys) string {
 		Services:   mesh.AllServices,
 		Keys:       keys,
 		Experiment: experiment.Config{ArtifactRoot: "file://" + filepath.Join(dir, "artifacts")},
+		Risk:       risk.DefaultConfig(),
 	}
 	log, err := telemetry.NewLogger(io.Discard, telemetry.LogConfig{})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 // errHelp reports that -h was asked for and the usage printed.
@@ -82,6 +83,8 @@ type meshFlags struct {
 	logFormat       string
 	otlpEndpoint    string
 	artifactRoot    string
+	riskTTL         time.Duration
+	riskTimezone    string
 
 	// serve only.
 	services string
@@ -105,6 +108,9 @@ func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace endpoint (also OTEL_EXPORTER_OTLP_ENDPOINT); empty exports no traces")
 	fs.StringVar(&f.artifactRoot, "artifact-root", "", "prefix of default artifact locations; empty means file://<data-dir>/artifacts")
+	rd := risk.DefaultConfig()
+	fs.DurationVar(&f.riskTTL, "risk-reservation-ttl", rd.ReservationTTL, "how long an approved order's reservation lives unless the account's limits say otherwise")
+	fs.StringVar(&f.riskTimezone, "risk-timezone", "UTC", "IANA time zone whose midnight starts the trading day (daily loss, drawdown)")
 	if serve {
 		fs.StringVar(&f.services, "services", "", "comma-separated services to run here: "+strings.Join(mesh.AllServices, ", ")+" (or all)")
 		f.peers = map[string]*string{}
@@ -174,6 +180,19 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		}
 		exp.ArtifactRoot = "file://" + abs
 	}
+	riskCfg := risk.DefaultConfig()
+	riskCfg.ReservationTTL = f.riskTTL
+	if f.riskTimezone == "" {
+		f.riskTimezone = "UTC"
+	}
+	loc, err := time.LoadLocation(f.riskTimezone)
+	if err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --risk-timezone %q: %v", f.riskTimezone, err)
+	}
+	riskCfg.Location = loc
+	if err := riskCfg.Validate(); err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --risk-reservation-ttl: %v", err)
+	}
 	peers := map[string]string{}
 	for name, addr := range f.peers {
 		if *addr != "" {
@@ -194,6 +213,7 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		Keys:         keys,
 		PeerAPIKey:   f.peerAPIKey,
 		Experiment:   exp,
+		Risk:         riskCfg,
 	}
 	if err := cfg.Validate(); err != nil {
 		return mesh.Config{}, logCfg, usagef("invalid --%v", err)

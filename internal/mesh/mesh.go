@@ -16,6 +16,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -68,6 +69,8 @@ type Config struct {
 	PeerAPIKey string
 	// Experiment configures ExperimentService.
 	Experiment experiment.Config
+	// Risk configures RiskService.
+	Risk risk.Config
 }
 
 // Validate reports the first problem, naming the setting.
@@ -102,6 +105,11 @@ func (c Config) Validate() error {
 	if err := c.Experiment.Validate(); err != nil {
 		return fmt.Errorf("artifact-root: %w", err)
 	}
+	if slices.Contains(c.Services, Risk) {
+		if err := c.Risk.Validate(); err != nil {
+			return fmt.Errorf("risk-*: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -121,6 +129,9 @@ type Mesh struct {
 	peers      map[string]*grpc.ClientConn
 	policies   []*resilience.Policy
 	closers    []func() error
+	// runners are background loops of the services, run by Serve until the
+	// server has drained.
+	runners []func(ctx context.Context)
 }
 
 // StartError says which start-up step failed, so the CLI can print one
@@ -180,7 +191,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 	// consumers and Close.
 	m.Publisher = &resilientBus{Bus: m.Bus, policy: busPolicy}
 
-	regs, err := m.services()
+	regs, err := m.services(ctx)
 	if err != nil {
 		return nil, &StartError{Step: "services", Err: err}
 	}
@@ -204,7 +215,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 
 // MigrationSets lists the schema of every service that keeps state.
 func MigrationSets() []store.MigrationSet {
-	return []store.MigrationSet{experiment.Migrations()}
+	return []store.MigrationSet{experiment.Migrations(), risk.Migrations()}
 }
 
 func (m *Mesh) migrations() []store.MigrationSet {
@@ -224,7 +235,7 @@ func (m *Mesh) policy(name string, cfg resilience.Config) (*resilience.Policy, e
 	return p, nil
 }
 
-func (m *Mesh) services() ([]server.Registration, error) {
+func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 	var regs []server.Registration
 	storeRead, err := m.policy("store", resilience.StoreConfig())
 	if err != nil {
@@ -246,7 +257,11 @@ func (m *Mesh) services() ([]server.Registration, error) {
 			st := experiment.WithResilience(experiment.NewSQLStore(m.DB), storeRead, storeWrite)
 			regs = append(regs, experiment.New(m.cfg.Experiment, st, log).Registration())
 		case Risk:
-			regs = append(regs, risk.New(log).Registration())
+			reg, err := m.risk(ctx, log)
+			if err != nil {
+				return nil, err
+			}
+			regs = append(regs, reg)
 		case Regime:
 			regs = append(regs, regime.New(log).Registration())
 		case MetaController:
@@ -256,6 +271,27 @@ func (m *Mesh) services() ([]server.Registration, error) {
 		}
 	}
 	return regs, nil
+}
+
+// risk builds RiskService: its store's writer, the engine loaded from the
+// store, and the engine's background sweeper.
+func (m *Mesh) risk(ctx context.Context, log *slog.Logger) (server.Registration, error) {
+	st, err := risk.NewSQLStore(ctx, m.DB, log)
+	if err != nil {
+		return server.Registration{}, err
+	}
+	// Closers run in reverse: the writer drains before the database closes.
+	m.closers = append(m.closers, st.Close)
+	eng, err := risk.NewEngine(ctx, m.cfg.Risk, st, log)
+	if err != nil {
+		return server.Registration{}, err
+	}
+	m.runners = append(m.runners, eng.Run)
+	srv, err := risk.New(eng, log, m.tel.Meter("quantmesh/risk"))
+	if err != nil {
+		return server.Registration{}, err
+	}
+	return srv.Registration(), nil
 }
 
 // dialPeers opens a client connection for every service: to this process
@@ -338,7 +374,14 @@ func (m *Mesh) storeMetrics() error {
 // Serve runs the mesh until ctx is done, then shuts down: the server drains,
 // then the bus flushes, then the store closes.
 func (m *Mesh) Serve(ctx context.Context) error {
+	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	for _, run := range m.runners {
+		wg.Go(func() { run(bg) })
+	}
 	serveErr := m.Server.Serve(ctx)
+	stop()
+	wg.Wait()
 	return errors.Join(serveErr, m.close())
 }
 

@@ -1,0 +1,361 @@
+package risk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
+	"github.com/quantmesh/quantmesh/pkg/apierr"
+)
+
+// Config is the risk service's configuration.
+type Config struct {
+	// ReservationTTL is how long a reservation lives when the account's
+	// limits do not say; 60s by default.
+	ReservationTTL time.Duration
+	// Location is the time zone whose midnight starts the trading day; UTC
+	// by default.
+	Location *time.Location
+	// EventRetention is how long risk events are kept for resuming streams;
+	// at least 24h, 7 days by default.
+	EventRetention time.Duration
+	// SweepInterval is how often expired reservations are released; 1s by
+	// default.
+	SweepInterval time.Duration
+}
+
+// DefaultConfig returns the embedded defaults.
+func DefaultConfig() Config {
+	return Config{
+		ReservationTTL: 60 * time.Second,
+		Location:       time.UTC,
+		EventRetention: 7 * 24 * time.Hour,
+		SweepInterval:  time.Second,
+	}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.ReservationTTL < time.Second || c.ReservationTTL > 24*time.Hour:
+		return fmt.Errorf("risk reservation TTL must be 1s to 24h, got %s", c.ReservationTTL)
+	case c.Location == nil:
+		return errors.New("risk trading-day time zone must be set")
+	case c.EventRetention < 24*time.Hour:
+		return fmt.Errorf("risk event retention must be at least 24h, got %s", c.EventRetention)
+	case c.SweepInterval <= 0:
+		return fmt.Errorf("risk sweep interval must be positive, got %s", c.SweepInterval)
+	}
+	return nil
+}
+
+// keepRecent is how long closed reservations and applied fills stay in
+// memory (older ones are read from the store on demand).
+const keepRecent = 24 * time.Hour
+
+// Limits on request sizes.
+const (
+	maxIDLen        = 128
+	maxSymbolLen    = 64
+	maxBatch        = 1000
+	maxPriceBatch   = 10000
+	maxRestricted   = 10000
+	maxReasonLen    = 1000
+	maxViolations   = 16
+	systemPrincipal = "quantmesh-risk"
+)
+
+// Engine is the risk state of every account, in memory, written through to
+// the Store. It is safe for concurrent use: each account has its own lock,
+// so different accounts are checked in parallel.
+type Engine struct {
+	cfg    Config
+	store  Store
+	log    *slog.Logger
+	now    func() time.Time
+	events *broker
+	obs    observer
+
+	mu       sync.RWMutex // guards accounts (the map, not the accounts) and rolled
+	accounts map[string]*account
+	rolled   time.Time // the trading day every account was last rolled into
+
+	pricesMu sync.RWMutex
+	prices   priceView
+
+	idPrefix string
+	idSeq    atomic.Uint64
+}
+
+// observer receives what the engine does, for metrics. The zero value
+// records nothing.
+type observer struct {
+	breach    func(rule riskv1.RiskRule)
+	eventDrop func()
+}
+
+// NewEngine loads the state from st and starts the reservation sweeper and
+// event pruning; stop them by cancelling ctx.
+func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*Engine, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		cfg:      cfg,
+		store:    st,
+		log:      log,
+		now:      time.Now,
+		accounts: map[string]*account{},
+		prices:   priceView{},
+		idPrefix: "r" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-",
+	}
+	snap, err := st.Load(ctx, e.now().Add(-maxKeep(cfg)))
+	if err != nil {
+		return nil, fmt.Errorf("load risk state: %w", err)
+	}
+	e.install(snap)
+	e.events = newBroker(snap.lastSequence)
+	st.OnCommit(e.events.publish)
+	return e, nil
+}
+
+// maxKeep is how far back reservations must be loaded: the longest
+// duplicate window and the in-memory history.
+func maxKeep(Config) time.Duration { return 7 * 24 * time.Hour }
+
+// install replaces the memory of the accounts in snap.
+func (e *Engine) install(snap *snapshot) {
+	e.pricesMu.Lock()
+	for _, p := range snap.prices {
+		if cur, ok := e.prices[p.symbol]; !ok || p.at.After(cur.at) {
+			e.prices[p.symbol] = priceEntry{price: p.price, at: p.at}
+		}
+	}
+	e.pricesMu.Unlock()
+
+	byID := map[string]*account{}
+	for _, row := range snap.accounts {
+		a := newAccount(row.id, row.created)
+		a.limits = limitsFromProto(row.limits)
+		a.setRate(e.now())
+		a.cash = row.cash
+		a.dayStart = row.dayStart
+		a.dayEquity = row.dayEquity
+		a.highWater = row.highWater
+		if row.kill != nil {
+			a.kill = row.kill
+		}
+		byID[a.id] = a
+	}
+	for _, p := range snap.positions {
+		if a := byID[p.accountID]; a != nil {
+			pos := a.position(p.symbol)
+			pos.qty, pos.avgPrice, pos.realized, pos.updated = p.qty, p.avgPrice, p.realized, p.updated
+		}
+	}
+	now := e.now()
+	for i := range snap.reservations {
+		r := snap.reservations[i]
+		normalize(&r, now)
+		if a := byID[r.accountID]; a != nil {
+			a.addReservation(&r)
+		}
+	}
+	for _, f := range snap.fills {
+		if a := byID[f.accountID]; a != nil {
+			a.fills[f.fillID] = fillRecord{reservationID: f.reservationID, quantity: f.quantity, price: f.price, fee: f.fee, at: f.at}
+		}
+	}
+	e.mu.Lock()
+	for id, a := range byID {
+		e.accounts[id] = a
+	}
+	e.mu.Unlock()
+}
+
+// account returns the account, or nil.
+func (e *Engine) account(id string) *account {
+	e.mu.RLock()
+	a := e.accounts[id]
+	e.mu.RUnlock()
+	return a
+}
+
+// newReservationID returns a unique, opaque reservation id.
+func (e *Engine) newReservationID() string {
+	var buf [40]byte
+	b := append(buf[:0], e.idPrefix...)
+	b = strconv.AppendUint(b, e.idSeq.Add(1), 36)
+	return string(b)
+}
+
+// ready makes a's memory trustworthy before it is used: a stale account
+// (a write failed) is reloaded from the store once no write of it is in
+// flight. It returns an error when that is not possible now; the caller
+// then fails closed. a.mu is held.
+func (e *Engine) ready(ctx context.Context, a *account) error {
+	if !a.stale {
+		return nil
+	}
+	if a.inflight > 0 {
+		return errors.New("account state is being recovered after a failed write")
+	}
+	snap, err := e.store.LoadAccount(ctx, a.id, e.now().Add(-maxKeep(e.cfg)))
+	if err != nil {
+		return fmt.Errorf("account state cannot be read: %w", err)
+	}
+	fresh := newAccount(a.id, a.created)
+	if len(snap.accounts) == 1 {
+		row := snap.accounts[0]
+		fresh.limits = limitsFromProto(row.limits)
+		fresh.cash, fresh.dayStart, fresh.dayEquity, fresh.highWater = row.cash, row.dayStart, row.dayEquity, row.highWater
+		if row.kill != nil {
+			fresh.kill = row.kill
+		}
+	}
+	for _, p := range snap.positions {
+		pos := fresh.position(p.symbol)
+		pos.qty, pos.avgPrice, pos.realized, pos.updated = p.qty, p.avgPrice, p.realized, p.updated
+	}
+	for i := range snap.reservations {
+		r := snap.reservations[i]
+		normalize(&r, e.now())
+		fresh.addReservation(&r)
+	}
+	for _, f := range snap.fills {
+		fresh.fills[f.fillID] = fillRecord{reservationID: f.reservationID, quantity: f.quantity, price: f.price, fee: f.fee, at: f.at}
+	}
+	a.limits, a.cash, a.dayStart, a.dayEquity, a.highWater, a.kill = fresh.limits, fresh.cash, fresh.dayStart, fresh.dayEquity, fresh.highWater, fresh.kill
+	a.positions, a.open, a.recent, a.byClientOrder, a.fills = fresh.positions, fresh.open, fresh.recent, fresh.byClientOrder, fresh.fills
+	a.setRate(e.now())
+	a.stale = false
+	e.log.Info("risk account reloaded after a failed write", "account", a.id)
+	return nil
+}
+
+// commit writes u for account a (nil for writes of no account). It must
+// be called with a.mu held, after the change is applied in memory: it
+// submits u at once, so the store commits the account's writes in the
+// order they happened, and returns a function that waits for durability
+// and must be called without the lock. If the write fails the account is
+// marked stale: later checks fail closed until its state is reloaded.
+func (e *Engine) commit(a *account, u *unit) func() error {
+	if u.empty() {
+		return func() error { return nil }
+	}
+	if a != nil {
+		a.inflight++
+	}
+	done := e.store.Submit(u)
+	return func() error {
+		err := <-done
+		if a != nil {
+			a.mu.Lock()
+			a.inflight--
+			if err != nil {
+				a.stale = true
+			}
+			a.mu.Unlock()
+		}
+		if err != nil {
+			e.log.Error("risk state write failed", "account", accountName(a), "error", err)
+			return err
+		}
+		return nil
+	}
+}
+
+func accountName(a *account) string {
+	if a == nil {
+		return ""
+	}
+	return a.id
+}
+
+func checkID(id string) string {
+	switch {
+	case id == "":
+		return "required"
+	case len(id) > maxIDLen:
+		return fmt.Sprintf("must be at most %d characters, got %d", maxIDLen, len(id))
+	case !utf8.ValidString(id):
+		return "must be valid UTF-8"
+	}
+	for _, r := range id {
+		if r < 0x20 || r == 0x7f {
+			return "must not contain control characters"
+		}
+	}
+	return ""
+}
+
+func checkSymbol(s string) string {
+	switch {
+	case s == "":
+		return "required"
+	case len(s) > maxSymbolLen:
+		return fmt.Sprintf("must be at most %d characters, got %d", maxSymbolLen, len(s))
+	case !utf8.ValidString(s):
+		return "must be valid UTF-8"
+	}
+	for _, r := range s {
+		if r <= 0x20 || r == 0x7f {
+			return "must not contain spaces or control characters"
+		}
+	}
+	return ""
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+// errUnknownAccount is returned for operations on an account that does not
+// exist.
+func errUnknownAccount(id string) error { return apierr.NotFound("account", id) }
+
+// counts returns the number of tripped kill switches and open reservations.
+func (e *Engine) counts() (killed, open int) {
+	e.mu.RLock()
+	accounts := make([]*account, 0, len(e.accounts))
+	for _, a := range e.accounts {
+		accounts = append(accounts, a)
+	}
+	e.mu.RUnlock()
+	for _, a := range accounts {
+		a.mu.Lock()
+		if a.kill.GetTripped() {
+			killed++
+		}
+		open += len(a.open)
+		a.mu.Unlock()
+	}
+	return killed, open
+}
+
+// recordRejection writes the rejection event of a check without waiting:
+// the order is already rejected, and the audit trail must not slow the
+// answer down.
+func (e *Engine) recordRejection(o *order, res *checkResult) {
+	ev := &riskv1.RiskEvent{
+		Type:      riskv1.RiskEventType_RISK_EVENT_TYPE_ORDER_REJECTED,
+		AccountId: o.accountID,
+		EventTime: ts(res.at),
+		Detail: &riskv1.RiskEvent_Rejection{Rejection: &riskv1.OrderRejection{
+			Order:      o.toProto(),
+			Violations: violationsToProto(res.violations[:res.n]),
+		}},
+	}
+	account := o.accountID
+	e.store.SubmitAsync(&unit{events: []*riskv1.RiskEvent{ev}}, func(err error) {
+		if e.obs.eventDrop != nil {
+			e.obs.eventDrop()
+		}
+		e.log.Warn("risk rejection event not recorded", "account", account, "error", err)
+	})
+}
