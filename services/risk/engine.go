@@ -111,7 +111,7 @@ func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*En
 		cfg:      cfg,
 		store:    st,
 		log:      log,
-		now:      time.Now,
+		now:      nowMicros,
 		accounts: map[string]*account{},
 		prices:   priceView{},
 		idPrefix: "r" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-",
@@ -125,6 +125,10 @@ func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*En
 	st.OnCommit(e.events.publish)
 	return e, nil
 }
+
+// nowMicros is the engine's clock: UTC, to the microsecond the store keeps,
+// so a time read back after a restart equals the one answered before it.
+func nowMicros() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
 // maxKeep is how far back reservations must be loaded: the longest
 // duplicate window and the in-memory history.
