@@ -323,14 +323,21 @@ func itoa(i int) string { return strconv.Itoa(i) }
 // exist.
 func errUnknownAccount(id string) error { return apierr.NotFound("account", id) }
 
-// counts returns the number of tripped kill switches and open reservations.
-func (e *Engine) counts() (killed, open int) {
+// allAccounts returns every account (a copy of the list, not of the
+// accounts).
+func (e *Engine) allAccounts() []*account {
 	e.mu.RLock()
+	defer e.mu.RUnlock()
 	accounts := make([]*account, 0, len(e.accounts))
 	for _, a := range e.accounts {
 		accounts = append(accounts, a)
 	}
-	e.mu.RUnlock()
+	return accounts
+}
+
+// counts returns the number of tripped kill switches and open reservations.
+func (e *Engine) counts() (killed, open int) {
+	accounts := e.allAccounts()
 	for _, a := range accounts {
 		a.mu.Lock()
 		if a.kill.GetTripped() {

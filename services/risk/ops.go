@@ -76,6 +76,19 @@ func killEvent(t riskv1.RiskEventType, k *riskv1.KillSwitchState, now time.Time)
 	}
 }
 
+// lockAccount finds an account, locks it and makes its memory
+// trustworthy; NotFound for an unknown account.
+func (e *Engine) lockAccount(ctx context.Context, id string) (*account, error) {
+	a := e.account(id)
+	if a == nil {
+		return nil, errUnknownAccount(id)
+	}
+	if err := e.lockReady(ctx, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
 // lockReady locks a and makes its memory trustworthy, or unlocks and
 // returns Unavailable.
 func (e *Engine) lockReady(ctx context.Context, a *account) error {
@@ -111,11 +124,8 @@ type fillResult struct {
 
 // ApplyFill converts (part of) a reservation into a position.
 func (e *Engine) ApplyFill(ctx context.Context, accountID string, f fillInput) (*fillResult, error) {
-	a := e.account(accountID)
-	if a == nil {
-		return nil, errUnknownAccount(accountID)
-	}
-	if err := e.lockReady(ctx, a); err != nil {
+	a, err := e.lockAccount(ctx, accountID)
+	if err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -324,11 +334,8 @@ func (e *Engine) Release(ctx context.Context, accountID, reservationID string) (
 // ReleaseWithReason is Release, recording why (for example "cancelled by
 // engine") with the reservation.
 func (e *Engine) ReleaseWithReason(ctx context.Context, accountID, reservationID, reason string) (*releaseResult, error) {
-	a := e.account(accountID)
-	if a == nil {
-		return nil, errUnknownAccount(accountID)
-	}
-	if err := e.lockReady(ctx, a); err != nil {
+	a, err := e.lockAccount(ctx, accountID)
+	if err != nil {
 		return nil, err
 	}
 	now := e.now()
@@ -358,12 +365,7 @@ func (e *Engine) ReleaseWithReason(ctx context.Context, accountID, reservationID
 
 // sweep releases expired reservations of every account.
 func (e *Engine) sweep(ctx context.Context) {
-	e.mu.RLock()
-	accounts := make([]*account, 0, len(e.accounts))
-	for _, a := range e.accounts {
-		accounts = append(accounts, a)
-	}
-	e.mu.RUnlock()
+	accounts := e.allAccounts()
 	now := e.now()
 	for _, a := range accounts {
 		a.mu.Lock()
@@ -485,12 +487,7 @@ func (e *Engine) tripOnPrices(ctx context.Context, changed map[string]bool, now 
 	if len(changed) == 0 {
 		return
 	}
-	e.mu.RLock()
-	accounts := make([]*account, 0, len(e.accounts))
-	for _, a := range e.accounts {
-		accounts = append(accounts, a)
-	}
-	e.mu.RUnlock()
+	accounts := e.allAccounts()
 	for _, a := range accounts {
 		a.mu.Lock()
 		holds := false
@@ -686,11 +683,8 @@ func (e *Engine) setKill(ctx context.Context, in killInput, trip bool) (*riskv1.
 
 // Portfolio returns an account's current state.
 func (e *Engine) Portfolio(ctx context.Context, accountID string) (*riskv1.Portfolio, error) {
-	a := e.account(accountID)
-	if a == nil {
-		return nil, errUnknownAccount(accountID)
-	}
-	if err := e.lockReady(ctx, a); err != nil {
+	a, err := e.lockAccount(ctx, accountID)
+	if err != nil {
 		return nil, err
 	}
 	now := e.now()
