@@ -116,7 +116,7 @@ func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*En
 		prices:   priceView{},
 		idPrefix: "r" + strconv.FormatInt(time.Now().UnixNano(), 36) + "-",
 	}
-	snap, err := st.Load(ctx, e.now().Add(-maxKeep(cfg)))
+	snap, err := st.Load(ctx, e.now().Add(-loadWindow))
 	if err != nil {
 		return nil, fmt.Errorf("load risk state: %w", err)
 	}
@@ -130,11 +130,12 @@ func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*En
 // so a time read back after a restart equals the one answered before it.
 func nowMicros() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 
-// maxKeep is how far back reservations must be loaded: the longest
-// duplicate window and the in-memory history.
-func maxKeep(Config) time.Duration { return 7 * 24 * time.Hour }
+// loadWindow is how far back closed reservations and fills are loaded: the
+// longest duplicate window.
+const loadWindow = 7 * 24 * time.Hour
 
-// install replaces the memory of the accounts in snap.
+// install replaces the memory of the accounts in snap, and merges its
+// prices.
 func (e *Engine) install(snap *snapshot) {
 	e.pricesMu.Lock()
 	for _, p := range snap.prices {
@@ -144,15 +145,23 @@ func (e *Engine) install(snap *snapshot) {
 	}
 	e.pricesMu.Unlock()
 
+	byID := e.accountsFrom(snap)
+	e.mu.Lock()
+	for id, a := range byID {
+		e.accounts[id] = a
+	}
+	e.mu.Unlock()
+}
+
+// accountsFrom builds the in-memory accounts a snapshot describes.
+func (e *Engine) accountsFrom(snap *snapshot) map[string]*account {
+	now := e.now()
 	byID := map[string]*account{}
 	for _, row := range snap.accounts {
 		a := newAccount(row.id, row.created)
 		a.limits = limitsFromProto(row.limits)
-		a.setRate(e.now())
-		a.cash = row.cash
-		a.dayStart = row.dayStart
-		a.dayEquity = row.dayEquity
-		a.highWater = row.highWater
+		a.setRate(now)
+		a.cash, a.dayStart, a.dayEquity, a.highWater = row.cash, row.dayStart, row.dayEquity, row.highWater
 		if row.kill != nil {
 			a.kill = row.kill
 		}
@@ -164,7 +173,6 @@ func (e *Engine) install(snap *snapshot) {
 			pos.qty, pos.avgPrice, pos.realized, pos.updated = p.qty, p.avgPrice, p.realized, p.updated
 		}
 	}
-	now := e.now()
 	for i := range snap.reservations {
 		r := snap.reservations[i]
 		normalize(&r, now)
@@ -177,11 +185,7 @@ func (e *Engine) install(snap *snapshot) {
 			a.fills[f.fillID] = fillRecord{reservationID: f.reservationID, quantity: f.quantity, price: f.price, fee: f.fee, at: f.at}
 		}
 	}
-	e.mu.Lock()
-	for id, a := range byID {
-		e.accounts[id] = a
-	}
-	e.mu.Unlock()
+	return byID
 }
 
 // account returns the account, or nil.
@@ -211,34 +215,17 @@ func (e *Engine) ready(ctx context.Context, a *account) error {
 	if a.inflight > 0 {
 		return errors.New("account state is being recovered after a failed write")
 	}
-	snap, err := e.store.LoadAccount(ctx, a.id, e.now().Add(-maxKeep(e.cfg)))
+	snap, err := e.store.LoadAccount(ctx, a.id, e.now().Add(-loadWindow))
 	if err != nil {
 		return fmt.Errorf("account state cannot be read: %w", err)
 	}
-	fresh := newAccount(a.id, a.created)
-	if len(snap.accounts) == 1 {
-		row := snap.accounts[0]
-		fresh.limits = limitsFromProto(row.limits)
-		fresh.cash, fresh.dayStart, fresh.dayEquity, fresh.highWater = row.cash, row.dayStart, row.dayEquity, row.highWater
-		if row.kill != nil {
-			fresh.kill = row.kill
-		}
-	}
-	for _, p := range snap.positions {
-		pos := fresh.position(p.symbol)
-		pos.qty, pos.avgPrice, pos.realized, pos.updated = p.qty, p.avgPrice, p.realized, p.updated
-	}
-	for i := range snap.reservations {
-		r := snap.reservations[i]
-		normalize(&r, e.now())
-		fresh.addReservation(&r)
-	}
-	for _, f := range snap.fills {
-		fresh.fills[f.fillID] = fillRecord{reservationID: f.reservationID, quantity: f.quantity, price: f.price, fee: f.fee, at: f.at}
+	fresh := e.accountsFrom(snap)[a.id]
+	if fresh == nil {
+		fresh = newAccount(a.id, a.created)
 	}
 	a.limits, a.cash, a.dayStart, a.dayEquity, a.highWater, a.kill = fresh.limits, fresh.cash, fresh.dayStart, fresh.dayEquity, fresh.highWater, fresh.kill
 	a.positions, a.open, a.recent, a.byClientOrder, a.fills = fresh.positions, fresh.open, fresh.recent, fresh.byClientOrder, fresh.fills
-	a.setRate(e.now())
+	a.setRate(e.now()) // keeps the tokens left in a's bucket
 	a.stale = false
 	e.log.Info("risk account reloaded after a failed write", "account", a.id)
 	return nil
