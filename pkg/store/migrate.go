@@ -27,6 +27,17 @@ type MigrationSet struct {
 	FS fs.FS
 }
 
+// Embedded returns the set of component whose files sit in the
+// "migrations" directory of fsys (usually an embed.FS declared with
+// //go:embed migrations).
+func Embedded(component string, fsys fs.FS) MigrationSet {
+	sub, err := fs.Sub(fsys, "migrations")
+	if err != nil {
+		panic(fmt.Sprintf("store: migrations of %s: %v", component, err)) // fs.Sub fails only on an invalid path
+	}
+	return MigrationSet{Component: component, FS: sub}
+}
+
 // Migration is one file of a set, resolved for a dialect.
 type Migration struct {
 	Component string

@@ -3,7 +3,6 @@ package experiment
 import (
 	"context"
 	"embed"
-	"io/fs"
 	"time"
 
 	"github.com/quantmesh/quantmesh/pkg/store"
@@ -13,13 +12,7 @@ import (
 var migrationFiles embed.FS
 
 // Migrations is the schema of the experiment service's tables.
-func Migrations() store.MigrationSet {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the embedded directory exists at compile time
-	}
-	return store.MigrationSet{Component: "experiment", FS: sub}
-}
+func Migrations() store.MigrationSet { return store.Embedded("experiment", migrationFiles) }
 
 // Stage is the lifecycle stage of an experiment or run.
 type Stage string

@@ -3,7 +3,6 @@ package risk
 import (
 	"context"
 	"embed"
-	"io/fs"
 	"time"
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
@@ -14,13 +13,7 @@ import (
 var migrationFiles embed.FS
 
 // Migrations is the schema of the risk service's tables.
-func Migrations() store.MigrationSet {
-	sub, err := fs.Sub(migrationFiles, "migrations")
-	if err != nil {
-		panic(err) // the embedded directory exists at compile time
-	}
-	return store.MigrationSet{Component: "risk", FS: sub}
-}
+func Migrations() store.MigrationSet { return store.Embedded("risk", migrationFiles) }
 
 // Rows are value copies of in-memory state, taken under the account lock
 // and written by the store in the order they were enqueued.
