@@ -71,6 +71,28 @@ func (l *Limits) burst() int {
 	return max(1, int(math.Ceil(l.MaxOrdersPerSecond.v)))
 }
 
+// floatLimit ties an optional numeric limit's request field to its domain
+// field.
+type floatLimit struct {
+	proto  func(*riskv1.Limits) **float64
+	domain func(*Limits) *opt
+}
+
+// floatLimits are the optional numeric limits, by update mask path.
+var floatLimits = map[string]floatLimit{
+	"max_order_quantity":        {func(l *riskv1.Limits) **float64 { return &l.MaxOrderQuantity }, func(l *Limits) *opt { return &l.MaxOrderQuantity }},
+	"max_order_notional":        {func(l *riskv1.Limits) **float64 { return &l.MaxOrderNotional }, func(l *Limits) *opt { return &l.MaxOrderNotional }},
+	"price_collar_percent":      {func(l *riskv1.Limits) **float64 { return &l.PriceCollarPercent }, func(l *Limits) *opt { return &l.PriceCollarPercent }},
+	"max_orders_per_second":     {func(l *riskv1.Limits) **float64 { return &l.MaxOrdersPerSecond }, func(l *Limits) *opt { return &l.MaxOrdersPerSecond }},
+	"max_position_quantity":     {func(l *riskv1.Limits) **float64 { return &l.MaxPositionQuantity }, func(l *Limits) *opt { return &l.MaxPositionQuantity }},
+	"max_position_notional":     {func(l *riskv1.Limits) **float64 { return &l.MaxPositionNotional }, func(l *Limits) *opt { return &l.MaxPositionNotional }},
+	"max_gross_exposure":        {func(l *riskv1.Limits) **float64 { return &l.MaxGrossExposure }, func(l *Limits) *opt { return &l.MaxGrossExposure }},
+	"max_leverage":              {func(l *riskv1.Limits) **float64 { return &l.MaxLeverage }, func(l *Limits) *opt { return &l.MaxLeverage }},
+	"max_concentration_percent": {func(l *riskv1.Limits) **float64 { return &l.MaxConcentrationPercent }, func(l *Limits) *opt { return &l.MaxConcentrationPct }},
+	"max_daily_loss":            {func(l *riskv1.Limits) **float64 { return &l.MaxDailyLoss }, func(l *Limits) *opt { return &l.MaxDailyLoss }},
+	"max_drawdown_percent":      {func(l *riskv1.Limits) **float64 { return &l.MaxDrawdownPercent }, func(l *Limits) *opt { return &l.MaxDrawdownPercent }},
+}
+
 // limitFields maps each settable Limits field (update mask path) to how it
 // is copied from a request.
 var limitFields = map[string]func(dst *Limits, src *riskv1.Limits){
@@ -79,20 +101,15 @@ var limitFields = map[string]func(dst *Limits, src *riskv1.Limits){
 		slices.Sort(d.Restricted)
 		d.Restricted = slices.Compact(d.Restricted)
 	},
-	"max_order_quantity":        func(d *Limits, s *riskv1.Limits) { d.MaxOrderQuantity = optOf(s.MaxOrderQuantity) },
-	"max_order_notional":        func(d *Limits, s *riskv1.Limits) { d.MaxOrderNotional = optOf(s.MaxOrderNotional) },
-	"price_collar_percent":      func(d *Limits, s *riskv1.Limits) { d.PriceCollarPercent = optOf(s.PriceCollarPercent) },
-	"duplicate_window":          func(d *Limits, s *riskv1.Limits) { d.DuplicateWindow = s.GetDuplicateWindow().AsDuration() },
-	"max_orders_per_second":     func(d *Limits, s *riskv1.Limits) { d.MaxOrdersPerSecond = optOf(s.MaxOrdersPerSecond) },
-	"order_burst":               func(d *Limits, s *riskv1.Limits) { d.OrderBurst = int(s.GetOrderBurst()) },
-	"max_position_quantity":     func(d *Limits, s *riskv1.Limits) { d.MaxPositionQuantity = optOf(s.MaxPositionQuantity) },
-	"max_position_notional":     func(d *Limits, s *riskv1.Limits) { d.MaxPositionNotional = optOf(s.MaxPositionNotional) },
-	"max_gross_exposure":        func(d *Limits, s *riskv1.Limits) { d.MaxGrossExposure = optOf(s.MaxGrossExposure) },
-	"max_leverage":              func(d *Limits, s *riskv1.Limits) { d.MaxLeverage = optOf(s.MaxLeverage) },
-	"max_concentration_percent": func(d *Limits, s *riskv1.Limits) { d.MaxConcentrationPct = optOf(s.MaxConcentrationPercent) },
-	"max_daily_loss":            func(d *Limits, s *riskv1.Limits) { d.MaxDailyLoss = optOf(s.MaxDailyLoss) },
-	"max_drawdown_percent":      func(d *Limits, s *riskv1.Limits) { d.MaxDrawdownPercent = optOf(s.MaxDrawdownPercent) },
-	"reservation_ttl":           func(d *Limits, s *riskv1.Limits) { d.ReservationTTL = s.GetReservationTtl().AsDuration() },
+	"duplicate_window": func(d *Limits, s *riskv1.Limits) { d.DuplicateWindow = s.GetDuplicateWindow().AsDuration() },
+	"order_burst":      func(d *Limits, s *riskv1.Limits) { d.OrderBurst = int(s.GetOrderBurst()) },
+	"reservation_ttl":  func(d *Limits, s *riskv1.Limits) { d.ReservationTTL = s.GetReservationTtl().AsDuration() },
+}
+
+func init() {
+	for path, f := range floatLimits {
+		limitFields[path] = func(d *Limits, s *riskv1.Limits) { *f.domain(d) = optOf(*f.proto(s)) }
+	}
 }
 
 // limitPaths lists the settable paths in a stable order.
@@ -108,17 +125,16 @@ func limitPaths() []string {
 // validateLimits checks the values of the masked fields of l, adding
 // violations under prefix (for example "limits.").
 func validateLimits(v *apierr.Violations, prefix string, l *riskv1.Limits, paths []string) {
-	nonNeg := func(name string, p *float64) {
-		if p == nil {
-			return
-		}
-		if math.IsNaN(*p) || math.IsInf(*p, 0) {
-			v.Add(prefix+name, "must be finite, got %v", *p)
-		} else if *p < 0 {
-			v.Add(prefix+name, "must not be negative, got %v", *p)
-		}
-	}
 	for _, path := range paths {
+		if f, ok := floatLimits[path]; ok {
+			if p := *f.proto(l); p != nil {
+				if math.IsNaN(*p) || math.IsInf(*p, 0) {
+					v.Add(prefix+path, "must be finite, got %v", *p)
+				} else if *p < 0 {
+					v.Add(prefix+path, "must not be negative, got %v", *p)
+				}
+			}
+		}
 		switch path {
 		case "restricted_symbols":
 			if n := len(l.GetRestrictedSymbols()); n > maxRestricted {
@@ -129,31 +145,11 @@ func validateLimits(v *apierr.Violations, prefix string, l *riskv1.Limits, paths
 					v.Add(prefix+path+"["+itoa(i)+"]", "%s", err)
 				}
 			}
-		case "max_order_quantity":
-			nonNeg(path, l.MaxOrderQuantity)
-		case "max_order_notional":
-			nonNeg(path, l.MaxOrderNotional)
-		case "price_collar_percent":
-			nonNeg(path, l.PriceCollarPercent)
-		case "max_position_quantity":
-			nonNeg(path, l.MaxPositionQuantity)
-		case "max_position_notional":
-			nonNeg(path, l.MaxPositionNotional)
-		case "max_gross_exposure":
-			nonNeg(path, l.MaxGrossExposure)
-		case "max_leverage":
-			nonNeg(path, l.MaxLeverage)
-		case "max_concentration_percent":
-			nonNeg(path, l.MaxConcentrationPercent)
-		case "max_daily_loss":
-			nonNeg(path, l.MaxDailyLoss)
 		case "max_drawdown_percent":
-			nonNeg(path, l.MaxDrawdownPercent)
 			if p := l.MaxDrawdownPercent; p != nil && *p > 100 {
 				v.Add(prefix+path, "must be at most 100, got %v", *p)
 			}
 		case "max_orders_per_second":
-			nonNeg(path, l.MaxOrdersPerSecond)
 			if p := l.MaxOrdersPerSecond; p != nil && *p == 0 {
 				v.Add(prefix+path, "must be greater than 0")
 			}
@@ -180,21 +176,13 @@ func validateLimits(v *apierr.Violations, prefix string, l *riskv1.Limits, paths
 // toProto renders l for account id.
 func (l *Limits) toProto(id string) *riskv1.Limits {
 	out := &riskv1.Limits{
-		AccountId:               id,
-		RestrictedSymbols:       slices.Clone(l.Restricted),
-		MaxOrderQuantity:        l.MaxOrderQuantity.ptr(),
-		MaxOrderNotional:        l.MaxOrderNotional.ptr(),
-		PriceCollarPercent:      l.PriceCollarPercent.ptr(),
-		MaxOrdersPerSecond:      l.MaxOrdersPerSecond.ptr(),
-		MaxPositionQuantity:     l.MaxPositionQuantity.ptr(),
-		MaxPositionNotional:     l.MaxPositionNotional.ptr(),
-		MaxGrossExposure:        l.MaxGrossExposure.ptr(),
-		MaxLeverage:             l.MaxLeverage.ptr(),
-		MaxConcentrationPercent: l.MaxConcentrationPct.ptr(),
-		MaxDailyLoss:            l.MaxDailyLoss.ptr(),
-		MaxDrawdownPercent:      l.MaxDrawdownPercent.ptr(),
-		Revision:                l.Revision,
-		UpdatedByPrincipal:      l.UpdatedByPrincipal,
+		AccountId:          id,
+		RestrictedSymbols:  slices.Clone(l.Restricted),
+		Revision:           l.Revision,
+		UpdatedByPrincipal: l.UpdatedByPrincipal,
+	}
+	for _, f := range floatLimits {
+		*f.proto(out) = f.domain(l).ptr()
 	}
 	if l.OrderBurst > 0 {
 		b := int32(l.OrderBurst)
