@@ -57,10 +57,20 @@ type ListQuery struct {
 	Limit int
 }
 
-// Store persists experiments. Methods return apierr errors: NotFound for a
-// missing experiment, AlreadyExists for a taken name, Unavailable when the
-// database cannot be reached. Implementations are safe for concurrent use.
+// Store is everything ExperimentService persists. Methods return apierr
+// errors: NotFound for a missing resource, AlreadyExists for a taken name,
+// FailedPrecondition for a write the resource's state forbids, Unavailable
+// when the database cannot be reached. Implementations are safe for
+// concurrent use.
 type Store interface {
+	ExperimentStore
+	RunStore
+	RegistryStore
+	CheckpointStore
+}
+
+// ExperimentStore persists experiments.
+type ExperimentStore interface {
 	// CreateExperiment inserts e.
 	CreateExperiment(ctx context.Context, e *Experiment) error
 	// GetExperiment reads one experiment by id.

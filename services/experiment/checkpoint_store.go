@@ -1,0 +1,4 @@
+package experiment
+
+// CheckpointStore persists checkpoints and applies retention policies.
+type CheckpointStore interface{}

@@ -1,0 +1,46 @@
+-- The model registry. Times are Unix epoch milliseconds; tags and metrics
+-- are JSON objects.
+CREATE TABLE registered_models (
+    name        TEXT   PRIMARY KEY,
+    description TEXT   NOT NULL DEFAULT '',
+    tags        TEXT   NOT NULL DEFAULT '{}',
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL
+);
+
+-- Versions are immutable apart from description and tags.
+CREATE TABLE model_versions (
+    model_name      TEXT   NOT NULL REFERENCES registered_models (name) ON DELETE CASCADE,
+    version         INTEGER NOT NULL,
+    format          TEXT   NOT NULL,
+    weights         BLOB   NOT NULL,
+    checksum_sha256 TEXT   NOT NULL,
+    size_bytes      INTEGER NOT NULL,
+    source_run_id   TEXT   NOT NULL DEFAULT '',
+    metrics         TEXT   NOT NULL DEFAULT '{}',
+    tags            TEXT   NOT NULL DEFAULT '{}',
+    description     TEXT   NOT NULL DEFAULT '',
+    create_time     INTEGER NOT NULL,
+    PRIMARY KEY (model_name, version)
+);
+
+-- Aliases. A deleted alias (or an alias of a deleted model) keeps its row
+-- with version NULL as a tombstone carrying the revision of the deletion, so
+-- a watcher that resumes learns of it. No foreign key: tombstones outlive
+-- their model.
+CREATE TABLE model_aliases (
+    model_name TEXT   NOT NULL,
+    alias      TEXT   NOT NULL,
+    version    INTEGER,
+    revision   INTEGER NOT NULL,
+    PRIMARY KEY (model_name, alias)
+);
+CREATE INDEX model_aliases_revision ON model_aliases (revision);
+
+-- One counter for the whole registry: every alias move or deletion takes the
+-- next revision, so revisions only grow.
+CREATE TABLE registry_revision (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER  NOT NULL
+);
+INSERT INTO registry_revision (id, revision) VALUES (1, 0);

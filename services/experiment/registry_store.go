@@ -1,0 +1,5 @@
+package experiment
+
+// RegistryStore persists the model registry: registered models, versions
+// and aliases.
+type RegistryStore interface{}
