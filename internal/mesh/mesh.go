@@ -254,7 +254,11 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 		log := m.log.With("service", name)
 		switch name {
 		case Experiment:
-			st := experiment.WithResilience(experiment.NewSQLStore(m.DB), storeRead, storeWrite)
+			sql := experiment.NewSQLStore(m.DB, experiment.WithLogger(log), experiment.WithMeter(m.tel.Meter("quantmesh/experiment")))
+			// Closers run in reverse: streamed metrics are written before
+			// the database closes.
+			m.closers = append(m.closers, sql.Close)
+			st := experiment.WithResilience(sql, storeRead, storeWrite)
 			regs = append(regs, experiment.New(m.cfg.Experiment, st, log).Registration())
 		case Risk:
 			reg, err := m.risk(ctx, log)

@@ -78,6 +78,16 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_UpdateExperiment_FullMethodName:    true,
 	experimentv1.ExperimentService_DeleteExperiment_FullMethodName:    true,
 	experimentv1.ExperimentService_RestoreExperiment_FullMethodName:   true,
+	experimentv1.ExperimentService_CreateRun_FullMethodName:           true,
+	experimentv1.ExperimentService_GetRun_FullMethodName:              true,
+	experimentv1.ExperimentService_UpdateRun_FullMethodName:           true,
+	experimentv1.ExperimentService_DeleteRun_FullMethodName:           true,
+	experimentv1.ExperimentService_RestoreRun_FullMethodName:          true,
+	experimentv1.ExperimentService_SetRunTag_FullMethodName:           true,
+	experimentv1.ExperimentService_DeleteRunTag_FullMethodName:        true,
+	experimentv1.ExperimentService_LogBatch_FullMethodName:            true,
+	experimentv1.ExperimentService_StreamMetrics_FullMethodName:       true,
+	experimentv1.ExperimentService_GetMetricHistory_FullMethodName:    true,
 }
 
 func init() {

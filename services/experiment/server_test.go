@@ -36,7 +36,9 @@ type harness struct {
 func start(t *testing.T, db *store.DB) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc := experiment.New(experiment.DefaultConfig(), experiment.NewSQLStore(db), log)
+	st := experiment.NewSQLStore(db)
+	t.Cleanup(func() { st.Close() })
+	svc := experiment.New(experiment.DefaultConfig(), st, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	srv, err := server.New(ctx, server.Options{
 		Config:   server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
@@ -402,7 +404,7 @@ func TestRESTRoutes(t *testing.T) {
 		if code != http.StatusBadRequest {
 			t.Errorf("negative page size: %d, want 400", code)
 		}
-		code, _ = h.rest(t, http.MethodPost, "/v1/runs", `{"experimentId":"`+id+`"}`)
+		code, _ = h.rest(t, http.MethodPost, "/v1/abtests", `{"name":"x"}`)
 		if code != http.StatusNotImplemented {
 			t.Errorf("unbuilt RPC over REST: %d, want 501", code)
 		}

@@ -6,7 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/store"
@@ -14,14 +18,69 @@ import (
 
 // SQLStore implements Store on SQLite and PostgreSQL.
 type SQLStore struct {
-	db *store.DB
+	db  *store.DB
+	log *slog.Logger
+	ins *instruments
+
+	writerOnce sync.Once
+	writer     *metricWriter // started by the first Append
+	closeOnce  sync.Once
 }
 
 var _ Store = (*SQLStore)(nil)
 
+// Option configures a SQLStore.
+type Option func(*SQLStore)
+
+// WithLogger sets the store's logger (the default discards).
+func WithLogger(log *slog.Logger) Option { return func(s *SQLStore) { s.log = log } }
+
+// WithMeter sets the meter of the store's instruments (the default is a
+// no-op meter).
+func WithMeter(m metric.Meter) Option {
+	return func(s *SQLStore) {
+		ins, err := newInstruments(m)
+		if err == nil {
+			s.ins = ins
+		} else {
+			s.log.Error("experiment store instruments", "err", err)
+		}
+	}
+}
+
 // NewSQLStore returns a store on db, which must be migrated with
-// Migrations.
-func NewSQLStore(db *store.DB) *SQLStore { return &SQLStore{db: db} }
+// Migrations. Close it to flush streamed metrics.
+func NewSQLStore(db *store.DB, opts ...Option) *SQLStore {
+	s := &SQLStore{db: db, log: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.ins == nil {
+		s.ins, _ = newInstruments(nil) // a no-op meter never fails
+	}
+	return s
+}
+
+// Append implements RunStore.
+func (s *SQLStore) Append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
+	s.writerOnce.Do(func() { s.writer = newMetricWriter(s.db, s.log, s.ins) })
+	if s.writer == nil { // closed before any append
+		return nil, errWriterClosed
+	}
+	return s.writer.append(ctx, m)
+}
+
+// Close writes the metric points appended so far and stops the writer.
+// Later appends fail with Unavailable. The database stays open.
+func (s *SQLStore) Close() error {
+	s.closeOnce.Do(func() {
+		s.writerOnce.Do(func() {}) // no writer is started after Close
+		if s.writer != nil {
+			s.writer.close()
+		}
+	})
+	return nil
+}
 
 const experimentColumns = `experiment_id, name, description, artifact_location, lifecycle_stage, tags, create_time, update_time, delete_time`
 

@@ -1,6 +1,7 @@
 package experiment
 
 import (
+	"math"
 	"unicode"
 	"unicode/utf8"
 
@@ -17,7 +18,38 @@ const (
 	maxTagKey           = 250
 	maxTagValue         = 5000
 	maxTags             = 100
+	maxKey              = 250
+	maxParamValue       = 6000
+	maxIdempotencyKey   = 128
 )
+
+// validateKey checks a metric, param or tag key: 1 to 250 characters, no
+// control characters, not blank. Any other character is allowed ('/' and
+// spaces included, as in MLflow).
+func validateKey(v *apierr.Violations, field, key string) {
+	switch {
+	case key == "":
+		v.Add(field, "required")
+	case !utf8.ValidString(key):
+		v.Add(field, "must be valid UTF-8")
+	case utf8.RuneCountInString(key) > maxKey:
+		v.Add(field, "must be at most %d characters, got %d", maxKey, utf8.RuneCountInString(key))
+	case hasControl(key):
+		v.Add(field, "must not contain control characters")
+	case isBlank(key):
+		v.Add(field, "must not be blank")
+	}
+}
+
+// validateValue checks a metric value. NaN and infinities are rejected:
+// they cannot be ordered, compared in a search or averaged, and MLflow's
+// own handling of them differs by backend. A client that needs to record
+// "no value" logs nothing for that step.
+func validateValue(v *apierr.Violations, field string, x float64) {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		v.Add(field, "must be finite, got %v", x)
+	}
+}
 
 // validateID checks that id looks like an id this service issues.
 func validateID(field, id string) error {
