@@ -39,6 +39,7 @@ type benchFlags struct {
 	target      string
 	json        bool
 	logLevel    string
+	size        int
 }
 
 func (f *benchFlags) register(fs *flag.FlagSet) {
@@ -48,6 +49,7 @@ func (f *benchFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.databaseURL, "database-url", "", "postgres://... runs the in-process mesh on PostgreSQL (empty: SQLite in a temporary directory); with --target, names the target's database for the report")
 	fs.StringVar(&f.target, "target", "", "host:port of a running mesh to drive (plaintext gRPC); empty starts an in-process mesh on loopback")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object instead of progress lines and a table")
+	fs.IntVar(&f.size, "size", 0, "scenario data size (tracking-search: runs to search); 0 means the scenario's default")
 	fs.StringVar(&f.logLevel, "log-level", "warn", "log level of the bench and its in-process mesh: debug, info, warn or error")
 }
 
@@ -121,6 +123,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := runner.Validate(); err != nil {
 		return usagef("invalid %v", err)
 	}
+	if f.size < 0 {
+		return usagef("invalid --size %d: must not be negative", f.size)
+	}
 	if f.target != "" {
 		if _, _, err := net.SplitHostPort(f.target); err != nil {
 			return usagef("invalid --target %q: want host:port", f.target)
@@ -140,7 +145,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		runner.Progress = stderr
 	}
 
-	env := bench.Env{Target: f.target, DatabaseURL: f.databaseURL, Store: storeName(f.databaseURL)}
+	env := bench.Env{Target: f.target, DatabaseURL: f.databaseURL, Store: storeName(f.databaseURL), Size: f.size}
 	if f.target == "" {
 		m, dbURL, stop, err := startBenchMesh(ctx, f, log)
 		if err != nil {

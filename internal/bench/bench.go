@@ -72,6 +72,14 @@ type Finisher interface {
 	Finish(ctx context.Context) error
 }
 
+// Measurer is implemented by scenarios whose Finish needs what the measured
+// window counted (a reference workload sized like the window, for example).
+// Measured is called after the window and before Finish, with the counters
+// and the window's length; it is skipped when the run was interrupted.
+type Measurer interface {
+	Measured(counters map[string]int64, elapsed time.Duration)
+}
+
 // Env is what a scenario learns about the mesh it drives.
 type Env struct {
 	// Conn is the client connection every worker shares.
@@ -94,6 +102,9 @@ type Env struct {
 	Duration time.Duration
 	// Log receives the scenario's diagnostics.
 	Log *slog.Logger
+	// Size is the scenario's data size from --size (what it means is the
+	// scenario's: runs to search, for example); 0 means its default.
+	Size int
 }
 
 // Spec describes a registered scenario.

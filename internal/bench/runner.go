@@ -179,6 +179,9 @@ func (r Runner) Run(ctx context.Context, env Env, sc Scenario) (*Report, error) 
 	}
 	rep.ErrorSamples = errs.list()
 
+	if m, ok := sc.(Measurer); ok && !rep.Interrupted {
+		m.Measured(rep.Counters, elapsed)
+	}
 	if f, ok := sc.(Finisher); ok && !rep.Interrupted {
 		fctx, fcancel := context.WithTimeout(ctx, finishTimeout)
 		err := f.Finish(fctx)

@@ -27,6 +27,7 @@ import (
 // stream id (table metric_streams, cached), so checking a message against
 // it and storing it happen in one order, the queue's.
 type metricWriter struct {
+	st  *SQLStore
 	db  *store.DB
 	log *slog.Logger
 	ins *instruments
@@ -67,13 +68,14 @@ const (
 // errWriterClosed is returned for appends after Close.
 var errWriterClosed = apierr.Unavailable("metric store", errors.New("the metric writer is closed"))
 
-func newMetricWriter(db *store.DB, log *slog.Logger, ins *instruments) *metricWriter {
+func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments) *metricWriter {
 	seqs, err := lru.New[string, uint64](writerStreamCache)
 	if err != nil {
 		panic(err) // only for a non-positive size
 	}
 	w := &metricWriter{
-		db:     db,
+		st:     st,
+		db:     st.db,
 		log:    log,
 		ins:    ins,
 		queue:  make(chan *pendingAppend, writerQueue),
@@ -333,8 +335,11 @@ func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[s
 			return err
 		})
 	}
+	if err := w.st.preparePoints(ctx); err != nil {
+		return err
+	}
 	return w.db.InTx(ctx, func(tx *sql.Tx) error {
-		if err := writePointsSQLite(ctx, tx, rows, latest); err != nil {
+		if err := w.st.writePointsSQLite(ctx, tx, rows, latest); err != nil {
 			return err
 		}
 		for id, seq := range streams {

@@ -262,6 +262,9 @@ func (s *SQLStore) runKey(ctx context.Context, runID string) (int64, Stage, erro
 // LogBatch implements RunStore.
 func (s *SQLStore) LogBatch(ctx context.Context, runID string, b Batch) (replayed bool, err error) {
 	start := time.Now()
+	if err := s.preparePoints(ctx); err != nil {
+		return false, store.Err("log batch", err)
+	}
 	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		replayed = false
 		key, err := s.activeRunTx(ctx, tx, runID)
@@ -402,25 +405,68 @@ func (s *SQLStore) writePoints(ctx context.Context, tx *sql.Tx, rows []pointRow)
 		_, err := tx.ExecContext(ctx, upsertLatestPG, runs, keys, steps, times, values)
 		return err
 	}
-	return writePointsSQLite(ctx, tx, rows, latestOf(rows))
+	return s.writePointsSQLite(ctx, tx, rows, latestOf(rows))
 }
 
 // writePointsSQLite inserts rows and upserts latest in tx, many rows per
-// statement.
-func writePointsSQLite(ctx context.Context, tx *sql.Tx, rows, latest []pointRow) error {
-	for start := 0; start < len(rows); start += sqliteRowsPerInsert {
-		chunk := rows[start:min(start+sqliteRowsPerInsert, len(rows))]
-		q, args := sqliteValues(`INSERT INTO metrics (run_key, key, step, ts, value) VALUES `, chunk, false)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			return err
+// statement. Statements of a full chunk are prepared once on the writer
+// connection; placeholders are anonymous (?), since SQLite looks numbered
+// names up linearly, which is quadratic in the statement's parameters.
+func (s *SQLStore) writePointsSQLite(ctx context.Context, tx *sql.Tx, rows, latest []pointRow) error {
+	for _, part := range []struct {
+		rows   []pointRow
+		upsert bool
+	}{{rows, false}, {latest, true}} {
+		for start := 0; start < len(part.rows); start += sqliteRowsPerInsert {
+			chunk := part.rows[start:min(start+sqliteRowsPerInsert, len(part.rows))]
+			args := make([]any, 0, len(chunk)*5)
+			for _, r := range chunk {
+				args = append(args, r.runKey, r.Key, r.Step, r.Time, r.Value)
+			}
+			var err error
+			if stmt := s.fullChunkStmt(part.upsert); stmt != nil && len(chunk) == sqliteRowsPerInsert {
+				_, err = tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+			} else {
+				_, err = tx.ExecContext(ctx, sqlitePointInsert(len(chunk), part.upsert), args...)
+			}
+			if err != nil {
+				return err
+			}
 		}
 	}
-	for start := 0; start < len(latest); start += sqliteRowsPerInsert {
-		chunk := latest[start:min(start+sqliteRowsPerInsert, len(latest))]
-		q, args := sqliteValues(`INSERT INTO latest_metrics (run_key, key, step, ts, value) VALUES `, chunk, true)
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+	return nil
+}
+
+// fullChunkStmt returns the prepared INSERT of sqliteRowsPerInsert points
+// (into latest_metrics with upsert, else into metrics). preparePoints must
+// have prepared it.
+func (s *SQLStore) fullChunkStmt(upsert bool) *sql.Stmt {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if upsert {
+		return s.chunkStmts[1]
+	}
+	return s.chunkStmts[0]
+}
+
+// preparePoints prepares the full-chunk statements on SQLite. Call it
+// before a write transaction: the writer has one connection, which the
+// transaction holds.
+func (s *SQLStore) preparePoints(ctx context.Context) error {
+	if s.db.Dialect() != store.SQLite {
+		return nil
+	}
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	for i, upsert := range []bool{false, true} {
+		if s.chunkStmts[i] != nil {
+			continue
+		}
+		stmt, err := s.db.PrepareWrite(ctx, sqlitePointInsert(sqliteRowsPerInsert, upsert))
+		if err != nil {
 			return err
 		}
+		s.chunkStmts[i] = stmt
 	}
 	return nil
 }
@@ -429,25 +475,25 @@ func writePointsSQLite(ctx context.Context, tx *sql.Tx, rows, latest []pointRow)
 const latestConflict = ` ON CONFLICT (run_key, key) DO UPDATE SET value = excluded.value, step = excluded.step, ts = excluded.ts
 	WHERE (excluded.step, excluded.ts, excluded.value) > (latest_metrics.step, latest_metrics.ts, latest_metrics.value)`
 
-// sqliteValues builds a multi-row INSERT of rows; with upsert, the
-// latest-metric conflict clause is appended.
-func sqliteValues(prefix string, rows []pointRow, upsert bool) (string, []any) {
+// sqlitePointInsert is a multi-row INSERT of n points into metrics, or
+// with upsert into latest_metrics keeping the later point.
+func sqlitePointInsert(n int, upsert bool) string {
 	var b strings.Builder
-	b.Grow(len(prefix) + len(rows)*32 + len(latestConflict))
-	b.WriteString(prefix)
-	args := make([]any, 0, len(rows)*5)
-	for i, r := range rows {
+	table := "metrics"
+	if upsert {
+		table = "latest_metrics"
+	}
+	b.WriteString(`INSERT INTO ` + table + ` (run_key, key, step, ts, value) VALUES `)
+	for i := range n {
 		if i > 0 {
 			b.WriteString(", ")
 		}
-		n := len(args)
-		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
-		args = append(args, r.runKey, r.Key, r.Step, r.Time, r.Value)
+		b.WriteString("(?, ?, ?, ?, ?)")
 	}
 	if upsert {
 		b.WriteString(latestConflict)
 	}
-	return b.String(), args
+	return b.String()
 }
 
 func pointColumns(rows []pointRow) (runs []int64, keys []string, steps, times []int64, values []float64) {

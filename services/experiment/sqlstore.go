@@ -25,6 +25,9 @@ type SQLStore struct {
 	writerOnce sync.Once
 	writer     *metricWriter // started by the first Append
 	closeOnce  sync.Once
+
+	stmtMu     sync.Mutex
+	chunkStmts [2]*sql.Stmt // prepared full-chunk point inserts on SQLite
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -63,7 +66,7 @@ func NewSQLStore(db *store.DB, opts ...Option) *SQLStore {
 
 // Append implements RunStore.
 func (s *SQLStore) Append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
-	s.writerOnce.Do(func() { s.writer = newMetricWriter(s.db, s.log, s.ins) })
+	s.writerOnce.Do(func() { s.writer = newMetricWriter(s, s.log, s.ins) })
 	if s.writer == nil { // closed before any append
 		return nil, errWriterClosed
 	}
@@ -78,6 +81,14 @@ func (s *SQLStore) Close() error {
 		if s.writer != nil {
 			s.writer.close()
 		}
+		s.stmtMu.Lock()
+		for i, stmt := range s.chunkStmts {
+			if stmt != nil {
+				stmt.Close()
+				s.chunkStmts[i] = nil
+			}
+		}
+		s.stmtMu.Unlock()
 	})
 	return nil
 }
