@@ -68,7 +68,7 @@ const (
 // errWriterClosed is returned for appends after Close.
 var errWriterClosed = apierr.Unavailable("metric store", errors.New("the metric writer is closed"))
 
-func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments) *metricWriter {
+func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments, queue int) *metricWriter {
 	seqs, err := lru.New[string, uint64](writerStreamCache)
 	if err != nil {
 		panic(err) // only for a non-positive size
@@ -78,7 +78,7 @@ func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments) *metricWr
 		db:     st.db,
 		log:    log,
 		ins:    ins,
-		queue:  make(chan *pendingAppend, writerQueue),
+		queue:  make(chan *pendingAppend, queue),
 		stop:   make(chan struct{}),
 		exited: make(chan struct{}),
 		seqs:   seqs,
@@ -88,15 +88,16 @@ func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments) *metricWr
 }
 
 func (w *metricWriter) append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
-	p := &pendingAppend{StreamMessage: m, done: make(chan AppendResult, 1)}
+	done := make(chan AppendResult, 1)
+	p := &pendingAppend{StreamMessage: m, done: done}
 	w.closeMu.RLock()
 	defer w.closeMu.RUnlock()
 	if w.closed {
 		return nil, errWriterClosed
 	}
 	select {
-	case w.queue <- p:
-		return p.done, nil
+	case w.queue <- p: // the writer owns p from here
+		return done, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}

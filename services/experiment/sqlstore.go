@@ -24,6 +24,7 @@ type SQLStore struct {
 
 	writerOnce sync.Once
 	writer     *metricWriter // started by the first Append
+	queueSize  int           // of the writer's queue
 	closeOnce  sync.Once
 
 	stmtMu     sync.Mutex
@@ -54,7 +55,7 @@ func WithMeter(m metric.Meter) Option {
 // NewSQLStore returns a store on db, which must be migrated with
 // Migrations. Close it to flush streamed metrics.
 func NewSQLStore(db *store.DB, opts ...Option) *SQLStore {
-	s := &SQLStore{db: db, log: slog.New(slog.DiscardHandler)}
+	s := &SQLStore{db: db, log: slog.New(slog.DiscardHandler), queueSize: writerQueue}
 	for _, o := range opts {
 		o(s)
 	}
@@ -66,7 +67,7 @@ func NewSQLStore(db *store.DB, opts ...Option) *SQLStore {
 
 // Append implements RunStore.
 func (s *SQLStore) Append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
-	s.writerOnce.Do(func() { s.writer = newMetricWriter(s, s.log, s.ins) })
+	s.writerOnce.Do(func() { s.writer = newMetricWriter(s, s.log, s.ins, s.queueSize) })
 	if s.writer == nil { // closed before any append
 		return nil, errWriterClosed
 	}
