@@ -42,7 +42,7 @@ func (s *SQLStore) CreateRun(ctx context.Context, r *Run) error {
 		}
 		return s.upsertTags(ctx, tx, r.Key, tags)
 	})
-	return store.Err("create run", err)
+	return s.err("create run", err)
 }
 
 // lockRow is the clause that locks a row read in a write transaction on
@@ -62,10 +62,10 @@ func (s *SQLStore) GetRun(ctx context.Context, id string) (*Run, error) {
 		return nil, apierr.NotFound("run", id)
 	}
 	if err != nil {
-		return nil, store.Err("get run", err)
+		return nil, s.err("get run", err)
 	}
 	if err := s.loadRunData(ctx, []*Run{r}); err != nil {
-		return nil, store.Err("get run", err)
+		return nil, s.err("get run", err)
 	}
 	return r, nil
 }
@@ -152,10 +152,10 @@ func (s *SQLStore) UpdateRun(ctx context.Context, id string, mutate func(*Run) e
 		return nil
 	})
 	if err != nil {
-		return nil, store.Err("update run", err)
+		return nil, s.err("update run", err)
 	}
 	if err := s.loadRunData(ctx, []*Run{out}); err != nil {
-		return nil, store.Err("update run", err)
+		return nil, s.err("update run", err)
 	}
 	return out, nil
 }
@@ -192,7 +192,7 @@ func (s *SQLStore) SetRunTag(ctx context.Context, runID string, tag KV) error {
 		}
 		return s.upsertTags(ctx, tx, key, []KV{tag})
 	})
-	return store.Err("set run tag", err)
+	return s.err("set run tag", err)
 }
 
 // DeleteRunTag implements RunStore.
@@ -213,7 +213,7 @@ func (s *SQLStore) DeleteRunTag(ctx context.Context, runID, tagKey string) error
 		}
 		return nil
 	})
-	return store.Err("delete run tag", err)
+	return s.err("delete run tag", err)
 }
 
 func (s *SQLStore) upsertTags(ctx context.Context, tx *sql.Tx, runKey int64, tags []KV) error {
@@ -254,7 +254,7 @@ func (s *SQLStore) runKey(ctx context.Context, runID string) (int64, Stage, erro
 		return 0, "", apierr.NotFound("run", runID)
 	}
 	if err != nil {
-		return 0, "", store.Err("read run", err)
+		return 0, "", s.err("read run", err)
 	}
 	return key, Stage(stage), nil
 }
@@ -263,7 +263,7 @@ func (s *SQLStore) runKey(ctx context.Context, runID string) (int64, Stage, erro
 func (s *SQLStore) LogBatch(ctx context.Context, runID string, b Batch) (replayed bool, err error) {
 	start := time.Now()
 	if err := s.preparePoints(ctx); err != nil {
-		return false, store.Err("log batch", err)
+		return false, s.err("log batch", err)
 	}
 	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		replayed = false
@@ -302,7 +302,7 @@ func (s *SQLStore) LogBatch(ctx context.Context, runID string, b Batch) (replaye
 	if err == nil && !replayed && len(b.Metrics) > 0 {
 		s.ins.written(ctx, "batch", len(b.Metrics), time.Since(start))
 	}
-	return replayed, store.Err("log batch", err)
+	return replayed, s.err("log batch", err)
 }
 
 // insertParams stores params that are new and checks that the others keep
@@ -526,7 +526,7 @@ func (s *SQLStore) MetricHistory(ctx context.Context, q HistoryQuery) ([]Point, 
 	}
 	rows, err := s.db.Reader().QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, store.Err("metric history", err)
+		return nil, s.err("metric history", err)
 	}
 	defer rows.Close()
 	var out []Point
@@ -534,7 +534,7 @@ func (s *SQLStore) MetricHistory(ctx context.Context, q HistoryQuery) ([]Point, 
 	for rows.Next() {
 		p := Point{Key: q.Key}
 		if err := rows.Scan(&p.Step, &p.Time, &p.Value); err != nil {
-			return nil, store.Err("metric history", err)
+			return nil, s.err("metric history", err)
 		}
 		if q.After != nil && p == *q.After {
 			if skip > 0 {
@@ -546,14 +546,14 @@ func (s *SQLStore) MetricHistory(ctx context.Context, q HistoryQuery) ([]Point, 
 		}
 		out = append(out, p)
 	}
-	return out, store.Err("metric history", rows.Err())
+	return out, s.err("metric history", rows.Err())
 }
 
 // CountMetric implements RunStore.
 func (s *SQLStore) CountMetric(ctx context.Context, runKey int64, key string) (int64, error) {
 	var n int64
 	err := s.db.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM metrics WHERE run_key = $1 AND key = $2`, runKey, key).Scan(&n)
-	return n, store.Err("count metric", err)
+	return n, s.err("count metric", err)
 }
 
 func scanRun(r scanner) (*Run, error) {

@@ -65,6 +65,28 @@ func NewSQLStore(db *store.DB, opts ...Option) *SQLStore {
 	return s
 }
 
+// err converts a backend error with store.Err and counts it when it is a
+// failure of the store rather than a domain answer (NotFound, ...).
+func (s *SQLStore) err(op string, err error) error {
+	err = store.Err(op, err)
+	if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) && !isDomainAnswer(err) {
+		s.ins.storeError(op)
+	}
+	return err
+}
+
+// isDomainAnswer reports whether err is an answer about the request's
+// resources (not found, already exists, failed precondition, invalid)
+// rather than a failure of the store.
+func isDomainAnswer(err error) bool {
+	for _, kind := range []error{apierr.ErrNotFound, apierr.ErrAlreadyExists, apierr.ErrFailedPrecondition, apierr.ErrInvalidArgument, apierr.ErrAborted} {
+		if errors.Is(err, kind) {
+			return true
+		}
+	}
+	return false
+}
+
 // Append implements RunStore.
 func (s *SQLStore) Append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
 	s.writerOnce.Do(func() { s.writer = newMetricWriter(s, s.log, s.ins, s.queueSize) })
@@ -113,7 +135,7 @@ func (s *SQLStore) CreateExperiment(ctx context.Context, e *Experiment) error {
 		}
 		return apierr.AlreadyExists("experiment", e.Name, hint)
 	}
-	return store.Err("create experiment", err)
+	return s.err("create experiment", err)
 }
 
 // GetExperiment implements Store.
@@ -123,7 +145,7 @@ func (s *SQLStore) GetExperiment(ctx context.Context, id string) (*Experiment, e
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, apierr.NotFound("experiment", id)
 	}
-	return e, store.Err("get experiment", err)
+	return e, s.err("get experiment", err)
 }
 
 // GetExperimentByName implements Store.
@@ -133,7 +155,7 @@ func (s *SQLStore) GetExperimentByName(ctx context.Context, name string) (*Exper
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, apierr.NotFound("experiment", name)
 	}
-	return e, store.Err("get experiment by name", err)
+	return e, s.err("get experiment by name", err)
 }
 
 // ListExperiments implements Store.
@@ -157,18 +179,18 @@ func (s *SQLStore) ListExperiments(ctx context.Context, q ListQuery) ([]*Experim
 
 	rows, err := s.db.Reader().QueryContext(ctx, query, args...)
 	if err != nil {
-		return nil, store.Err("list experiments", err)
+		return nil, s.err("list experiments", err)
 	}
 	defer rows.Close()
 	var out []*Experiment
 	for rows.Next() {
 		e, err := scanExperiment(rows)
 		if err != nil {
-			return nil, store.Err("list experiments", err)
+			return nil, s.err("list experiments", err)
 		}
 		out = append(out, e)
 	}
-	return out, store.Err("list experiments", rows.Err())
+	return out, s.err("list experiments", rows.Err())
 }
 
 // UpdateExperiment implements Store.
@@ -207,7 +229,7 @@ func (s *SQLStore) UpdateExperiment(ctx context.Context, id string, mutate func(
 		return nil
 	})
 	if err != nil {
-		return nil, store.Err("update experiment", err)
+		return nil, s.err("update experiment", err)
 	}
 	return out, nil
 }
