@@ -44,6 +44,9 @@ type Message struct {
 	Offset int64
 	// Time the message was appended to the topic.
 	Time time.Time
+	// Behind is how many messages followed this one on its partition when
+	// it was delivered: the consumer group's backlog there, at that time.
+	Behind int64
 }
 
 // BatchHandler processes a batch of delivered messages, in order per

@@ -344,7 +344,11 @@ func (b *InProc) nextBatch(stop context.Context, cfg ConsumerConfig, next *int) 
 				from := cur - t.base
 				size := min(pending, int64(cfg.MaxBatch))
 				*next = (i + 1) % n
-				return slices.Clone(t.msgs[from : from+size]), true
+				batch := slices.Clone(t.msgs[from : from+size])
+				for i := range batch {
+					batch[i].Behind = t.end() - batch[i].Offset - 1
+				}
+				return batch, true
 			}
 			if deadline.IsZero() {
 				deadline = now.Add(cfg.MaxWait)

@@ -528,6 +528,7 @@ func (g *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 			}
 			last = cm
 			batch = append(batch, fromSarama(cm))
+			batch[len(batch)-1].Behind = max(0, claim.HighWaterMarkOffset()-cm.Offset-1)
 		case <-sctx.Done():
 			return nil
 		}
@@ -541,6 +542,7 @@ func (g *groupHandler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sara
 				}
 				last = cm
 				batch = append(batch, fromSarama(cm))
+				batch[len(batch)-1].Behind = max(0, claim.HighWaterMarkOffset()-cm.Offset-1)
 			case <-timer.C:
 				break fill
 			case <-sctx.Done():
