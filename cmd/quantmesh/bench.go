@@ -274,7 +274,7 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 		riskTTL:         risk.DefaultConfig().ReservationTTL,
 		riskTimezone:    "UTC",
 	}
-	cfg, _, err := mf.config(mesh.AllServices)
+	cfg, _, err := mf.config(mesh.Runnable())
 	if err != nil {
 		return nil, "", nil, err
 	}

@@ -112,7 +112,7 @@ func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
 	fs.DurationVar(&f.riskTTL, "risk-reservation-ttl", rd.ReservationTTL, "how long an approved order's reservation lives unless the account's limits say otherwise")
 	fs.StringVar(&f.riskTimezone, "risk-timezone", "UTC", "IANA time zone whose midnight starts the trading day (daily loss, drawdown)")
 	if serve {
-		fs.StringVar(&f.services, "services", "", "comma-separated services to run here: "+strings.Join(mesh.AllServices, ", ")+" (or all)")
+		fs.StringVar(&f.services, "services", "", "comma-separated services and workers to run here: "+strings.Join(mesh.Runnable(), ", ")+" (or all)")
 		f.peers = map[string]*string{}
 		for _, name := range mesh.AllServices {
 			f.peers[name] = fs.String("peer-"+name, "", "gRPC address of "+name+" when it runs elsewhere")
@@ -238,7 +238,7 @@ func isLoopback(addr string) bool {
 // splitServices parses --services.
 func splitServices(s string) ([]string, error) {
 	if strings.TrimSpace(s) == "all" {
-		return append([]string(nil), mesh.AllServices...), nil
+		return mesh.Runnable(), nil
 	}
 	var out []string
 	for _, name := range strings.Split(s, ",") {
@@ -247,7 +247,7 @@ func splitServices(s string) ([]string, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, usagef("--services is required: a comma-separated list of %s, or all", strings.Join(mesh.AllServices, ", "))
+		return nil, usagef("--services is required: a comma-separated list of %s, or all", strings.Join(mesh.Runnable(), ", "))
 	}
 	return out, nil
 }

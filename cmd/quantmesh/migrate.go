@@ -17,7 +17,7 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
-	cfg, _, err := f.config(mesh.AllServices)
+	cfg, _, err := f.config(mesh.Runnable())
 	if err != nil {
 		return err
 	}

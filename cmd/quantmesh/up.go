@@ -25,7 +25,7 @@ func runUp(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return usagef("up takes no arguments, got %q", fs.Args())
 	}
-	cfg, logCfg, err := f.config(mesh.AllServices)
+	cfg, logCfg, err := f.config(mesh.Runnable())
 	if err != nil {
 		return err
 	}

@@ -48,8 +48,21 @@ const (
 	Experiment     = "experiment"
 )
 
-// AllServices lists every service in start order.
+// AllServices lists every gRPC service in start order.
 var AllServices = []string{Experiment, Risk, Regime, MetaController, Inference}
+
+// Workers run in a mesh process without a gRPC service of their own.
+const (
+	// Forensics persists the decisions published on the bus.
+	Forensics = "forensics"
+)
+
+// AllWorkers lists every worker.
+var AllWorkers = []string{Forensics}
+
+// Runnable lists what --services may name: every service, then every
+// worker.
+func Runnable() []string { return append(append([]string(nil), AllServices...), AllWorkers...) }
 
 // Config is everything a mesh process needs.
 type Config struct {
@@ -80,8 +93,8 @@ func (c Config) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, s := range c.Services {
-		if !slices.Contains(AllServices, s) {
-			return fmt.Errorf("services: unknown service %q (known: %s)", s, strings.Join(AllServices, ", "))
+		if !slices.Contains(Runnable(), s) {
+			return fmt.Errorf("services: unknown service %q (known: %s)", s, strings.Join(Runnable(), ", "))
 		}
 		if seen[s] {
 			return fmt.Errorf("services: %q listed twice", s)
@@ -215,7 +228,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 
 // MigrationSets lists the schema of every service that keeps state.
 func MigrationSets() []store.MigrationSet {
-	return []store.MigrationSet{experiment.Migrations(), risk.Migrations()}
+	return []store.MigrationSet{experiment.Migrations(), risk.Migrations(), inference.Migrations()}
 }
 
 func (m *Mesh) migrations() []store.MigrationSet {
@@ -271,8 +284,19 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 		case MetaController:
 			regs = append(regs, metacontroller.New(log).Registration())
 		case Inference:
-			regs = append(regs, inference.New(log).Registration())
+			regs = append(regs, inference.New(inference.NewSQLDecisions(m.DB), log).Registration())
 		}
+	}
+	if m.local(Forensics) {
+		f, err := inference.NewForensics(m.Bus, inference.NewSQLDecisions(m.DB), m.log.With("worker", Forensics), m.tel.Meter("quantmesh/forensics"))
+		if err != nil {
+			return nil, err
+		}
+		m.runners = append(m.runners, func(ctx context.Context) {
+			if err := f.Run(ctx, inference.ForensicsConfig{}); err != nil {
+				m.log.Error("forensics consumer stopped", "err", err)
+			}
+		})
 	}
 	return regs, nil
 }

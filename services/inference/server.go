@@ -15,19 +15,21 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/server"
 )
 
-// Server implements inferencev1.InferenceServiceServer. Every RPC returns
-// codes.Unimplemented until its issue lands.
+// Server implements inferencev1.InferenceServiceServer. GetDecision and
+// ListDecisions are built; serving (Predict, PredictBatch, StreamPredict,
+// GetModelStatus) returns codes.Unimplemented until it lands.
 type Server struct {
 	inferencev1.UnimplementedInferenceServiceServer
 
-	log *slog.Logger
+	log       *slog.Logger
+	decisions DecisionStore
 }
 
 var _ inferencev1.InferenceServiceServer = (*Server)(nil)
 
-// New returns a server.
-func New(log *slog.Logger) *Server {
-	return &Server{log: log}
+// New returns a server reading decisions from decisions.
+func New(decisions DecisionStore, log *slog.Logger) *Server {
+	return &Server{log: log, decisions: decisions}
 }
 
 // Registration describes the service to the server bootstrap.
