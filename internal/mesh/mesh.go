@@ -255,7 +255,8 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 		switch name {
 		case Experiment:
 			st := experiment.WithResilience(experiment.NewSQLStore(m.DB), storeRead, storeWrite)
-			regs = append(regs, experiment.New(m.cfg.Experiment, st, log).Registration())
+			regs = append(regs, experiment.New(m.cfg.Experiment, st, log,
+				experiment.WithServerMeter(m.tel.Meter("quantmesh/experiment"))).Registration())
 		case Risk:
 			reg, err := m.risk(ctx, log)
 			if err != nil {

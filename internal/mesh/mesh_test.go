@@ -78,6 +78,11 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_UpdateExperiment_FullMethodName:    true,
 	experimentv1.ExperimentService_DeleteExperiment_FullMethodName:    true,
 	experimentv1.ExperimentService_RestoreExperiment_FullMethodName:   true,
+
+	// Checkpoints.
+	experimentv1.ExperimentService_LogCheckpoint_FullMethodName:        true,
+	experimentv1.ExperimentService_ListCheckpoints_FullMethodName:      true,
+	experimentv1.ExperimentService_ApplyRetentionPolicy_FullMethodName: true,
 }
 
 func init() {
