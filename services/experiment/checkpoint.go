@@ -153,10 +153,8 @@ func (s *Server) ApplyRetentionPolicy(ctx context.Context, req *experimentv1.App
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		var verdicts []KeepReason
 		out, err := s.store.ApplyRetention(ctx, id, func(cands []RetentionCandidate) []KeepReason {
-			verdicts = policy.Plan(cands, now)
-			return verdicts
+			return policy.Plan(cands, now)
 		}, dry)
 		if err != nil {
 			return nil, err
@@ -174,7 +172,7 @@ func (s *Server) ApplyRetentionPolicy(ctx context.Context, req *experimentv1.App
 
 		attrs := []any{
 			"experiment_id", id, "dry_run", dry, "deleted", len(out.Deleted), "kept", out.Kept,
-			"bytes_freed", bytes, "protected", countProtected(verdicts), "reprieved", out.Reprieved,
+			"bytes_freed", bytes, "protected", out.Protected, "reprieved", out.Reprieved,
 		}
 		if !dry {
 			s.ckpt.deleted.Add(ctx, int64(len(out.Deleted)))
@@ -208,16 +206,6 @@ func (s *Server) removeCheckpointFiles(ctx context.Context, files *artifactFiles
 		}
 	}
 	return counts
-}
-
-func countProtected(verdicts []KeepReason) int {
-	n := 0
-	for _, r := range verdicts {
-		if r.Protected() {
-			n++
-		}
-	}
-	return n
 }
 
 func retentionPolicyFromProto(req *experimentv1.ApplyRetentionPolicyRequest) (RetentionPolicy, error) {

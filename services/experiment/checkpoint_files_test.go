@@ -120,7 +120,18 @@ func TestArtifactFilesRemove(t *testing.T) {
 			t.Errorf("root through a symlink: remove(%q) = %s, %v; want removed", uri, got, err)
 		}
 	}
-	for _, p := range []string{aliasFile, realFile} {
+	// A relative root (the embedded default is file://./data/artifacts)
+	// resolves against the working directory.
+	relative := openArtifactFiles("file://./" + filepath.ToSlash(relRoot))
+	defer relative.Close()
+	relTarget := write(filepath.Join(root, "exp", "under-relative-root.pt"))
+	if got, err := relative.remove("file://" + relTarget); got != fileRemoved || err != nil {
+		t.Errorf("relative root: remove = %s, %v; want removed", got, err)
+	}
+	if got, err := relative.remove("file://" + secret); got != fileOutsideRoot || err != nil {
+		t.Errorf("relative root, a file outside: remove = %s, %v; want outside_root", got, err)
+	}
+	for _, p := range []string{aliasFile, realFile, relTarget} {
 		if _, err := os.Lstat(p); !os.IsNotExist(err) {
 			t.Errorf("%s still exists (%v)", p, err)
 		}

@@ -139,7 +139,7 @@ func (s *SQLStore) ApplyRetention(ctx context.Context, experimentID string, plan
 		if err != nil {
 			return nil, store.Err("apply retention", err)
 		}
-		out := &RetentionOutcome{}
+		out := &RetentionOutcome{Protected: countProtected(cands)}
 		verdicts := plan(cands)
 		for i, c := range cands {
 			if verdicts[i] == KeepNone {
@@ -151,11 +151,11 @@ func (s *SQLStore) ApplyRetention(ctx context.Context, experimentID string, plan
 	}
 	var out *RetentionOutcome
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		out = &RetentionOutcome{}
 		cands, err := s.retentionCandidates(ctx, tx, experimentID, true)
 		if err != nil {
 			return err
 		}
+		out = &RetentionOutcome{Protected: countProtected(cands)}
 		verdicts := plan(cands)
 		byID := map[string]*Checkpoint{}
 		var ids []string
@@ -202,6 +202,16 @@ func (s *SQLStore) ApplyRetention(ctx context.Context, experimentID string, plan
 	}
 	slices.SortFunc(out.Deleted, func(a, b *Checkpoint) int { return strings.Compare(b.ID, a.ID) })
 	return out, nil
+}
+
+func countProtected(cands []RetentionCandidate) int64 {
+	var n int64
+	for _, c := range cands {
+		if c.Aliased || c.Production {
+			n++
+		}
+	}
+	return n
 }
 
 type rowQuerier interface {

@@ -59,6 +59,9 @@ type RetentionOutcome struct {
 	Deleted []*Checkpoint
 	// Kept counts the experiment's checkpoints that remain.
 	Kept int64
+	// Protected counts the checkpoints an alias or a production tag
+	// protected at the read.
+	Protected int64
 	// Reprieved counts checkpoints planned for deletion that became
 	// protected before the delete ran, and were kept.
 	Reprieved int64
