@@ -4,6 +4,7 @@
 //	quantmesh serve     a subset of services, reaching the others over gRPC
 //	quantmesh migrate   apply the database migrations and exit
 //	quantmesh bench     load-test a scenario and print latency and ratios
+//	quantmesh cleanup   apply the checkpoint retention policy of a running mesh
 //	quantmesh version   print the build version
 package main
 
@@ -48,6 +49,8 @@ Usage:
   quantmesh migrate  [flags]   apply database migrations and exit
   quantmesh bench <scenario> [flags]
                                load-test a scenario ('quantmesh bench -h' lists them)
+  quantmesh cleanup --metric <key> [--dry-run] [flags]
+                               delete checkpoints outside the retention policy
   quantmesh version            print the version
 
 Every flag can also be set as QUANTMESH_<FLAG> (for example
@@ -72,6 +75,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runMigrate(ctx, rest, stdout, stderr)
 	case "bench":
 		err = runBench(ctx, rest, stdout, stderr)
+	case "cleanup":
+		err = runCleanup(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":

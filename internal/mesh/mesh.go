@@ -272,7 +272,8 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 			// the database closes.
 			m.closers = append(m.closers, sql.Close)
 			st := experiment.WithResilience(sql, storeRead, storeWrite)
-			regs = append(regs, experiment.New(m.cfg.Experiment, st, log).Registration())
+			regs = append(regs, experiment.New(m.cfg.Experiment, st, log,
+				experiment.WithServerMeter(m.tel.Meter("quantmesh/experiment"))).Registration())
 		case Risk:
 			reg, err := m.risk(ctx, log)
 			if err != nil {

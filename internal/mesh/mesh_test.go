@@ -90,6 +90,11 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_GetMetricHistory_FullMethodName:    true,
 	inferencev1.InferenceService_GetDecision_FullMethodName:           true,
 	inferencev1.InferenceService_ListDecisions_FullMethodName:         true,
+
+	// Checkpoints.
+	experimentv1.ExperimentService_LogCheckpoint_FullMethodName:        true,
+	experimentv1.ExperimentService_ListCheckpoints_FullMethodName:      true,
+	experimentv1.ExperimentService_ApplyRetentionPolicy_FullMethodName: true,
 }
 
 func init() {

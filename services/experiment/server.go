@@ -53,13 +53,24 @@ type Server struct {
 	store Store
 	log   *slog.Logger
 	now   func() time.Time
+	ckpt  *checkpointInstruments
 }
 
 var _ experimentv1.ExperimentServiceServer = (*Server)(nil)
 
+// ServerOption configures a Server.
+type ServerOption func(*Server)
+
 // New returns a server on st.
-func New(cfg Config, st Store, log *slog.Logger) *Server {
-	return &Server{cfg: cfg, store: st, log: log, now: time.Now}
+func New(cfg Config, st Store, log *slog.Logger, opts ...ServerOption) *Server {
+	s := &Server{cfg: cfg, store: st, log: log, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.ckpt == nil {
+		s.ckpt, _ = newCheckpointInstruments(nil) // a no-op meter never fails
+	}
+	return s
 }
 
 // Registration describes the service to the server bootstrap.
