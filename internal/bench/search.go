@@ -1,0 +1,165 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+)
+
+func init() {
+	Register(Spec{
+		Name:    "tracking-search",
+		Summary: "SearchRuns over 100,000 runs (--size) with 10 params and 10 metrics each: 3-clause filter, ordered by a metric, 100 per page",
+		New:     func() Scenario { return &searchScenario{} },
+	})
+}
+
+// Shape of the search data set.
+const (
+	searchDefaultRuns = 100_000
+	searchParams      = 10
+	searchMetrics     = 10
+	searchPageSize    = 100
+)
+
+// searchScenario measures SearchRuns on a large experiment. Setup creates
+// --size runs (100,000 by default) in one experiment, each with a tag team
+// (one of 4), 10 params p0..p9 (values v0..v9) and 10 metrics m0..m9
+// (uniform in [0, 1)), through CreateRun and LogBatch. Each operation is
+// one SearchRuns page: a new random three-clause filter
+// (metrics.mA > x AND params.pB = 'vC' AND tags.team != 'T') ordered by
+// metrics.mD DESC, or, every other operation of a worker, the next page of
+// its previous search.
+type searchScenario struct {
+	client experimentv1.ExperimentServiceClient
+	expID  string
+	rngs   []*rand.Rand
+	tokens []*experimentv1.SearchRunsRequest // per worker: the next page to read, if any
+	runs   int
+}
+
+// Name implements Scenario.
+func (s *searchScenario) Name() string { return "tracking-search" }
+
+// Setup implements Scenario.
+func (s *searchScenario) Setup(ctx context.Context, env Env) error {
+	s.client = experimentv1.NewExperimentServiceClient(env.Conn)
+	s.runs = env.Size
+	if s.runs == 0 {
+		s.runs = searchDefaultRuns
+	}
+	s.rngs = make([]*rand.Rand, env.Concurrency)
+	for i := range s.rngs {
+		s.rngs[i] = rand.New(rand.NewPCG(uint64(i), 42))
+	}
+	s.tokens = make([]*experimentv1.SearchRunsRequest, env.Concurrency)
+	e, err := s.client.CreateExperiment(ctx, &experimentv1.CreateExperimentRequest{Name: benchPrefix() + "search", Description: "quantmesh bench"})
+	if err != nil {
+		return fmt.Errorf("CreateExperiment: %w", err)
+	}
+	s.expID = e.GetExperiment().GetExperimentId()
+	start := time.Now()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+		done     atomic.Int64
+		next     = make(chan int)
+	)
+	for w := range 16 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for i := range next {
+				if err := s.createRun(ctx, rng, i); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+				if n := done.Add(1); n%10_000 == 0 {
+					env.Log.Info("tracking-search setup", "runs", n, "of", s.runs, "elapsed", time.Since(start).Round(time.Second))
+				}
+			}
+		})
+	}
+feed:
+	for i := range s.runs {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	return ctx.Err()
+}
+
+func (s *searchScenario) createRun(ctx context.Context, rng *rand.Rand, i int) error {
+	r, err := s.client.CreateRun(ctx, &experimentv1.CreateRunRequest{
+		ExperimentId: s.expID, RunName: "run-" + strconv.Itoa(i),
+		Tags: map[string]string{"team": "team-" + strconv.Itoa(rng.IntN(4))},
+	})
+	if err != nil {
+		return fmt.Errorf("CreateRun: %w", err)
+	}
+	req := &experimentv1.LogBatchRequest{RunId: r.GetRun().GetRunId()}
+	for p := range searchParams {
+		req.Params = append(req.Params, &experimentv1.Param{Key: "p" + strconv.Itoa(p), Value: "v" + strconv.Itoa(rng.IntN(10))})
+	}
+	for m := range searchMetrics {
+		req.Metrics = append(req.Metrics, &experimentv1.Metric{Key: "m" + strconv.Itoa(m), Value: rng.Float64(), Step: 1})
+	}
+	if _, err := s.client.LogBatch(ctx, req); err != nil {
+		return fmt.Errorf("LogBatch: %w", err)
+	}
+	return nil
+}
+
+// Op implements Scenario.
+func (s *searchScenario) Op(ctx context.Context, worker, _ int) error {
+	req := s.tokens[worker]
+	s.tokens[worker] = nil
+	page := "first"
+	if req == nil {
+		rng := s.rngs[worker]
+		filter := fmt.Sprintf("metrics.m%d > %.3f AND params.p%d = 'v%d' AND tags.team != 'team-%d'",
+			rng.IntN(searchMetrics), rng.Float64(), rng.IntN(searchParams), rng.IntN(10), rng.IntN(4))
+		req = &experimentv1.SearchRunsRequest{
+			ExperimentIds: []string{s.expID}, Filter: filter,
+			OrderBy: []string{"metrics.m" + strconv.Itoa(rng.IntN(searchMetrics)) + " DESC"}, PageSize: searchPageSize,
+		}
+	} else {
+		page = "next"
+	}
+	start := time.Now()
+	resp, err := s.client.SearchRuns(ctx, req)
+	if err != nil {
+		return fmt.Errorf("SearchRuns: %w", err)
+	}
+	Record(ctx, page, time.Since(start))
+	Count(ctx, "runs_returned", int64(len(resp.GetRuns())))
+	if t := resp.GetNextPageToken(); t != "" && page == "first" {
+		next := proto.Clone(req).(*experimentv1.SearchRunsRequest)
+		next.PageToken = t
+		s.tokens[worker] = next
+	}
+	return nil
+}
+
+// Fields implements Scenario.
+func (s *searchScenario) Fields() map[string]any {
+	return map[string]any{"runs": s.runs, "page_size": searchPageSize, "params_per_run": searchParams, "metrics_per_run": searchMetrics}
+}
