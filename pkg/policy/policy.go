@@ -269,6 +269,12 @@ func (n *Network) Normalization() (mean, std []float64) {
 	return slices.Clone(n.mean), slices.Clone(n.std)
 }
 
+// withParams returns a network with n's config and normalisation and the
+// given layers.
+func (n *Network) withParams(layers []layer) *Network {
+	return newNetwork(n.cfg, n.mean, n.std, layers)
+}
+
 // cloneLayers deep-copies layers into one backing array.
 func cloneLayers(cfg Config, src []layer) []layer {
 	dst := emptyLayers(cfg)

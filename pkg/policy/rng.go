@@ -1,6 +1,9 @@
 package policy
 
-import "math/rand/v2"
+import (
+	"math"
+	"math/rand/v2"
+)
 
 // Random streams, one per use, so that changing how one use draws numbers
 // does not change the others.
@@ -21,3 +24,22 @@ func newRNG(seed int64, stream uint64) *rng {
 
 // float64 is uniform in [0, 1), on the 2⁻⁵³ grid.
 func (r *rng) float64() float64 { return float64(r.src.Uint64()>>11) * 0x1p-53 }
+
+// intn is uniform in [0, n) for n > 0, without modulo bias (rejection sampling).
+func (r *rng) intn(n int) int {
+	bound := uint64(n)
+	limit := math.MaxUint64 - math.MaxUint64%bound // a multiple of bound
+	for {
+		if v := r.src.Uint64(); v < limit {
+			return int(v % bound)
+		}
+	}
+}
+
+// shuffle permutes idx uniformly (Fisher–Yates).
+func (r *rng) shuffle(idx []int) {
+	for i := len(idx) - 1; i > 0; i-- {
+		j := r.intn(i + 1)
+		idx[i], idx[j] = idx[j], idx[i]
+	}
+}
