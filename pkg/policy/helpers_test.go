@@ -1,0 +1,53 @@
+package policy
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// randomInputs returns n rows of inputs features, with a share of large magnitudes.
+func randomInputs(r *rand.Rand, n, inputs int, scale float64) [][]float64 {
+	X := make([][]float64, n)
+	for s := range X {
+		X[s] = make([]float64, inputs)
+		for i := range X[s] {
+			X[s][i] = r.NormFloat64() * scale
+		}
+	}
+	return X
+}
+
+// randomNetwork returns a network with random weights and a random,
+// non-trivial input normalisation.
+func randomNetwork(t testing.TB, cfg Config, seed uint64) *Network {
+	t.Helper()
+	n, err := New(cfg, int64(seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(seed, 7))
+	mean := make([]float64, cfg.Inputs)
+	std := make([]float64, cfg.Inputs)
+	for i := range mean {
+		mean[i] = r.NormFloat64() * 3
+		std[i] = 0.1 + 5*r.Float64()
+	}
+	layers := cloneLayers(n.cfg, n.layers)
+	for _, l := range layers {
+		for i := range l.b {
+			l.b[i] = r.NormFloat64() * 0.5
+		}
+	}
+	return newNetwork(n.cfg, mean, std, layers)
+}
+
+func mustMarshal(t testing.TB, n *Network) []byte {
+	t.Helper()
+	b, err := n.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func newTestRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 3)) }
