@@ -104,15 +104,24 @@ func (o *Output) softmax() error {
 		sum += e
 	}
 	inv := 1 / sum
-	best := 0
 	for i := range o.Probs {
 		o.Probs[i] *= inv
-		if o.Probs[i] > o.Probs[best] {
-			best = i
+	}
+	o.Action = choose(o.Probs)
+	o.Confidence = o.Probs[o.Action]
+	return nil
+}
+
+// choose returns the most probable action; ties go to HOLD, then BUY,
+// then SELL (doing nothing is the safe answer to an undecided model).
+func choose(p [NumActions]float64) Action {
+	best := ActionHold
+	for _, a := range [...]Action{ActionBuy, ActionSell} {
+		if p[a] > p[best] {
+			best = a
 		}
 	}
-	o.Action, o.Confidence = Action(best), o.Probs[best]
-	return nil
+	return best
 }
 
 func featureError(i int, v float64) error {
