@@ -5,6 +5,7 @@
 //	quantmesh migrate   apply the database migrations and exit
 //	quantmesh bench     load-test a scenario and print latency and ratios
 //	quantmesh cleanup   apply the checkpoint retention policy of a running mesh
+//	quantmesh train     train the trading policy network and register it
 //	quantmesh version   print the build version
 package main
 
@@ -51,6 +52,8 @@ Usage:
                                load-test a scenario ('quantmesh bench -h' lists them)
   quantmesh cleanup --metric <key> [--dry-run] [flags]
                                delete checkpoints outside the retention policy
+  quantmesh train --data <csv|bundled> [--model policy] [--seed S] [--promote]
+                               train the policy network, register the version
   quantmesh version            print the version
 
 Every flag can also be set as QUANTMESH_<FLAG> (for example
@@ -77,6 +80,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBench(ctx, rest, stdout, stderr)
 	case "cleanup":
 		err = runCleanup(ctx, rest, stdout, stderr)
+	case "train":
+		err = runTrain(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":
