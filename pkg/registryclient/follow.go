@@ -92,6 +92,11 @@ func (e *applyError) Unwrap() error { return e.err }
 //
 // An error from apply is returned wrapped; the revision it failed on is
 // not counted as applied. FollowAlias returns ctx.Err() when ctx ends.
+//
+// Messages carry the weights: the client's connection must accept messages
+// that large (grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(n)); gRPC's
+// default is 4 MiB). A larger message fails the stream with
+// ResourceExhausted, which is retried with backoff and shows in OnRetry.
 func FollowAlias(ctx context.Context, client experimentv1.ExperimentServiceClient, model, alias string,
 	apply func(*experimentv1.WatchModelResponse) error, opts ...Option) error {
 	f := &follower{initial: DefaultInitialBackoff, max: DefaultMaxBackoff}
