@@ -95,6 +95,21 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_LogCheckpoint_FullMethodName:        true,
 	experimentv1.ExperimentService_ListCheckpoints_FullMethodName:      true,
 	experimentv1.ExperimentService_ApplyRetentionPolicy_FullMethodName: true,
+
+	// The model registry.
+	experimentv1.ExperimentService_CreateRegisteredModel_FullMethodName:  true,
+	experimentv1.ExperimentService_GetRegisteredModel_FullMethodName:     true,
+	experimentv1.ExperimentService_ListRegisteredModels_FullMethodName:   true,
+	experimentv1.ExperimentService_UpdateRegisteredModel_FullMethodName:  true,
+	experimentv1.ExperimentService_DeleteRegisteredModel_FullMethodName:  true,
+	experimentv1.ExperimentService_CreateModelVersion_FullMethodName:     true,
+	experimentv1.ExperimentService_GetModelVersion_FullMethodName:        true,
+	experimentv1.ExperimentService_ListModelVersions_FullMethodName:      true,
+	experimentv1.ExperimentService_UpdateModelVersion_FullMethodName:     true,
+	experimentv1.ExperimentService_SetModelAlias_FullMethodName:          true,
+	experimentv1.ExperimentService_DeleteModelAlias_FullMethodName:       true,
+	experimentv1.ExperimentService_GetModelVersionByAlias_FullMethodName: true,
+	experimentv1.ExperimentService_WatchModel_FullMethodName:             true,
 }
 
 func init() {

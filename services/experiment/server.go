@@ -54,6 +54,8 @@ type Server struct {
 	log   *slog.Logger
 	now   func() time.Time
 	ckpt  *checkpointInstruments
+
+	aliases aliasHub // wakes WatchModel streams
 }
 
 var _ experimentv1.ExperimentServiceServer = (*Server)(nil)

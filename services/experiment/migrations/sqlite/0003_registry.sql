@@ -8,12 +8,14 @@ CREATE TABLE registered_models (
     update_time INTEGER NOT NULL
 );
 
--- Versions are immutable apart from description and tags.
+-- Versions are immutable apart from description and tags. The weights come
+-- last: SQLite stores a row as one record, and reading a column that
+-- follows a large BLOB walks the BLOB's overflow pages (listing versions
+-- would read every version's weights).
 CREATE TABLE model_versions (
     model_name      TEXT   NOT NULL REFERENCES registered_models (name) ON DELETE CASCADE,
     version         INTEGER NOT NULL,
     format          TEXT   NOT NULL,
-    weights         BLOB   NOT NULL,
     checksum_sha256 TEXT   NOT NULL,
     size_bytes      INTEGER NOT NULL,
     source_run_id   TEXT   NOT NULL DEFAULT '',
@@ -21,6 +23,7 @@ CREATE TABLE model_versions (
     tags            TEXT   NOT NULL DEFAULT '{}',
     description     TEXT   NOT NULL DEFAULT '',
     create_time     INTEGER NOT NULL,
+    weights         BLOB   NOT NULL,
     PRIMARY KEY (model_name, version)
 );
 
