@@ -347,6 +347,9 @@ func (m *Mesh) dialPeers() error {
 				otelgrpc.WithMeterProvider(m.tel.MeterProvider),
 				otelgrpc.WithPropagators(m.tel.Propagator),
 			)),
+			// Peers' answers carry model weights (WatchModel): accept
+			// messages as large as this process accepts requests.
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(max(peerMaxRecv, m.cfg.Server.MaxRecvBytes))),
 			grpc.WithChainUnaryInterceptor(resilience.UnaryClientInterceptor(p)),
 			grpc.WithChainStreamInterceptor(resilience.StreamClientInterceptor(p)),
 		}
@@ -362,6 +365,10 @@ func (m *Mesh) dialPeers() error {
 	}
 	return nil
 }
+
+// peerMaxRecv is the smallest receive limit of peer connections (gRPC's
+// default is 4 MiB, less than a large model's weights).
+const peerMaxRecv = 64 << 20
 
 // Peer returns the client connection to a service, local or remote, or nil
 // when this process cannot reach it.

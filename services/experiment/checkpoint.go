@@ -266,18 +266,8 @@ func validateModelRef(v *apierr.Violations, name string, version int64) {
 	case name == "" && version > 0:
 		v.Add("model_name", "required with model_version")
 	}
-	if name == "" {
-		return
-	}
-	if n := utf8.RuneCountInString(name); n > maxName {
-		v.Add("model_name", "must be at most %d characters, got %d", maxName, n)
-		return
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			v.Add("model_name", "%q may hold only letters, digits, '-', '_' and '.'", truncate(name))
-			return
-		}
+	if name != "" {
+		validateModelName(v, "model_name", name)
 	}
 }
 
