@@ -22,6 +22,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/inference"
 	"github.com/quantmesh/quantmesh/services/risk"
 )
 
@@ -250,14 +251,14 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 			log.Warn("remove bench data directory", "dir", dir, "error", err)
 		}
 	}}
-	stop = func() {
+	cleanup := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
 		}
 	}
 	defer func() {
 		if err != nil {
-			stop()
+			cleanup() // the returned stop is nil on error
 		}
 	}()
 
@@ -273,6 +274,7 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 		logFormat:       "text",
 		riskTTL:         risk.DefaultConfig().ReservationTTL,
 		riskTimezone:    "UTC",
+		inferenceModels: inference.DefaultConfig().Models[0].Name + "=" + inference.DefaultConfig().Models[0].Alias,
 	}
 	cfg, _, err := mf.config(mesh.Runnable())
 	if err != nil {
@@ -310,5 +312,5 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 		}
 	})
 	log.Info("bench mesh started", "grpc", m.Server.GRPCTarget(), "store", m.DB.Mode(), "data_dir", dir)
-	return m, cfg.Store.URL, stop, nil
+	return m, cfg.Store.URL, cleanup, nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/inference"
 	"github.com/quantmesh/quantmesh/services/risk"
 )
 
@@ -83,6 +84,8 @@ type meshFlags struct {
 	logFormat       string
 	otlpEndpoint    string
 	artifactRoot    string
+	inferenceModels string
+	bootstrapModel  bool
 	riskTTL         time.Duration
 	riskTimezone    string
 
@@ -108,6 +111,8 @@ func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
 	fs.StringVar(&f.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&f.otlpEndpoint, "otlp-endpoint", "", "OTLP/gRPC trace endpoint (also OTEL_EXPORTER_OTLP_ENDPOINT); empty exports no traces")
 	fs.StringVar(&f.artifactRoot, "artifact-root", "", "prefix of default artifact locations; empty means file://<data-dir>/artifacts")
+	fs.StringVar(&f.inferenceModels, "inference-models", "policy=production", "models InferenceService serves, as name=alias pairs, comma-separated; each follows its alias in the registry")
+	fs.BoolVar(&f.bootstrapModel, "bootstrap-model", true, "on start, if a served model's alias is unset, train one on the bundled data and promote it (needs InferenceService here and ExperimentService reachable)")
 	rd := risk.DefaultConfig()
 	fs.DurationVar(&f.riskTTL, "risk-reservation-ttl", rd.ReservationTTL, "how long an approved order's reservation lives unless the account's limits say otherwise")
 	fs.StringVar(&f.riskTimezone, "risk-timezone", "UTC", "IANA time zone whose midnight starts the trading day (daily loss, drawdown)")
@@ -193,6 +198,20 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 	if err := riskCfg.Validate(); err != nil {
 		return mesh.Config{}, logCfg, usagef("invalid --risk-reservation-ttl: %v", err)
 	}
+	inf := inference.Config{}
+	for _, pair := range strings.Split(f.inferenceModels, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		name, alias, ok := strings.Cut(pair, "=")
+		if !ok || name == "" || alias == "" {
+			return mesh.Config{}, logCfg, usagef("invalid --inference-models entry %q: want name=alias", pair)
+		}
+		inf.Models = append(inf.Models, inference.ModelSpec{Name: name, Alias: alias})
+	}
+	if err := inf.Validate(); err != nil {
+		return mesh.Config{}, logCfg, usagef("invalid --inference-models: %v", err)
+	}
 	peers := map[string]string{}
 	for name, addr := range f.peers {
 		if *addr != "" {
@@ -206,14 +225,16 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 			MaxRecvBytes:    f.maxRecvBytes,
 			ShutdownTimeout: f.shutdownTimeout,
 		},
-		Store:        store.Config{URL: dbURL, Timescale: f.timescale},
-		KafkaBrokers: brokers,
-		Services:     services,
-		Peers:        peers,
-		Keys:         keys,
-		PeerAPIKey:   f.peerAPIKey,
-		Experiment:   exp,
-		Risk:         riskCfg,
+		Store:          store.Config{URL: dbURL, Timescale: f.timescale},
+		KafkaBrokers:   brokers,
+		Services:       services,
+		Peers:          peers,
+		Keys:           keys,
+		PeerAPIKey:     f.peerAPIKey,
+		Experiment:     exp,
+		Risk:           riskCfg,
+		Inference:      inf,
+		BootstrapModel: f.bootstrapModel,
 	}
 	if err := cfg.Validate(); err != nil {
 		return mesh.Config{}, logCfg, usagef("invalid --%v", err)

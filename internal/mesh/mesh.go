@@ -26,6 +26,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/bus"
 	"github.com/quantmesh/quantmesh/pkg/resilience"
@@ -84,6 +86,12 @@ type Config struct {
 	Experiment experiment.Config
 	// Risk configures RiskService.
 	Risk risk.Config
+	// Inference configures InferenceService; no models means its defaults.
+	Inference inference.Config
+	// BootstrapModel trains and promotes an initial version of each served
+	// model whose alias is unset, from the bundled data, when
+	// InferenceService runs here.
+	BootstrapModel bool
 }
 
 // Validate reports the first problem, naming the setting.
@@ -121,6 +129,11 @@ func (c Config) Validate() error {
 	if slices.Contains(c.Services, Risk) {
 		if err := c.Risk.Validate(); err != nil {
 			return fmt.Errorf("risk-*: %w", err)
+		}
+	}
+	if slices.Contains(c.Services, Inference) && len(c.Inference.Models) > 0 {
+		if err := c.Inference.Validate(); err != nil {
+			return fmt.Errorf("inference-models: %w", err)
 		}
 	}
 	return nil
@@ -163,6 +176,9 @@ func (e *StartError) Unwrap() error { return e.Err }
 func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Telemetry) (_ *Mesh, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, &StartError{Step: "config", Err: err}
+	}
+	if len(cfg.Inference.Models) == 0 {
+		cfg.Inference = inference.DefaultConfig()
 	}
 	m := &Mesh{cfg: cfg, log: log, tel: tel, peers: map[string]*grpc.ClientConn{}}
 	defer func() {
@@ -285,7 +301,11 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 		case MetaController:
 			regs = append(regs, metacontroller.New(log).Registration())
 		case Inference:
-			regs = append(regs, inference.New(inference.NewSQLDecisions(m.DB), log).Registration())
+			reg, err := m.inference(log)
+			if err != nil {
+				return nil, err
+			}
+			regs = append(regs, reg)
 		}
 	}
 	if m.local(Forensics) {
@@ -319,6 +339,53 @@ func (m *Mesh) risk(ctx context.Context, log *slog.Logger) (server.Registration,
 	srv, err := risk.New(eng, log, m.tel.Meter("quantmesh/risk"))
 	if err != nil {
 		return server.Registration{}, err
+	}
+	return srv.Registration(), nil
+}
+
+// inference builds InferenceService: its decision publisher (closed
+// before the bus), the service following the registry through the
+// experiment peer, and, when asked, the first-start model bootstrap.
+func (m *Mesh) inference(log *slog.Logger) (server.Registration, error) {
+	pub, err := inference.NewDecisionPublisher(m.Publisher, log, m.tel.Meter("quantmesh/inference"))
+	if err != nil {
+		return server.Registration{}, err
+	}
+	m.closers = append(m.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pub.Close(ctx)
+		return nil
+	})
+	srv, err := inference.New(m.cfg.Inference, inference.Deps{
+		Decisions: inference.NewSQLDecisions(m.DB), Recorder: pub, Log: log, Meter: m.tel.Meter("quantmesh/inference"),
+	})
+	if err != nil {
+		return server.Registration{}, err
+	}
+	// Peers are dialled after the services are built: resolve the
+	// registry when the runner starts.
+	m.runners = append(m.runners, func(ctx context.Context) {
+		var registry experimentv1.ExperimentServiceClient
+		if conn := m.Peer(Experiment); conn != nil {
+			registry = experimentv1.NewExperimentServiceClient(conn)
+		}
+		srv.Run(ctx, registry)
+	})
+	if m.cfg.BootstrapModel {
+		m.runners = append(m.runners, func(ctx context.Context) {
+			conn := m.Peer(Experiment)
+			if conn == nil {
+				log.Warn("no initial model: ExperimentService is not reachable from this process")
+				return
+			}
+			client := experimentv1.NewExperimentServiceClient(conn)
+			for _, spec := range m.cfg.Inference.Models {
+				if err := training.EnsureInitial(ctx, client, spec.Name, spec.Alias, log); err != nil && ctx.Err() == nil {
+					log.Error("initial model not registered", "model", spec.Name, "alias", spec.Alias, "err", err)
+				}
+			}
+		})
 	}
 	return srv.Registration(), nil
 }

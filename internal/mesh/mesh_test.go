@@ -89,6 +89,10 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_StreamMetrics_FullMethodName:       true,
 	experimentv1.ExperimentService_GetMetricHistory_FullMethodName:    true,
 	inferencev1.InferenceService_GetDecision_FullMethodName:           true,
+	inferencev1.InferenceService_Predict_FullMethodName:               true,
+	inferencev1.InferenceService_PredictBatch_FullMethodName:          true,
+	inferencev1.InferenceService_StreamPredict_FullMethodName:         true,
+	inferencev1.InferenceService_GetModelStatus_FullMethodName:        true,
 	inferencev1.InferenceService_ListDecisions_FullMethodName:         true,
 
 	// Checkpoints.

@@ -9,11 +9,14 @@ package training
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/features"
@@ -275,3 +278,61 @@ func HasAlias(ctx context.Context, client experimentv1.ExperimentServiceClient, 
 }
 
 func fmtFloat(x float64) string { return strconv.FormatFloat(x, 'g', -1, 64) }
+
+// EnsureInitial makes sure model's alias points to a version: if it does
+// not, it trains one on the bundled data (DefaultConfig, seed 1) and
+// promotes it, logging progress. InferenceService then loads it through
+// WatchModel. It waits (with backoff) for ExperimentService to answer.
+func EnsureInitial(ctx context.Context, client experimentv1.ExperimentServiceClient, model, alias string, log *slog.Logger) error {
+	var has bool
+	for delay := 100 * time.Millisecond; ; delay = min(2*delay, 5*time.Second) {
+		var err error
+		has, err = HasAlias(ctx, client, model, alias)
+		if err == nil {
+			break
+		}
+		if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+	}
+	if has {
+		return nil
+	}
+	cfg := DefaultConfig()
+	cfg.Model, cfg.DataName, cfg.Promote = model, Bundled, false
+	series, err := Load(Bundled)
+	if err != nil {
+		return err
+	}
+	ds, err := Build(series, cfg.Horizon, cfg.Threshold, cfg.HoldOut)
+	if err != nil {
+		return err
+	}
+	log.Info("training an initial model on the bundled data", "model", model, "alias", alias, "samples", len(ds.TrainX), "epochs", cfg.Train.Epochs)
+	start := time.Now()
+	res, err := Train(ctx, client, cfg, ds, func(s policy.EpochStats) {
+		if s.Epoch%10 == 0 {
+			log.Info("initial model training", "model", model, "epoch", s.Epoch, "loss", s.Loss, "accuracy", s.Accuracy)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	// Promote only if nobody set the alias meanwhile.
+	_, err = client.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: model, Alias: alias, Version: res.Version, ExpectedRevision: proto.Uint64(0)})
+	if status.Code(err) == codes.Aborted {
+		log.Info("initial model registered but not promoted: the alias was set meanwhile", "model", model, "version", res.Version)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("promote version %d: %w", res.Version, err)
+	}
+	log.Info("initial model registered and promoted", "model", model, "alias", alias, "version", res.Version,
+		"test_accuracy", res.TestAcc, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}

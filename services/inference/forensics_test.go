@@ -20,6 +20,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/bus"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
+	"github.com/quantmesh/quantmesh/services/experiment"
 	"github.com/quantmesh/quantmesh/services/inference"
 )
 
@@ -49,7 +50,7 @@ func decision(i int, at time.Time) *inferencev1.Decision {
 
 func migrated(t *testing.T, fn func(t *testing.T, db *store.DB)) {
 	t.Parallel()
-	storetest.Run(t, []store.MigrationSet{inference.Migrations()}, fn)
+	storetest.Run(t, []store.MigrationSet{experiment.Migrations(), inference.Migrations()}, fn)
 }
 
 func TestDecisionStore(t *testing.T) {

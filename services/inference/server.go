@@ -1,35 +1,139 @@
-// Package inference implements InferenceService.
+// Package inference implements InferenceService: the trading policy
+// network served from the model registry, and the record of its decisions.
 //
-// Model serving with hot-swapped weights and A/B routing (issue 5).
+// Each served model follows a registry alias (production by default)
+// through ExperimentService.WatchModel and swaps versions atomically: a
+// request reads the current version once, so it is answered entirely by
+// one version, and names it. The forward pass is pkg/policy's plain Go one.
+// Every answer becomes a decision published on the bus topic decisions; the
+// forensics consumer (forensics.go) stores them for GetDecision and
+// ListDecisions.
+//
+// A/B routing (WatchABTests) is not built yet: requests with a unit_id
+// are answered by the followed alias's version, unrouted.
 package inference
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
 	"google.golang.org/grpc"
 
+	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/server"
 )
 
-// Server implements inferencev1.InferenceServiceServer. GetDecision and
-// ListDecisions are built; serving (Predict, PredictBatch, StreamPredict,
-// GetModelStatus) returns codes.Unimplemented until it lands.
+// Config is the inference service's configuration.
+type Config struct {
+	// Models are the served models, each following one registry alias.
+	Models []ModelSpec
+}
+
+// DefaultConfig serves the model "policy" at its production alias.
+func DefaultConfig() Config {
+	return Config{Models: []ModelSpec{{Name: "policy", Alias: "production"}}}
+}
+
+// Validate reports the first invalid field.
+func (c Config) Validate() error {
+	if len(c.Models) == 0 {
+		return errors.New("inference: at least one served model")
+	}
+	seen := map[string]bool{}
+	for _, m := range c.Models {
+		if m.Name == "" || m.Alias == "" {
+			return fmt.Errorf("inference: model %q: name and alias are required", m.Name)
+		}
+		if seen[m.Name] {
+			return fmt.Errorf("inference: model %q listed twice", m.Name)
+		}
+		seen[m.Name] = true
+	}
+	return nil
+}
+
+// Recorder takes decisions off the request path; it must not block.
+type Recorder interface {
+	Record(*inferencev1.Decision) bool
+}
+
+// Deps are what the server talks to.
+type Deps struct {
+	// Decisions reads persisted decisions.
+	Decisions DecisionStore
+	// Recorder publishes decisions.
+	Recorder Recorder
+	Log      *slog.Logger
+	// Meter may be nil.
+	Meter metric.Meter
+}
+
+// Server implements inferencev1.InferenceServiceServer.
 type Server struct {
 	inferencev1.UnimplementedInferenceServiceServer
 
+	cfg       Config
 	log       *slog.Logger
 	decisions DecisionStore
+	recorder  Recorder
+	models    map[string]*served
+	names     []string // served model names, sorted
+	now       func() time.Time
+	ins       *instruments
 }
 
 var _ inferencev1.InferenceServiceServer = (*Server)(nil)
 
-// New returns a server reading decisions from decisions.
-func New(decisions DecisionStore, log *slog.Logger) *Server {
-	return &Server{log: log, decisions: decisions}
+// New returns a server; Run follows the registry.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Meter == nil {
+		deps.Meter = noop.NewMeterProvider().Meter("")
+	}
+	ins, err := newInstruments(deps.Meter)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: deps.Log, decisions: deps.Decisions, recorder: deps.Recorder,
+		models: map[string]*served{}, now: time.Now, ins: ins}
+	for _, spec := range cfg.Models {
+		s.models[spec.Name] = newServed(spec, s.now())
+		s.names = append(s.names, spec.Name)
+	}
+	slices.Sort(s.names)
+	if err := s.registerGauges(deps.Meter); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run follows every served model's alias in registry (ExperimentService)
+// until ctx ends. A nil registry leaves every model unloaded.
+func (s *Server) Run(ctx context.Context, registry experimentv1.ExperimentServiceClient) {
+	if registry == nil {
+		for _, m := range s.models {
+			m.setState(inferencev1.ModelSourceState_MODEL_SOURCE_STATE_NEVER_LOADED, "no model registry is configured (ExperimentService is not reachable from this process)", s.now())
+		}
+		<-ctx.Done()
+		return
+	}
+	var wg sync.WaitGroup
+	for _, m := range s.models {
+		wg.Go(func() { m.follow(ctx, registry, s.now, s.log) })
+	}
+	wg.Wait()
 }
 
 // Registration describes the service to the server bootstrap.
