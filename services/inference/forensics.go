@@ -159,9 +159,11 @@ func (f *Forensics) handle(ctx context.Context, msgs []bus.Message) error {
 	first, last := msgs[0], msgs[len(msgs)-1]
 	n, err := f.store.InsertDecisions(ctx, ds, f.now())
 	if err != nil {
-		f.failures.Add(ctx, 1)
 		f.note(first.Partition, first.Behind+1, first.Time)
-		f.log.Error("forensics: store decisions", "decisions", len(ds), "err", err)
+		if ctx.Err() == nil { // not a shutdown: a real failure
+			f.failures.Add(ctx, 1)
+			f.log.Error("forensics: store decisions", "decisions", len(ds), "err", err)
+		}
 		return fmt.Errorf("store %d decisions: %w", len(ds), err)
 	}
 	f.persisted.Add(ctx, int64(n))
