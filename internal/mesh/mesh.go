@@ -139,6 +139,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// kafkaPartitions is the partition count of the topics the mesh creates.
+const kafkaPartitions = 6
+
 // Mesh is a started mesh process.
 type Mesh struct {
 	cfg Config
@@ -208,6 +211,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 			return nil, &StartError{Step: "kafka", Err: err}
 		}
 		m.Bus = k
+		// The mesh's topics exist before anything publishes or consumes
+		// (existing ones are left as they are).
+		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = k.EnsureTopics(tctx, []string{bus.TopicMarketBars, bus.TopicDecisions, bus.TopicABObservations}, kafkaPartitions)
+		cancel()
+		if err != nil {
+			return nil, &StartError{Step: "kafka", Err: fmt.Errorf("create topics: %w", err)}
+		}
 	} else {
 		m.Bus = bus.NewInProc(bus.InProcConfig{Logger: log})
 	}
