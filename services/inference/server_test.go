@@ -461,3 +461,56 @@ func TestPredictBadInput(t *testing.T) {
 		})
 	})
 }
+
+func TestListDecisionsPages(t *testing.T) {
+	migrated(t, func(t *testing.T, db *store.DB) {
+		m := startMesh(t, db)
+		ctx := context.Background()
+		base := time.Date(2026, 11, 3, 10, 0, 0, 0, time.UTC)
+		var ds []*inferencev1.Decision
+		for i := range 40 {
+			// Pairs share a time: the id breaks the tie.
+			ds = append(ds, decision(i, base.Add(time.Duration(i/2)*time.Second)))
+		}
+		if _, err := inference.NewSQLDecisions(db).InsertDecisions(ctx, ds, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for _, oldest := range []bool{false, true} {
+			var got []string
+			token := ""
+			for {
+				resp, err := m.inf.ListDecisions(ctx, &inferencev1.ListDecisionsRequest{ModelName: "policy", PageSize: 7, PageToken: token, OldestFirst: oldest})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, d := range resp.GetDecisions() {
+					got = append(got, d.GetDecisionId())
+				}
+				if token = resp.GetNextPageToken(); token == "" {
+					break
+				}
+			}
+			if len(got) != 40 {
+				t.Fatalf("oldest first %v: %d decisions, want 40", oldest, len(got))
+			}
+			seen := map[string]bool{}
+			for i, id := range got {
+				if seen[id] {
+					t.Fatalf("decision %s listed twice", id)
+				}
+				seen[id] = true
+				if i > 0 && (id > got[i-1]) != oldest {
+					t.Fatalf("oldest first %v: order broken at %d", oldest, i)
+				}
+			}
+		}
+		first, err := m.inf.ListDecisions(ctx, &inferencev1.ListDecisionsRequest{PageSize: 5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantField(t, "token of another query", "page_token", func() error {
+			_, err := m.inf.ListDecisions(ctx, &inferencev1.ListDecisionsRequest{PageSize: 5, Symbol: "DAX", PageToken: first.GetNextPageToken()})
+			return err
+		})
+	})
+}
