@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"sync"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -77,6 +78,8 @@ type gorgoniaModel struct {
 }
 
 func newGorgoniaModel(n *Network) (m *gorgoniaModel, err error) {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
 	defer recoverGorgonia(&err)
 	g := G.NewGraph()
 	in := n.cfg.Inputs
@@ -107,6 +110,8 @@ func newGorgoniaModel(n *Network) (m *gorgoniaModel, err error) {
 
 // forward evaluates one sample, which has the right length.
 func (m *gorgoniaModel) forward(x []float64, probs *[NumActions]float64) (err error) {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
 	defer recoverGorgonia(&err)
 	copy(m.xv.Data().([]float64), x)
 	if err := G.Let(m.x, m.xv); err != nil {
@@ -120,7 +125,18 @@ func (m *gorgoniaModel) forward(x []float64, probs *[NumActions]float64) (err er
 	return nil
 }
 
-func (m *gorgoniaModel) close() { m.vm.Close() }
+func (m *gorgoniaModel) close() {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
+	m.vm.Close()
+}
+
+// gorgoniaMu serialises every use of gorgonia in the process. Graphs are
+// not independent in gorgonia v0.9.18: building two at once races on
+// shared nodes (Node.Hashcode caches lazily), which the race detector
+// reports. Training and the reference forward pass are not on the request
+// path (serving uses Predict), so one at a time costs nothing that matters.
+var gorgoniaMu sync.Mutex
 
 // GorgoniaForward evaluates the network through a gorgonia graph, one sample
 // at a time as serving would, and returns the softmax probabilities of each

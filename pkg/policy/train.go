@@ -335,6 +335,8 @@ type trainer struct {
 }
 
 func newTrainer(rc resolved, start *Network, batch int) (tr *trainer, err error) {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
 	defer recoverGorgonia(&err)
 	g := G.NewGraph()
 	in := rc.Inputs
@@ -470,6 +472,12 @@ func (tr *trainer) fill(z []float64, y []Action, w []float64, rows []int) {
 
 // run evaluates the objective and its gradient for the loaded batch.
 func (tr *trainer) run() (float64, error) {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
+	return tr.runLocked()
+}
+
+func (tr *trainer) runLocked() (float64, error) {
 	if err := G.Let(tr.x, tr.xv); err != nil {
 		return 0, err
 	}
@@ -485,9 +493,11 @@ func (tr *trainer) run() (float64, error) {
 // step runs the loaded batch and takes one optimizer step; it returns the
 // objective before the step.
 func (tr *trainer) step() (obj float64, err error) {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
 	defer recoverGorgonia(&err)
 	defer tr.vm.Reset()
-	if obj, err = tr.run(); err != nil {
+	if obj, err = tr.runLocked(); err != nil {
 		return 0, err
 	}
 	if err := tr.solver.Step(G.NodesToValueGrads(tr.theta.learnables())); err != nil {
@@ -524,4 +534,8 @@ func readParams(cfg Config, p graphParams) []layer {
 // params returns a copy of the current parameters.
 func (tr *trainer) params() []layer { return readParams(tr.cfg, tr.theta) }
 
-func (tr *trainer) close() { tr.vm.Close() }
+func (tr *trainer) close() {
+	gorgoniaMu.Lock()
+	defer gorgoniaMu.Unlock()
+	tr.vm.Close()
+}

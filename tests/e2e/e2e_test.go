@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
 )
 
@@ -229,7 +230,7 @@ func TestUpServesRESTAndGRPCAndSurvivesRestart(t *testing.T) {
 			id, _ := created["experimentId"].(string)
 
 			// Read over gRPC.
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 			defer cancel()
 			client := experimentv1.NewExperimentServiceClient(p.conn(t))
 			got, err := client.GetExperiment(ctx, &experimentv1.GetExperimentRequest{ExperimentId: id})
@@ -270,9 +271,31 @@ func TestUpServesRESTAndGRPCAndSurvivesRestart(t *testing.T) {
 			if code, body := httpGet(t, "http://"+p.httpAddr+"/readyz"); code != http.StatusOK {
 				t.Errorf("/readyz: %d %s", code, body)
 			}
+			// The first start trained and promoted an initial policy model:
+			// Predict works out of the box.
+			inf := inferencev1.NewInferenceServiceClient(p.conn(t))
+			deadline := time.Now().Add(90 * time.Second)
+			for {
+				st, err := inf.GetModelStatus(ctx, &inferencev1.GetModelStatusRequest{ModelName: "policy"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if m := st.GetModels()[0]; m.GetLoadedVersion() > 0 {
+					x := make([]float64, m.GetFeatureCount())
+					resp, err := inf.Predict(ctx, &inferencev1.PredictRequest{ModelName: "policy", Symbol: "DAX", Features: x})
+					if err != nil || resp.GetModelVersion() != m.GetLoadedVersion() || len(m.GetFeatureNames()) != len(x) {
+						t.Errorf("predict with the initial model: %v %v (status %v)", resp, err, m)
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no initial model loaded in 90s: %v", st)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
 			// An RPC not built yet says so.
-			if _, err := experimentv1.NewExperimentServiceClient(p.conn(t)).GetRun(ctx, &experimentv1.GetRunRequest{RunId: id}); status.Code(err) != codes.Unimplemented {
-				t.Errorf("GetRun: %v, want Unimplemented", err)
+			if _, err := experimentv1.NewExperimentServiceClient(p.conn(t)).GetABTest(ctx, &experimentv1.GetABTestRequest{AbTestId: id}); status.Code(err) != codes.Unimplemented {
+				t.Errorf("GetABTest: %v, want Unimplemented", err)
 			}
 
 			p.stop(t)
