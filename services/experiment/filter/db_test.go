@@ -574,7 +574,7 @@ func describe(q filter.Query) string {
 	if q.Filter != nil {
 		f = q.Filter.String()
 	}
-	return fmt.Sprintf("experiments %q stages %q filter %s order %v", q.ExperimentIDs, q.Stages, f, q.Order)
+	return fmt.Sprintf("experiments %q stages %q filter %s order %v walk %d", q.ExperimentIDs, q.Stages, f, q.Order, q.WalkSize)
 }
 
 // TestDifferential runs random filters and orders against random runs on
@@ -598,6 +598,8 @@ func TestDifferential(t *testing.T) {
 			q := randomQuery(t, rng, runs)
 			want := evaluate(runs, q)
 			limit := 1 + rng.IntN(7)
+			// Small walks exercise the walk's boundary and the fallback.
+			q.WalkSize = []int{0, 1, 2, 3, 5, 8, 13, 30}[rng.IntN(8)]
 			got := search(t, db, q, limit)
 			if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
 				t.Fatalf("query %d, page size %d: %s\n(-want +got):\n%s", i, limit, describe(q), diff)

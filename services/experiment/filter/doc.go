@@ -25,7 +25,8 @@
 //
 //	metrics."loss (val)"   tags.`owner's team`   params."say ""hi"""
 //
-// Keys are 1 to 250 characters of valid UTF-8 without NUL.
+// Keys are 1 to 250 characters of valid UTF-8 without control characters
+// (as the service stores them).
 //
 // A run that lacks the key (or whose end_time is unset) matches no
 // comparison on it, != and NOT IN included.

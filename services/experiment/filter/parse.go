@@ -447,8 +447,10 @@ func checkKey(key string) string {
 		return "empty key"
 	case !utf8.ValidString(key):
 		return "the key is not valid UTF-8"
-	case strings.IndexByte(key, 0) >= 0:
-		return "the key contains a NUL character"
+	case strings.IndexFunc(key, unicode.IsControl) >= 0:
+		// The service stores no such key, and the SQL joins key and
+		// value with a control character.
+		return "the key contains a control character"
 	case utf8.RuneCountInString(key) > MaxKeyChars:
 		return fmt.Sprintf("the key is longer than %d characters", MaxKeyChars)
 	}
