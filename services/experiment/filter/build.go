@@ -690,6 +690,14 @@ func (b *sqlBuilder) comparison(sb *strings.Builder, c *Comparison) {
 	if b.corr != "" {
 		corr = b.corr
 	}
+	if b.d == store.SQLite && !b.walkForm {
+		// SQLite runs a correlated EXISTS once per run; an IN list it
+		// builds once, or starts from when it is small.
+		sb.WriteString(corr + " IN (SELECT f.run_key FROM " + kvTables[c.Operand.Kind] + " f WHERE f.key = " + b.arg(c.Operand.Key) + " AND ")
+		b.predicate(sb, "f.value", c)
+		sb.WriteString(")")
+		return
+	}
 	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
 	if b.d == store.Postgres && !b.walkForm && c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In) {
 		b.pairPredicate(sb, c)

@@ -80,12 +80,39 @@
 // # SQL
 //
 // Build compiles a Query into one SELECT with bind parameters for every key
-// and value; the SQL text is assembled from fixed fragments only. Each
-// comparison is an EXISTS probe on the primary key of latest_metrics,
-// run_params or run_tags (or a predicate on runs), and each order key a LEFT
-// JOIN. On PostgreSQL strings are compared, ordered and matched with
-// COLLATE "C" (bytewise, like SQLite's BINARY); on SQLite LIKE becomes GLOB
+// and value; the SQL text is assembled from fixed fragments only. On
+// PostgreSQL strings are compared, ordered and matched with COLLATE "C"
+// (bytewise, like SQLite's BINARY); on SQLite LIKE becomes GLOB
 // (case-sensitive) and ILIKE becomes SQLite's LIKE (ASCII case folding).
+//
+// The query has two ways to find a page, and picks one as it runs:
+//
+//   - The walk reads the index of the first order key in order (a metric,
+//     param or tag's (key, value) index, or runs by start time) and tests
+//     each run against the filter with per-run index probes, stopping when
+//     the page is full. Its cost grows with how far it must read, so it is
+//     fast when matching runs are dense along the order, whatever the
+//     planner believes. The query first tests the filter on a sample of
+//     500 entries and walks only when, at that density, the page fills
+//     within 100 entries per row asked for (2,000 to 20,000). The walk
+//     stops before the last entry it may read, so a full page from it is
+//     exactly the first of all matching runs.
+//   - Otherwise (a sparse filter, a walk that did not fill the page, an
+//     order by another attribute, a cursor past the runs that have the
+//     first key) the plain query finds every matching run and sorts them,
+//     order keys LEFT JOINed; the planner starts from the most selective
+//     comparison. On PostgreSQL param and tag comparisons (= and IN) test
+//     key and value joined by the unit separator, whose expression index
+//     gives the planner statistics of the pair: key and value apart make
+//     params.optimizer = 'adam' look rarer by about the number of keys.
+//
+// Both parts are in the one statement; the part not needed is cut off by a
+// one-time condition (LIMIT 0) and never runs. On PostgreSQL Build makes
+// pgx plan the statement for its values on every execution (see Build):
+// the generic plan of a reused prepared statement cannot tell a sparse
+// filter from a dense one. PostgreSQL's JIT compiler can add tens of
+// milliseconds to these statements when its cost estimate for the part not
+// run is high; the service is better off with jit = off.
 //
 // Pages continue after a Cursor, the sort key of the last run returned,
 // with an exact keyset predicate: no run is skipped or repeated across

@@ -2,6 +2,7 @@ package filter_test
 
 import (
 	"context"
+	"database/sql"
 	"flag"
 	"fmt"
 	"math"
@@ -22,10 +23,11 @@ import (
 )
 
 var (
-	perfDB      = flag.String("filter.perfdb", "", "PostgreSQL database (on the test server) to load once and keep for BenchmarkSearch; empty: a fresh database, dropped after")
-	perfExplain = flag.String("filter.explain", "", "directory where BenchmarkSearch writes the SQL and EXPLAIN ANALYZE of each query")
-	perfJIT     = flag.String("filter.jit", "", "with -filter.perfdb: PostgreSQL's jit setting for the benchmark's connections (on, off); empty: the server's")
-	perfRuns    = flag.Int("filter.perfruns", 100_000, "runs in the searched experiment of BenchmarkSearch")
+	perfDB         = flag.String("filter.perfdb", "", "PostgreSQL database (on the test server) to load once and keep for BenchmarkSearch; empty: a fresh database, dropped after")
+	perfExplain    = flag.String("filter.explain", "", "directory where BenchmarkSearch writes the SQL and EXPLAIN ANALYZE of each query")
+	perfJIT        = flag.String("filter.jit", "", "with -filter.perfdb: PostgreSQL's jit setting for the benchmark's connections (on, off); empty: the server's")
+	perfSQLiteFile = flag.String("filter.perfsqlite", "", "SQLite file to load once and keep for BenchmarkSearchSQLite; empty: a fresh file, removed after")
+	perfRuns       = flag.Int("filter.perfruns", 100_000, "runs in the searched experiment of BenchmarkSearch")
 )
 
 // Perf data: one experiment with perfRuns runs, each with 10 params, 10
@@ -54,22 +56,21 @@ var perfParams = []struct {
 	{"git_sha", nil}, // unique
 }
 
-// loadPerfData fills a migrated, empty database with CopyFrom.
-func loadPerfData(tb testing.TB, db *store.DB, n int) {
-	tb.Helper()
-	ctx := context.Background()
-	pool := db.Pool()
+// perfData is the benchmark's data set, deterministic.
+type perfData struct {
+	runs [][]any // run_id, experiment_id, run_name, status, start_time, end_time, lifecycle_stage, artifact_uri, delete_time
+	// rows returns the params, metrics and tags of the runs, given their
+	// run keys in order.
+	rows func(keys []int64) (params, metrics, tags [][]any)
+}
+
+func newPerfData(n int) perfData {
 	rng := rand.New(rand.NewPCG(42, 42))
-	start := time.Now()
-	if _, err := pool.Exec(ctx, `INSERT INTO experiments (experiment_id, name, lifecycle_stage, create_time, update_time)
-		VALUES ($1, $1, 'active', 0, 0), ($2, $2, 'active', 0, 0)`, perfExperiment, perfOther); err != nil {
-		tb.Fatal(err)
-	}
 	total := n + n/10
 	statuses := []string{"FINISHED", "FINISHED", "FINISHED", "FINISHED", "FAILED", "KILLED", "RUNNING"}
-	runRows := make([][]any, total)
+	runs := make([][]any, total)
 	t0 := int64(1_700_000_000_000)
-	for i := range runRows {
+	for i := range runs {
 		exp := perfExperiment
 		if i%11 == 10 {
 			exp = perfOther
@@ -84,72 +85,162 @@ func loadPerfData(tb testing.TB, db *store.DB, n int) {
 		if st != "RUNNING" {
 			end = t0 + int64(i)*60_000 + int64(rng.IntN(3_600_000))
 		}
-		runRows[i] = []any{fmt.Sprintf("%08x-run-%d", rng.Uint32(), i), exp, fmt.Sprintf("run-%d", i), st,
+		runs[i] = []any{fmt.Sprintf("%08x-run-%d", rng.Uint32(), i), exp, fmt.Sprintf("run-%d", i), st,
 			t0 + int64(i)*60_000, end, stage, "file:///artifacts/" + exp, del}
 	}
-	if _, err := pool.CopyFrom(ctx, pgx.Identifier{"runs"},
-		[]string{"run_id", "experiment_id", "run_name", "status", "start_time", "end_time", "lifecycle_stage", "artifact_uri", "delete_time"},
-		pgx.CopyFromRows(runRows)); err != nil {
-		tb.Fatal(err)
+	rows := func(keys []int64) (params, metrics, tags [][]any) {
+		params = make([][]any, 0, len(keys)*len(perfParams))
+		metrics = make([][]any, 0, len(keys)*len(perfMetrics))
+		tags = make([][]any, 0, len(keys)*2)
+		teams := []string{"alpha", "beta", "gamma", "delta", "epsilon"}
+		for i, k := range keys {
+			for j, p := range perfParams {
+				var v string
+				switch {
+				case p.values != nil:
+					v = p.values[rng.IntN(len(p.values))]
+				case j == len(perfParams)-1:
+					v = fmt.Sprintf("%040x", rng.Uint64())
+				default:
+					v = fmt.Sprint(rng.IntN(1000))
+				}
+				params = append(params, []any{k, p.key, v})
+			}
+			for j, m := range perfMetrics {
+				v := rng.NormFloat64()*0.5 + 0.5
+				if j == 2 { // max_drawdown in [0, 1)
+					v = math.Abs(rng.NormFloat64()) * 0.15
+				}
+				metrics = append(metrics, []any{k, m, v, int64(1000), t0 + int64(i)*60_000})
+			}
+			tags = append(tags, []any{k, "team", teams[rng.IntN(len(teams))]}, []any{k, "mlflow.user", fmt.Sprintf("user%d", rng.IntN(20))})
+		}
+		return params, metrics, tags
 	}
-	keys := make([]int64, 0, total)
-	rows, err := pool.Query(ctx, `SELECT run_key FROM runs ORDER BY run_key`)
+	return perfData{runs: runs, rows: rows}
+}
+
+var runCopyColumns = []string{"run_id", "experiment_id", "run_name", "status", "start_time", "end_time", "lifecycle_stage", "artifact_uri", "delete_time"}
+
+// loadPerfData fills a migrated, empty database: with CopyFrom on
+// PostgreSQL, in one transaction of prepared inserts on SQLite.
+func loadPerfData(tb testing.TB, db *store.DB, n int) {
+	tb.Helper()
+	ctx := context.Background()
+	start := time.Now()
+	data := newPerfData(n)
+	exps := `INSERT INTO experiments (experiment_id, name, lifecycle_stage, create_time, update_time) VALUES ($1, $1, 'active', 0, 0), ($2, $2, 'active', 0, 0)`
+	var counts [3]int
+	if db.Dialect() == store.Postgres {
+		pool := db.Pool()
+		if _, err := pool.Exec(ctx, exps, perfExperiment, perfOther); err != nil {
+			tb.Fatal(err)
+		}
+		if _, err := pool.CopyFrom(ctx, pgx.Identifier{"runs"}, runCopyColumns, pgx.CopyFromRows(data.runs)); err != nil {
+			tb.Fatal(err)
+		}
+		rows, err := pool.Query(ctx, `SELECT run_key FROM runs ORDER BY run_key`)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		keys, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+		if err != nil {
+			tb.Fatal(err)
+		}
+		params, metrics, tags := data.rows(keys)
+		counts = [3]int{len(params), len(metrics), len(tags)}
+		for _, c := range []struct {
+			table string
+			cols  []string
+			rows  [][]any
+		}{
+			{"run_params", []string{"run_key", "key", "value"}, params},
+			{"run_tags", []string{"run_key", "key", "value"}, tags},
+			{"latest_metrics", []string{"run_key", "key", "value", "step", "ts"}, metrics},
+		} {
+			if _, err := pool.CopyFrom(ctx, pgx.Identifier{c.table}, c.cols, pgx.CopyFromRows(c.rows)); err != nil {
+				tb.Fatalf("copy %s: %v", c.table, err)
+			}
+		}
+		if _, err := pool.Exec(ctx, `VACUUM ANALYZE`); err != nil {
+			tb.Fatal(err)
+		}
+	} else {
+		err := db.InTx(ctx, func(tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, exps, perfExperiment, perfOther); err != nil {
+				return err
+			}
+			keys := make([]int64, len(data.runs))
+			for i := range keys {
+				keys[i] = int64(i + 1)
+			}
+			params, metrics, tags := data.rows(keys)
+			counts = [3]int{len(params), len(metrics), len(tags)}
+			for _, c := range []struct {
+				insert string
+				rows   [][]any
+			}{
+				{`INSERT INTO runs (run_key, run_id, experiment_id, run_name, status, start_time, end_time, lifecycle_stage, artifact_uri, delete_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, withKeys(keys, data.runs)},
+				{`INSERT INTO run_params (run_key, key, value) VALUES (?, ?, ?)`, params},
+				{`INSERT INTO run_tags (run_key, key, value) VALUES (?, ?, ?)`, tags},
+				{`INSERT INTO latest_metrics (run_key, key, value, step, ts) VALUES (?, ?, ?, ?, ?)`, metrics},
+			} {
+				stmt, err := tx.PrepareContext(ctx, c.insert)
+				if err != nil {
+					return err
+				}
+				for _, r := range c.rows {
+					if _, err := stmt.ExecContext(ctx, r...); err != nil {
+						return err
+					}
+				}
+				stmt.Close()
+			}
+			_, err := tx.ExecContext(ctx, `ANALYZE`)
+			return err
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	tb.Logf("loaded %d runs, %d params, %d metrics, %d tags in %s", len(data.runs), counts[0], counts[1], counts[2], time.Since(start).Round(time.Millisecond))
+}
+
+func withKeys(keys []int64, rows [][]any) [][]any {
+	out := make([][]any, len(rows))
+	for i, r := range rows {
+		out[i] = append([]any{keys[i]}, r...)
+	}
+	return out
+}
+
+// perfSQLite returns a loaded SQLite database: the file named by
+// -filter.perfsqlite (loaded when new), or a fresh one in a temporary
+// directory.
+func perfSQLite(tb testing.TB) *store.DB {
+	tb.Helper()
+	ctx := context.Background()
+	if *perfSQLiteFile == "" {
+		db := storetest.SQLite(tb, migrations()...)
+		loadPerfData(tb, db, *perfRuns)
+		return db
+	}
+	db, err := store.Open(ctx, store.Config{URL: *perfSQLiteFile})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	for rows.Next() {
-		var k int64
-		if err := rows.Scan(&k); err != nil {
-			tb.Fatal(err)
-		}
-		keys = append(keys, k)
-	}
-	if rows.Err() != nil {
-		tb.Fatal(rows.Err())
-	}
-	params := make([][]any, 0, total*len(perfParams))
-	metrics := make([][]any, 0, total*len(perfMetrics))
-	tags := make([][]any, 0, total*2)
-	teams := []string{"alpha", "beta", "gamma", "delta", "epsilon"}
-	for i, k := range keys {
-		for j, p := range perfParams {
-			var v string
-			switch {
-			case p.values != nil:
-				v = p.values[rng.IntN(len(p.values))]
-			case j == len(perfParams)-1:
-				v = fmt.Sprintf("%040x", rng.Uint64())
-			default:
-				v = fmt.Sprint(rng.IntN(1000))
-			}
-			params = append(params, []any{k, p.key, v})
-		}
-		for j, m := range perfMetrics {
-			v := rng.NormFloat64()*0.5 + 0.5
-			if j == 2 { // max_drawdown in [0, 1)
-				v = math.Abs(rng.NormFloat64()) * 0.15
-			}
-			metrics = append(metrics, []any{k, m, v, int64(1000), t0 + int64(i)*60_000})
-		}
-		tags = append(tags, []any{k, "team", teams[rng.IntN(len(teams))]}, []any{k, "mlflow.user", fmt.Sprintf("user%d", rng.IntN(20))})
-	}
-	for _, c := range []struct {
-		table string
-		cols  []string
-		rows  [][]any
-	}{
-		{"run_params", []string{"run_key", "key", "value"}, params},
-		{"run_tags", []string{"run_key", "key", "value"}, tags},
-		{"latest_metrics", []string{"run_key", "key", "value", "step", "ts"}, metrics},
-	} {
-		if _, err := pool.CopyFrom(ctx, pgx.Identifier{c.table}, c.cols, pgx.CopyFromRows(c.rows)); err != nil {
-			tb.Fatalf("copy %s: %v", c.table, err)
-		}
-	}
-	if _, err := pool.Exec(ctx, `VACUUM ANALYZE`); err != nil {
+	tb.Cleanup(func() { db.Close() })
+	if _, err := db.Migrate(ctx, migrations()...); err != nil {
 		tb.Fatal(err)
 	}
-	tb.Logf("loaded %d runs, %d params, %d metrics, %d tags in %s", total, len(params), len(metrics), len(tags), time.Since(start).Round(time.Millisecond))
+	var runs int
+	if err := db.Reader().QueryRowContext(ctx, `SELECT count(*) FROM runs`).Scan(&runs); err != nil {
+		tb.Fatal(err)
+	}
+	if runs == 0 {
+		loadPerfData(tb, db, *perfRuns)
+	}
+	return db
 }
 
 // perfDatabase returns a loaded PostgreSQL database: the one named by
@@ -224,11 +315,25 @@ var perfQueries = []struct {
 // BenchmarkSearch times Build's queries on PostgreSQL with the issue's
 // tracking-search data: 100,000 runs with 10 params and 10 metrics each,
 // pages of 100. For each filter it times the first page and the page after
-// page 10 (a cursor), reporting p50 and p95 in milliseconds. Run it with
+// page 10 (a cursor), reporting p50 and p95 in milliseconds, with Build's
+// arguments (exec: planned for the values on every execution) and without
+// its exec mode option (cache: pgx's prepared statement cache, where
+// PostgreSQL uses a generic plan after five executions). Run it with
 //
-//	QUANTMESH_TEST_DATABASE_URL=... go test -run XXX -bench Search -benchtime 200x ./services/experiment/filter/
+//	QUANTMESH_TEST_DATABASE_URL=... go test ./services/experiment/filter/ -run XXX -bench 'Search$' -benchtime 100x \
+//		-args -filter.perfdb=filter_perf -filter.jit=off
 func BenchmarkSearch(b *testing.B) {
-	db := perfDatabase(b)
+	benchSearch(b, perfDatabase(b), []string{"exec", "cache"})
+}
+
+// BenchmarkSearchSQLite is BenchmarkSearch on SQLite.
+//
+//	go test ./services/experiment/filter/ -run XXX -bench SearchSQLite -benchtime 20x -args -filter.perfsqlite=/tmp/filter_perf.db
+func BenchmarkSearchSQLite(b *testing.B) {
+	benchSearch(b, perfSQLite(b), []string{"sqlite"})
+}
+
+func benchSearch(b *testing.B, db *store.DB, modes []string) {
 	ctx := context.Background()
 	for _, pq := range perfQueries {
 		e, err := filter.Parse(pq.filter)
@@ -241,9 +346,7 @@ func BenchmarkSearch(b *testing.B) {
 		}
 		q := filter.Query{ExperimentIDs: []string{perfExperiment}, Stages: []string{"active"}, Filter: e, Order: order, Limit: 101}
 		// The cursor after ten pages of 100.
-		q10 := q
-		q10.Limit = 1000
-		all := search(b, db, q10, 1000)
+		all := search(b, db, q, 1000)
 		var after *filter.Cursor
 		if len(all) >= 1000 {
 			last := all[999]
@@ -256,21 +359,18 @@ func BenchmarkSearch(b *testing.B) {
 			if page.name != "first" && page.after == nil {
 				continue
 			}
-			for _, mode := range []string{"cache", "exec"} {
+			for _, mode := range modes {
 				b.Run(pq.name+"/"+page.name+"/"+mode, func(b *testing.B) {
 					q := q
 					q.After = page.after
-					query, args, err := filter.Build(q, store.Postgres)
+					query, args, err := filter.Build(q, db.Dialect())
 					if err != nil {
 						b.Fatal(err)
 					}
 					if mode == "cache" {
-						// Without Build's exec mode: pgx prepares and
-						// caches the statement, and PostgreSQL switches
-						// to a generic plan after five executions.
-						args = args[1:]
+						args = args[1:] // without pgx.QueryExecModeExec
 					}
-					if *perfExplain != "" {
+					if *perfExplain != "" && db.Dialect() == store.Postgres {
 						explain(b, db, filepath.Join(*perfExplain, strings.ReplaceAll(b.Name(), "/", "_")+".txt"), query, args)
 					}
 					var lat []time.Duration
