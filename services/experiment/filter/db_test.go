@@ -24,7 +24,7 @@ import (
 
 var (
 	seedFlag    = flag.Uint64("filter.seed", 0, "seed of the differential test (0: from the clock)")
-	queriesFlag = flag.Int("filter.queries", 0, "random queries per backend in the differential test (0: 250, or 80 with -race)")
+	queriesFlag = flag.Int("filter.queries", 0, "random queries per backend in the differential test (0: 250, or 40 with -race)")
 )
 
 // raceEnabled is set by race_test.go: the race detector makes the pure-Go
@@ -36,7 +36,7 @@ func queries() int {
 	case *queriesFlag > 0:
 		return *queriesFlag
 	case raceEnabled:
-		return 80
+		return 40
 	}
 	return 250
 }
