@@ -31,9 +31,9 @@ type Query struct {
 	// Limit is the most rows the query returns, at least 1. Ask for one
 	// more than the page size to learn whether another page follows.
 	Limit int
-	// WalkSize bounds the index walk of the first order key (see Build);
-	// 0 means 20 entries per row of Limit, at least 1000 and at most
-	// 20000. For tuning and tests.
+	// WalkSize bounds the index walk of the first order key (see the
+	// package doc); 0 means 100 entries per row of Limit, at least 2000
+	// and at most 20000. For tuning and tests.
 	WalkSize int
 }
 
@@ -58,7 +58,7 @@ var ErrCursor = errors.New("the cursor does not match the order")
 // whose values Build selects after the run columns.
 func EffectiveOrder(order []OrderKey) []OrderKey {
 	if len(order) == 0 {
-		return DefaultOrder
+		return slices.Clone(DefaultOrder)
 	}
 	return order
 }
