@@ -14,6 +14,8 @@ CREATE TABLE runs (
     delete_time     INTEGER
 );
 CREATE INDEX runs_experiment ON runs (experiment_id, lifecycle_stage, run_id);
+-- SearchRuns' default order (newest first) walks this index.
+CREATE INDEX runs_experiment_start ON runs (experiment_id, start_time);
 
 -- Params are immutable once logged.
 CREATE TABLE run_params (
