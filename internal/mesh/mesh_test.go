@@ -88,6 +88,7 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_LogBatch_FullMethodName:            true,
 	experimentv1.ExperimentService_StreamMetrics_FullMethodName:       true,
 	experimentv1.ExperimentService_GetMetricHistory_FullMethodName:    true,
+	experimentv1.ExperimentService_SearchRuns_FullMethodName:          true,
 	inferencev1.InferenceService_GetDecision_FullMethodName:           true,
 	inferencev1.InferenceService_Predict_FullMethodName:               true,
 	inferencev1.InferenceService_PredictBatch_FullMethodName:          true,

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/quantmesh/quantmesh/pkg/resilience"
+	"github.com/quantmesh/quantmesh/services/experiment/filter"
 )
 
 func (r *resilientStore) CreateRun(ctx context.Context, run *Run) error {
@@ -50,4 +51,16 @@ func (r *resilientStore) MetricHistory(ctx context.Context, q HistoryQuery) ([]P
 
 func (r *resilientStore) CountMetric(ctx context.Context, runKey int64, key string) (int64, error) {
 	return resilience.Get(ctx, r.read, func(ctx context.Context) (int64, error) { return r.next.CountMetric(ctx, runKey, key) })
+}
+
+func (r *resilientStore) SearchRuns(ctx context.Context, q filter.Query) ([]*Run, []*filter.Cursor, error) {
+	type page struct {
+		runs    []*Run
+		cursors []*filter.Cursor
+	}
+	p, err := resilience.Get(ctx, r.read, func(ctx context.Context) (page, error) {
+		runs, cursors, err := r.next.SearchRuns(ctx, q)
+		return page{runs, cursors}, err
+	})
+	return p.runs, p.cursors, err
 }

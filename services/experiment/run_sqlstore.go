@@ -11,6 +11,7 @@ import (
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/services/experiment/filter"
 )
 
 const runColumns = `run_key, run_id, experiment_id, run_name, status, start_time, end_time, lifecycle_stage, artifact_uri, delete_time`
@@ -556,7 +557,51 @@ func (s *SQLStore) CountMetric(ctx context.Context, runKey int64, key string) (i
 	return n, s.err("count metric", err)
 }
 
-func scanRun(r scanner) (*Run, error) {
+// SearchRuns implements RunStore.
+func (s *SQLStore) SearchRuns(ctx context.Context, q filter.Query) ([]*Run, []*filter.Cursor, error) {
+	text, args, err := filter.Build(q, s.db.Dialect())
+	switch {
+	case errors.Is(err, filter.ErrCursor):
+		return nil, nil, apierr.Invalid("page_token", "the page token does not fit the query's order_by")
+	case err != nil:
+		return nil, nil, apierr.Invalid("filter", "%v", err)
+	}
+	rows, err := s.db.Reader().QueryContext(ctx, text, args...)
+	if err != nil {
+		return nil, nil, s.err("search runs", err)
+	}
+	defer rows.Close()
+	order := filter.EffectiveOrder(q.Order)
+	var (
+		runs    []*Run
+		cursors []*filter.Cursor
+	)
+	for rows.Next() {
+		vals := make([]any, len(order))
+		extra := make([]any, len(order))
+		for i := range vals {
+			extra[i] = &vals[i]
+		}
+		r, err := scanRun(rows, extra...)
+		if err != nil {
+			return nil, nil, s.err("search runs", err)
+		}
+		c, err := filter.CursorFrom(q.Order, vals, r.ID)
+		if err != nil {
+			return nil, nil, s.err("search runs", err)
+		}
+		runs, cursors = append(runs, r), append(cursors, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, s.err("search runs", err)
+	}
+	if err := s.loadRunData(ctx, runs); err != nil {
+		return nil, nil, s.err("search runs", err)
+	}
+	return runs, cursors, nil
+}
+
+func scanRun(r scanner, extra ...any) (*Run, error) {
 	var (
 		run                Run
 		status, stage      string
@@ -564,7 +609,7 @@ func scanRun(r scanner) (*Run, error) {
 		end, deleted       sql.NullInt64
 		artifact, name, id string
 	)
-	if err := r.Scan(&run.Key, &id, &run.ExperimentID, &name, &status, &start, &end, &stage, &artifact, &deleted); err != nil {
+	if err := r.Scan(append([]any{&run.Key, &id, &run.ExperimentID, &name, &status, &start, &end, &stage, &artifact, &deleted}, extra...)...); err != nil {
 		return nil, err
 	}
 	run.ID, run.Name, run.ArtifactURI = id, name, artifact

@@ -3,6 +3,8 @@ package experiment
 import (
 	"context"
 	"time"
+
+	"github.com/quantmesh/quantmesh/services/experiment/filter"
 )
 
 // RunStatus is the state of a run, stored by name.
@@ -147,4 +149,9 @@ type RunStore interface {
 	MetricHistory(ctx context.Context, q HistoryQuery) ([]Point, error)
 	// CountMetric counts the stored points of one metric of a run.
 	CountMetric(ctx context.Context, runKey int64, key string) (int64, error)
+	// SearchRuns reads the runs q selects, in its order, with their
+	// params, tags and latest metrics, and each run's cursor (its sort
+	// key, to continue after it). A cursor that does not fit the order is
+	// filter.ErrCursor.
+	SearchRuns(ctx context.Context, q filter.Query) ([]*Run, []*filter.Cursor, error)
 }
