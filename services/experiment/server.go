@@ -2,9 +2,11 @@
 // model registry and A/B tests. The handler validates and translates
 // requests; the Store does the persistence.
 //
-// Built so far: experiments (create, get, get by name, list, update, delete,
-// restore). Every other RPC returns codes.Unimplemented until its issue
-// lands.
+// Built: experiments; runs with params, tags and metrics (LogBatch,
+// StreamMetrics through a group-committing writer, history, SearchRuns);
+// checkpoints and their retention policy; the model registry with
+// WatchModel. The A/B test RPCs return codes.Unimplemented until their
+// issue lands.
 package experiment
 
 import (
