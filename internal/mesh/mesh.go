@@ -204,6 +204,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 	}
 	log.Info("store ready", "mode", m.DB.Mode(), "database", m.DB.String(),
 		"migrations_applied", len(m.Migrations.Applied), "migrations_current", m.Migrations.Current)
+	if pool := m.DB.Pool(); pool != nil {
+		var autovacuum string
+		if err := pool.QueryRow(ctx, `SHOW autovacuum`).Scan(&autovacuum); err == nil && autovacuum != "on" {
+			log.Warn("PostgreSQL runs with autovacuum off: planner statistics go stale and searches slow down; run VACUUM (ANALYZE) after bulk loads, or turn autovacuum on",
+				"database", m.DB.String())
+		}
+	}
 
 	if len(cfg.KafkaBrokers) > 0 {
 		k, err := bus.NewKafka(bus.KafkaConfig{Brokers: cfg.KafkaBrokers, ClientID: "quantmesh", Logger: log})
