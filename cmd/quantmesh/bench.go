@@ -13,9 +13,6 @@ import (
 	"sync"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/quantmesh/quantmesh/internal/bench"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/pkg/auth"
@@ -156,14 +153,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		env.Target, env.InProcess, env.Store, env.DatabaseURL = m.Server.GRPCTarget(), true, m.DB.Mode(), dbURL
 	}
 
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	apiKey := os.Getenv(envBenchAPIKey)
-	if apiKey != "" {
-		opts = append(opts, auth.PerRPCKey(apiKey))
-	}
-	conn, err := grpc.NewClient(env.Target, opts...)
+	conn, err := dialMesh(env.Target, apiKey)
 	if err != nil {
-		return usagef("invalid --target %q: %v", env.Target, err)
+		return err
 	}
 	defer conn.Close()
 	env.Conn = conn

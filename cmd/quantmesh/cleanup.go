@@ -13,14 +13,11 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
-	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/services/experiment"
 )
 
@@ -155,13 +152,9 @@ func runCleanup(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return usagef("invalid --timeout %s: must be positive", f.timeout)
 	}
 
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if f.apiKey != "" {
-		opts = append(opts, auth.PerRPCKey(f.apiKey))
-	}
-	conn, err := grpc.NewClient(f.target, opts...)
+	conn, err := dialMesh(f.target, f.apiKey)
 	if err != nil {
-		return usagef("invalid --target %q: %v", f.target, err)
+		return err
 	}
 	defer conn.Close()
 	client := experimentv1.NewExperimentServiceClient(conn)

@@ -11,6 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/server"
@@ -271,4 +274,19 @@ func splitServices(s string) ([]string, error) {
 		return nil, usagef("--services is required: a comma-separated list of %s, or all", strings.Join(mesh.Runnable(), ", "))
 	}
 	return out, nil
+}
+
+// dialMesh opens a plaintext client connection to a mesh's gRPC address,
+// sending apiKey (when set) with every call. An unusable target is a usage
+// error naming --target.
+func dialMesh(target, apiKey string) (*grpc.ClientConn, error) {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if apiKey != "" {
+		opts = append(opts, auth.PerRPCKey(apiKey))
+	}
+	conn, err := grpc.NewClient(target, opts...)
+	if err != nil {
+		return nil, usagef("invalid --target %q: %v", target, err)
+	}
+	return conn, nil
 }

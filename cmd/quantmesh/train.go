@@ -11,12 +11,8 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/internal/training"
-	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -133,13 +129,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "train %s on %s: %d series, %d training and %d test samples, %d features, classes buy/hold/sell %d/%d/%d\n",
 		cfg.Model, f.data, len(series), len(ds.TrainX), len(ds.TestX), len(ds.Names), ds.ClassCounts[0], ds.ClassCounts[1], ds.ClassCounts[2])
 
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
-	if f.apiKey != "" {
-		opts = append(opts, auth.PerRPCKey(f.apiKey))
-	}
-	conn, err := grpc.NewClient(f.target, opts...)
+	conn, err := dialMesh(f.target, f.apiKey)
 	if err != nil {
-		return usagef("invalid --target %q: %v", f.target, err)
+		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, f.timeout)

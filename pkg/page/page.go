@@ -90,3 +90,16 @@ func Decode(field, tok, fingerprint string, cursor any) (bool, error) {
 	}
 	return true, nil
 }
+
+// Cut trims items, read with one item more than size (to learn whether
+// another page follows), to one page and returns the next page's token:
+// cursor of the last item kept, encoded for fingerprint, or "" when items
+// held size or fewer.
+func Cut[T any](items []T, size int, fingerprint string, cursor func(last T) any) ([]T, string, error) {
+	if len(items) <= size {
+		return items, "", nil
+	}
+	items = items[:size]
+	tok, err := Encode(fingerprint, cursor(items[size-1]))
+	return items, tok, err
+}

@@ -110,13 +110,8 @@ func (s *Server) ListCheckpoints(ctx context.Context, req *experimentv1.ListChec
 		return nil, err
 	}
 	resp := &experimentv1.ListCheckpointsResponse{}
-	if len(list) > size {
-		list = list[:size]
-		tok, err := page.Encode(fp, checkpointCursor{ID: list[len(list)-1].ID})
-		if err != nil {
-			return nil, err
-		}
-		resp.NextPageToken = tok
+	if list, resp.NextPageToken, err = page.Cut(list, size, fp, func(c *Checkpoint) any { return checkpointCursor{ID: c.ID} }); err != nil {
+		return nil, err
 	}
 	for _, c := range list {
 		resp.Checkpoints = append(resp.Checkpoints, checkpointToProto(c))

@@ -118,45 +118,39 @@ func (w *metricWriter) run() {
 	defer close(w.exited)
 	var group []*pendingAppend
 	for {
-		var first *pendingAppend
 		select {
-		case first = <-w.queue:
+		case first := <-w.queue:
+			group = w.fill(append(group[:0], first))
 		case <-w.stop:
 			// Appends finished before close marked the writer closed;
 			// write what they queued.
 			for {
-				group = group[:0]
-				rows := 0
-			drain:
-				for rows < writerMaxRows {
-					select {
-					case p := <-w.queue:
-						group = append(group, p)
-						rows += len(p.Points)
-					default:
-						break drain
-					}
-				}
-				if len(group) == 0 {
+				if group = w.fill(group[:0]); len(group) == 0 {
 					return
 				}
 				w.commit(group)
 			}
 		}
-		group = append(group[:0], first)
-		rows := len(first.Points)
-	fill:
-		for rows < writerMaxRows {
-			select {
-			case p := <-w.queue:
-				group = append(group, p)
-				rows += len(p.Points)
-			default:
-				break fill
-			}
-		}
 		w.commit(group)
 	}
+}
+
+// fill adds what waits in the queue to group, up to writerMaxRows points.
+func (w *metricWriter) fill(group []*pendingAppend) []*pendingAppend {
+	rows := 0
+	for _, p := range group {
+		rows += len(p.Points)
+	}
+	for rows < writerMaxRows {
+		select {
+		case p := <-w.queue:
+			group = append(group, p)
+			rows += len(p.Points)
+		default:
+			return group
+		}
+	}
+	return group
 }
 
 // commit writes a group. If the transaction fails for a reason other than

@@ -84,11 +84,8 @@ func (s *Server) ListRegisteredModels(ctx context.Context, req *experimentv1.Lis
 		return nil, err
 	}
 	resp := &experimentv1.ListRegisteredModelsResponse{}
-	if len(list) > size {
-		list = list[:size]
-		if resp.NextPageToken, err = page.Encode(fp, modelCursor{Name: list[len(list)-1].Name}); err != nil {
-			return nil, err
-		}
+	if list, resp.NextPageToken, err = page.Cut(list, size, fp, func(m *RegisteredModel) any { return modelCursor{Name: m.Name} }); err != nil {
+		return nil, err
 	}
 	for _, m := range list {
 		resp.RegisteredModels = append(resp.RegisteredModels, modelToProto(m))
@@ -242,11 +239,8 @@ func (s *Server) ListModelVersions(ctx context.Context, req *experimentv1.ListMo
 		return nil, err
 	}
 	resp := &experimentv1.ListModelVersionsResponse{}
-	if len(list) > size {
-		list = list[:size]
-		if resp.NextPageToken, err = page.Encode(fp, versionCursor{Version: list[len(list)-1].Version}); err != nil {
-			return nil, err
-		}
+	if list, resp.NextPageToken, err = page.Cut(list, size, fp, func(mv *ModelVersion) any { return versionCursor{Version: mv.Version} }); err != nil {
+		return nil, err
 	}
 	for _, mv := range list {
 		resp.ModelVersions = append(resp.ModelVersions, versionToProto(mv))

@@ -85,11 +85,8 @@ func (s *Server) SearchRuns(ctx context.Context, req *experimentv1.SearchRunsReq
 		return nil, err
 	}
 	resp := &experimentv1.SearchRunsResponse{}
-	if len(runs) > size {
-		runs = runs[:size]
-		if resp.NextPageToken, err = page.Encode(fp, cursors[size-1]); err != nil {
-			return nil, err
-		}
+	if runs, resp.NextPageToken, err = page.Cut(runs, size, fp, func(*Run) any { return cursors[size-1] }); err != nil {
+		return nil, err
 	}
 	for _, r := range runs {
 		resp.Runs = append(resp.Runs, runToProto(r))

@@ -187,13 +187,8 @@ func (s *Server) ListExperiments(ctx context.Context, req *experimentv1.ListExpe
 		return nil, err
 	}
 	resp := &experimentv1.ListExperimentsResponse{}
-	if len(list) > size {
-		list = list[:size]
-		tok, err := page.Encode(fp, experimentCursor{ID: list[len(list)-1].ID})
-		if err != nil {
-			return nil, err
-		}
-		resp.NextPageToken = tok
+	if list, resp.NextPageToken, err = page.Cut(list, size, fp, func(e *Experiment) any { return experimentCursor{ID: e.ID} }); err != nil {
+		return nil, err
 	}
 	for _, e := range list {
 		resp.Experiments = append(resp.Experiments, experimentToProto(e))

@@ -83,14 +83,11 @@ func (s *Server) ListDecisions(ctx context.Context, req *inferencev1.ListDecisio
 		return nil, err
 	}
 	resp := &inferencev1.ListDecisionsResponse{}
-	if len(list) > size {
-		list = list[:size]
-		last := list[len(list)-1]
-		if resp.NextPageToken, err = page.Encode(fp, DecisionCursor{TimeUS: last.GetDecisionTime().AsTime().UnixMicro(), ID: last.GetDecisionId()}); err != nil {
-			return nil, err
-		}
+	if resp.Decisions, resp.NextPageToken, err = page.Cut(list, size, fp, func(d *inferencev1.Decision) any {
+		return DecisionCursor{TimeUS: d.GetDecisionTime().AsTime().UnixMicro(), ID: d.GetDecisionId()}
+	}); err != nil {
+		return nil, err
 	}
-	resp.Decisions = list
 	return resp, nil
 }
 
