@@ -1,0 +1,163 @@
+package regime
+
+import (
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Smoothing configures the forward filter and the dominant-regime rules.
+type Smoothing struct {
+	// Stickiness is the probability of staying in a regime from one bar
+	// to the next (the transition matrix diagonal), in [0, 1); the rest is
+	// spread evenly over the other regimes.
+	Stickiness float64
+	// Hysteresis is the margin by which a challenger's smoothed
+	// probability must exceed the dominant regime's to take over, [0, 1).
+	Hysteresis float64
+	// MinDwell is the fewest bars a dominant regime is held, >= 1.
+	MinDwell int
+}
+
+// DefaultSmoothing is the contract's default: stickiness 0.95, no
+// hysteresis, no minimum dwell.
+func DefaultSmoothing() Smoothing { return Smoothing{Stickiness: 0.95, MinDwell: 1} }
+
+// Validate reports the first invalid field.
+func (s Smoothing) Validate() error {
+	switch {
+	case !(s.Stickiness >= 0 && s.Stickiness < 1):
+		return fmt.Errorf("stickiness must be in [0, 1), got %v", s.Stickiness)
+	case !(s.Hysteresis >= 0 && s.Hysteresis < 1):
+		return fmt.Errorf("hysteresis must be in [0, 1), got %v", s.Hysteresis)
+	case s.MinDwell < 1 || s.MinDwell > 1000:
+		return fmt.Errorf("min dwell must be 1 to 1000 bars, got %d", s.MinDwell)
+	}
+	return nil
+}
+
+// filter is one series' causal smoothing state: the forward-filtered
+// regime probabilities of the last bar and the dominant regime. The next
+// bar's state depends only on this and the bar, so appending bars never
+// changes earlier states.
+type filter struct {
+	cfg      Smoothing
+	probs    []float64 // smoothed probabilities of the last bar; nil before the first
+	dominant int
+	dwell    int64
+}
+
+// step is one bar's outcome.
+type step struct {
+	raw, smoothed         []float64
+	rawDominant, dominant int
+	rawEntropy, entropy   float64
+	dwell                 int64
+	flipped               bool
+}
+
+// errNoRegimes is returned for an empty likelihood vector.
+var errNoRegimes = errors.New("regime: no regimes")
+
+// next filters one bar. logLik[j] is the log of the bar's likelihood under
+// regime j (any additive constant); prior is the regime distribution the
+// filter starts from at its first bar (the model's regime weights).
+func (f *filter) next(logLik, prior []float64) (step, error) {
+	r := len(logLik)
+	if r == 0 {
+		return step{}, errNoRegimes
+	}
+	raw := softmaxLog(logLik, nil)
+	// Predict: p(j) = Σ_i probs(i)·A(i, j), with A = s on the diagonal and
+	// (1-s)/(r-1) elsewhere, so p(j) = s·probs(j) + (1-s)/(r-1)·(1 - probs(j)).
+	pred := make([]float64, r)
+	switch {
+	case f.probs == nil:
+		copy(pred, prior)
+	case r == 1:
+		pred[0] = 1
+	default:
+		s := f.cfg.Stickiness
+		off := (1 - s) / float64(r-1)
+		for j := range pred {
+			pred[j] = s*f.probs[j] + off*(1-f.probs[j])
+		}
+	}
+	// Update with the bar's likelihood, in log space.
+	post := make([]float64, r)
+	for j := range post {
+		post[j] = logLik[j] + math.Log(max(pred[j], 1e-300))
+	}
+	smoothed := softmaxLog(post, post)
+	st := step{raw: raw, smoothed: smoothed, rawDominant: argmax(raw), rawEntropy: entropy(raw), entropy: entropy(smoothed)}
+	candidate := argmax(smoothed)
+	switch {
+	case f.probs == nil:
+		f.dominant, f.dwell = candidate, 1
+	case candidate != f.dominant && f.dwell >= int64(f.cfg.MinDwell) &&
+		smoothed[candidate] > smoothed[f.dominant]+f.cfg.Hysteresis:
+		f.dominant, f.dwell = candidate, 1
+		st.flipped = true
+	default:
+		f.dwell++
+	}
+	f.probs = smoothed
+	st.dominant, st.dwell = f.dominant, f.dwell
+	return st, nil
+}
+
+// softmaxLog turns log weights into probabilities, into dst (allocated when
+// nil).
+func softmaxLog(logw, dst []float64) []float64 {
+	if dst == nil {
+		dst = make([]float64, len(logw))
+	}
+	m := math.Inf(-1)
+	for _, v := range logw {
+		m = math.Max(m, v)
+	}
+	var sum float64
+	for i, v := range logw {
+		dst[i] = math.Exp(v - m)
+		sum += dst[i]
+	}
+	for i := range dst {
+		dst[i] /= sum
+	}
+	return dst
+}
+
+func argmax(p []float64) int {
+	best := 0
+	for i, v := range p {
+		if v > p[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// entropy in nats.
+func entropy(p []float64) float64 {
+	var h float64
+	for _, v := range p {
+		if v > 0 {
+			h -= v * math.Log(v)
+		}
+	}
+	return h
+}
+
+// flipsPer100 counts changes between consecutive values per 100 values.
+func flipsPer100(seq []int) float64 {
+	if len(seq) < 2 {
+		return 0
+	}
+	flips := 0
+	for i := 1; i < len(seq); i++ {
+		if seq[i] != seq[i-1] {
+			flips++
+		}
+	}
+	return 100 * float64(flips) / float64(len(seq)-1)
+}

@@ -1,0 +1,147 @@
+package regime
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// noisy returns log-likelihoods of two regimes: regime 0 for the first
+// half, regime 1 after, each bar misleading with probability 0.3.
+func noisy(n int, seed uint64) [][]float64 {
+	rng := rand.New(rand.NewPCG(seed, 9))
+	out := make([][]float64, n)
+	for t := range out {
+		truth := 0
+		if t >= n/2 {
+			truth = 1
+		}
+		says := truth
+		if rng.Float64() < 0.3 {
+			says = 1 - truth
+		}
+		ll := []float64{-2, -2}
+		ll[says] = 0
+		out[t] = ll
+	}
+	return out
+}
+
+func run(t *testing.T, cfg Smoothing, lls [][]float64) []step {
+	t.Helper()
+	f := filter{cfg: cfg}
+	var out []step
+	for _, ll := range lls {
+		st, err := f.next(ll, []float64{0.5, 0.5})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+func TestFilterNoLookAhead(t *testing.T) {
+	t.Parallel()
+	lls := noisy(400, 1)
+	cfg := Smoothing{Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 3}
+	all := run(t, cfg, lls)
+	for _, k := range []int{1, 57, 200, 399} {
+		prefix := run(t, cfg, lls[:k])
+		for i := range prefix {
+			if prefix[i].dominant != all[i].dominant || prefix[i].dwell != all[i].dwell {
+				t.Fatalf("bar %d changed when %d more bars arrived", i, 400-k)
+			}
+			for j := range prefix[i].smoothed {
+				if prefix[i].smoothed[j] != all[i].smoothed[j] {
+					t.Fatalf("bar %d smoothed probabilities changed when %d more bars arrived", i, 400-k)
+				}
+			}
+		}
+	}
+}
+
+func TestFilterSmooths(t *testing.T) {
+	t.Parallel()
+	lls := noisy(2000, 2)
+	steps := run(t, DefaultSmoothing(), lls)
+	var raw, smooth []int
+	correct := 0
+	for i, st := range steps {
+		raw, smooth = append(raw, st.rawDominant), append(smooth, st.dominant)
+		if (i >= 1000) == (st.dominant == 1) {
+			correct++
+		}
+		if s := st.smoothed[0] + st.smoothed[1]; math.Abs(s-1) > 1e-12 {
+			t.Fatalf("smoothed probabilities sum to %v", s)
+		}
+	}
+	rf, sf := flipsPer100(raw), flipsPer100(smooth)
+	if sf > rf/2 {
+		t.Errorf("smoothed flips %.2f per 100 bars, raw %.2f: want less than half", sf, rf)
+	}
+	if correct < 1600 {
+		t.Errorf("smoothed dominant regime right on %d of 2000 bars (raw is right on about 1400)", correct)
+	}
+	// With a minimum dwell the flips fall further.
+	var dwelt []int
+	for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 20}, lls) {
+		dwelt = append(dwelt, st.dominant)
+	}
+	if df := flipsPer100(dwelt); df > rf/4 {
+		t.Errorf("with a 20-bar dwell: %.2f flips per 100 bars, raw %.2f: want at most a quarter", df, rf)
+	}
+}
+
+func TestFilterMemorylessEqualsRaw(t *testing.T) {
+	t.Parallel()
+	lls := [][]float64{{-1, -3, -2}, {-5, 0, -1}, {0, 0, -9}}
+	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1}}
+	for _, ll := range lls {
+		st, err := f.next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range st.raw {
+			if math.Abs(st.raw[j]-st.smoothed[j]) > 1e-12 {
+				t.Fatalf("stickiness 1/R: smoothed %v, raw %v", st.smoothed, st.raw)
+			}
+		}
+	}
+}
+
+func TestFilterHysteresisAndDwell(t *testing.T) {
+	t.Parallel()
+	// Memoryless, so smoothed = raw: p(regime 1) per bar.
+	p1 := []float64{0.1, 0.55, 0.65, 0.9, 0.1, 0.9, 0.9}
+	var lls [][]float64
+	for _, p := range p1 {
+		lls = append(lls, []float64{math.Log(1 - p), math.Log(p)})
+	}
+	dominants := func(cfg Smoothing) []int {
+		var out []int
+		for _, st := range run(t, cfg, lls) {
+			out = append(out, st.dominant)
+		}
+		return out
+	}
+	equal := func(a, b []int) bool {
+		for i := range a {
+			if a[i] != b[i] {
+				return false
+			}
+		}
+		return len(a) == len(b)
+	}
+	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 1}), []int{0, 1, 1, 1, 0, 1, 1}; !equal(got, want) {
+		t.Errorf("no hysteresis: %v, want %v", got, want)
+	}
+	// A challenger needs 0.2 more: 0.55 vs 0.45 is not enough, 0.65 vs 0.35 is.
+	if got, want := dominants(Smoothing{Stickiness: 0.5, Hysteresis: 0.2, MinDwell: 1}), []int{0, 0, 1, 1, 0, 1, 1}; !equal(got, want) {
+		t.Errorf("hysteresis 0.2: %v, want %v", got, want)
+	}
+	// Held at least 3 bars after a change.
+	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 3}), []int{0, 0, 0, 1, 1, 1, 1}; !equal(got, want) {
+		t.Errorf("min dwell 3: %v, want %v", got, want)
+	}
+}
