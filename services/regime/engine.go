@@ -1,0 +1,424 @@
+package regime
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/features"
+	"github.com/quantmesh/quantmesh/pkg/stream"
+)
+
+// DefaultSymbol names the default model's activation: the model of every
+// symbol without its own.
+const DefaultSymbol = "*"
+
+// Engine is RegimeService's live state: per-symbol feature windows and
+// smoothing filters, the active models, the latest regime state of every
+// symbol and the stream of states. Ingest and activation are serialised by
+// one lock (their effects are ordered by the service-wide sequence);
+// classification is in memory and the write of each ingest message is one
+// transaction.
+type Engine struct {
+	st  Store
+	log *slog.Logger
+	now func() time.Time
+	ins *instruments
+
+	mu      sync.Mutex
+	symbols *lru.Cache[string, *symbolState] // hit rate: quantmesh_regime_feature_cache_*
+	models  *lru.Cache[string, *loadedModel]
+	active  map[string]string // symbol → model id
+	latest  map[string]*regimev1.RegimeState
+	seq     uint64
+
+	broker *stream.Broker[*regimev1.RegimeState]
+}
+
+// EngineConfig sizes the engine's caches.
+type EngineConfig struct {
+	// Symbols is how many symbols keep their feature windows and filter in
+	// memory; others are rebuilt from stored bars when they next need
+	// them. 0 means 10,000.
+	Symbols int
+	// Models is how many fitted models stay decoded in memory; 0 means 64.
+	Models int
+	// Retained is how many recent states are kept in memory for streams;
+	// older ones are read from the store. 0 means 65,536.
+	Retained int
+}
+
+// symbolState is one symbol's live state under its active model.
+type symbolState struct {
+	symbol   string
+	model    *loadedModel // nil when no model is active for the symbol
+	comp     *features.Computer
+	filter   filter
+	lastBar  Bar
+	hasBar   bool
+	vec, buf []float64
+}
+
+// NewEngine loads the active models, the latest states and the last
+// sequence from st.
+func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger, ins *instruments) (*Engine, error) {
+	if cfg.Symbols <= 0 {
+		cfg.Symbols = 10_000
+	}
+	if cfg.Models <= 0 {
+		cfg.Models = 64
+	}
+	if cfg.Retained <= 0 {
+		cfg.Retained = 65_536
+	}
+	if ins == nil {
+		ins, _ = newInstruments(nil)
+	}
+	e := &Engine{st: st, log: log, now: time.Now, ins: ins}
+	var err error
+	if e.symbols, err = lru.New[string, *symbolState](cfg.Symbols); err != nil {
+		return nil, err
+	}
+	if e.models, err = lru.New[string, *loadedModel](cfg.Models); err != nil {
+		return nil, err
+	}
+	if e.active, err = st.Activations(ctx); err != nil {
+		return nil, err
+	}
+	if e.latest, err = st.Latest(ctx); err != nil {
+		return nil, err
+	}
+	if e.seq, err = st.LastSequence(ctx); err != nil {
+		return nil, err
+	}
+	e.broker = stream.NewBroker[*regimev1.RegimeState](e.seq, cfg.Retained)
+	return e, nil
+}
+
+// model returns a decoded model, loading it when needed.
+func (e *Engine) model(ctx context.Context, id string) (*loadedModel, error) {
+	if lm, ok := e.models.Get(id); ok {
+		return lm, nil
+	}
+	sm, err := e.st.GetModel(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	lm, err := loadModel(sm)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", id, err)
+	}
+	e.models.Add(id, lm)
+	return lm, nil
+}
+
+// activeModelID is the id of the model active for symbol: its own, or the
+// default.
+func (e *Engine) activeModelID(symbol string) string {
+	if id, ok := e.active[symbol]; ok {
+		return id
+	}
+	return e.active[DefaultSymbol]
+}
+
+// state returns symbol's live state, rebuilding it from the store when it
+// is not cached: the active model, the feature windows from the last bars,
+// and the filter from the latest state under that model. Callers hold
+// e.mu.
+func (e *Engine) state(ctx context.Context, symbol string) (*symbolState, error) {
+	if st, ok := e.symbols.Get(symbol); ok {
+		e.ins.cache(ctx, true)
+		return st, nil
+	}
+	e.ins.cache(ctx, false)
+	st := &symbolState{symbol: symbol}
+	specs := features.DefaultSpecs()
+	if id := e.activeModelID(symbol); id != "" {
+		lm, err := e.model(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		st.model, specs = lm, lm.specs
+	}
+	comp, err := features.NewComputer(specs)
+	if err != nil {
+		return nil, err
+	}
+	st.comp = comp
+	st.vec, st.buf = make([]float64, comp.Len()), make([]float64, comp.Len())
+	bars, err := e.st.LastBars(ctx, symbol, comp.Warmup())
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range bars {
+		// Stored bars were valid when ingested; a feature error here means
+		// a model needing volumes on bars without them: the windows stay
+		// short and the symbol waits for new bars.
+		_, _ = comp.Update(point(b), st.vec)
+	}
+	if n := len(bars); n > 0 {
+		st.lastBar, st.hasBar = bars[n-1], true
+	}
+	if prev := e.latest[symbol]; prev != nil && st.model != nil && prev.GetModelId() == st.model.id {
+		st.filter = filter{cfg: st.model.smoothing, probs: append([]float64(nil), prev.GetSmoothedProbabilities()...),
+			dominant: int(prev.GetDominantRegime()), dwell: prev.GetDwellBars()}
+	} else if st.model != nil {
+		st.filter = filter{cfg: st.model.smoothing}
+	}
+	e.symbols.Add(symbol, st)
+	return st, nil
+}
+
+func point(b Bar) features.Point {
+	return features.Point{Close: b.Close, Volume: b.Volume, HasVolume: b.HasVolume}
+}
+
+// IngestResult is what one ingest message did.
+type IngestResult struct {
+	Accepted, Duplicate int
+	States              []*regimev1.RegimeState
+	// Last holds, per symbol of the message, its latest bar time and the
+	// sequence of its latest state (0 when none yet).
+	Last map[string]SymbolLast
+}
+
+// SymbolLast is a symbol's position after an ingest message.
+type SymbolLast struct {
+	BarTime  time.Time
+	Sequence uint64
+}
+
+// Ingest applies one message of bars, in order, as a whole: bars are
+// checked against each symbol's stored history first (times strictly
+// increase per symbol; an exact copy of a stored bar is a duplicate and
+// skipped); an invalid bar rejects the message with nothing written. Then
+// each new bar updates its symbol's features and, with an active model and
+// filled windows, gives a regime state; bars and states commit in one
+// transaction, after which the states are published.
+func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	res := IngestResult{Last: map[string]SymbolLast{}}
+	accept := make([]bool, len(bars))
+	var v apierr.Violations
+	tentative := map[string]time.Time{}
+	for i, b := range bars {
+		st, err := e.state(ctx, b.Symbol)
+		if err != nil {
+			return res, err
+		}
+		last, seen := tentative[b.Symbol]
+		if !seen && st.hasBar {
+			last, seen = st.lastBar.Time, true
+		}
+		field := fmt.Sprintf("bars[%d]", i)
+		switch {
+		case seen && !b.Time.After(last):
+			if st.hasBar && !b.Time.After(st.lastBar.Time) {
+				stored, err := e.storedBar(ctx, st, b)
+				if err != nil {
+					return res, err
+				}
+				if stored != nil && sameBar(*stored, b) {
+					res.Duplicate++
+					continue
+				}
+			}
+			v.Add(field+".time", "%s is not after the symbol's latest bar %s and is not an exact copy of a stored bar",
+				b.Time.Format(time.RFC3339Nano), last.Format(time.RFC3339Nano))
+			continue
+		case st.model != nil && st.model.needsVolume && !b.HasVolume:
+			v.Add(field+".volume", "required: model %s computes a volume z-score", st.model.id)
+			continue
+		}
+		tentative[b.Symbol] = b.Time
+		accept[i] = true
+	}
+	if err := v.Err(); err != nil {
+		return IngestResult{}, err
+	}
+
+	// Apply. Failures below (the commit) evict the touched symbols, which
+	// are rebuilt from the store on their next use.
+	touched := map[string]*symbolState{}
+	seq0 := e.seq
+	var write Write
+	for i, b := range bars {
+		if !accept[i] {
+			continue
+		}
+		st, err := e.state(ctx, b.Symbol)
+		if err != nil {
+			e.rollback(touched, seq0)
+			return IngestResult{}, err
+		}
+		touched[b.Symbol] = st
+		write.Bars = append(write.Bars, b)
+		state, err := e.apply(st, b)
+		if err != nil {
+			e.rollback(touched, seq0)
+			return IngestResult{}, err
+		}
+		if state != nil {
+			write.States = append(write.States, state)
+		}
+	}
+	start := time.Now()
+	if err := e.st.Commit(ctx, write); err != nil {
+		e.rollback(touched, seq0)
+		return IngestResult{}, err
+	}
+	e.ins.ingested(ctx, len(write.Bars), len(write.States), time.Since(start))
+	for _, s := range write.States {
+		e.latest[s.GetSymbol()] = s
+	}
+	e.broker.Publish(write.States)
+	res.Accepted, res.States = len(write.Bars), write.States
+	for sym, st := range touched {
+		sl := SymbolLast{BarTime: st.lastBar.Time}
+		if l := e.latest[sym]; l != nil {
+			sl.Sequence = l.GetSequence()
+		}
+		res.Last[sym] = sl
+	}
+	for _, b := range bars {
+		if _, ok := res.Last[b.Symbol]; !ok {
+			st, _ := e.symbols.Peek(b.Symbol)
+			sl := SymbolLast{}
+			if st != nil {
+				sl.BarTime = st.lastBar.Time
+			}
+			if l := e.latest[b.Symbol]; l != nil {
+				sl.Sequence = l.GetSequence()
+			}
+			res.Last[b.Symbol] = sl
+		}
+	}
+	return res, nil
+}
+
+// storedBar finds the stored bar at b's time.
+func (e *Engine) storedBar(ctx context.Context, st *symbolState, b Bar) (*Bar, error) {
+	if st.hasBar && st.lastBar.Time.Equal(b.Time) {
+		return &st.lastBar, nil
+	}
+	return e.st.BarAt(ctx, b.Symbol, b.Time)
+}
+
+func sameBar(a, b Bar) bool {
+	return a.Time.Equal(b.Time) && a.Open == b.Open && a.High == b.High && a.Low == b.Low && a.Close == b.Close &&
+		a.HasVolume == b.HasVolume && (!a.HasVolume || a.Volume == b.Volume)
+}
+
+// rollback forgets the effects of a failed message: the touched symbols
+// are rebuilt from the store when next used, and the sequence returns to
+// where it was.
+func (e *Engine) rollback(touched map[string]*symbolState, seq uint64) {
+	for sym := range touched {
+		e.symbols.Remove(sym)
+	}
+	e.seq = seq
+}
+
+// apply adds a bar to a symbol's windows and, when a model is active and
+// the windows are filled, classifies it.
+func (e *Engine) apply(st *symbolState, b Bar) (*regimev1.RegimeState, error) {
+	ready, err := st.comp.Update(point(b), st.vec)
+	if err != nil {
+		return nil, err
+	}
+	st.lastBar, st.hasBar = b, true
+	if !ready || st.model == nil {
+		return nil, nil
+	}
+	return e.classify(st, b)
+}
+
+// classify turns the symbol's current feature vector into the next regime
+// state.
+func (e *Engine) classify(st *symbolState, b Bar) (*regimev1.RegimeState, error) {
+	lm := st.model
+	logLik := lm.regimeLogLik(st.vec, st.buf)
+	step, err := st.filter.next(logLik, lm.prior)
+	if err != nil {
+		return nil, err
+	}
+	e.seq++
+	state := &regimev1.RegimeState{
+		Symbol: st.symbol, Sequence: e.seq, BarTime: timestamppb.New(b.Time), Close: b.Close, ModelId: lm.id,
+		Features:              append([]float64(nil), st.vec...),
+		RawProbabilities:      step.raw,
+		SmoothedProbabilities: step.smoothed,
+		DominantRegime:        int32(step.dominant),
+		RawDominantRegime:     int32(step.rawDominant),
+		Entropy:               step.entropy,
+		RawEntropy:            step.rawEntropy,
+		DwellBars:             step.dwell,
+	}
+	if prev := e.latest[st.symbol]; prev != nil && prev.GetModelId() == lm.id {
+		state.Flipped = prev.GetDominantRegime() != state.DominantRegime
+		if prev.GetRawDominantRegime() != state.RawDominantRegime {
+			e.ins.flips.Add(context.Background(), 1, e.ins.raw)
+		}
+		if state.Flipped {
+			e.ins.flips.Add(context.Background(), 1, e.ins.smoothed)
+		}
+	}
+	return state, nil
+}
+
+// Latest returns a symbol's latest state.
+func (e *Engine) Latest(symbol string) *regimev1.RegimeState {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.latest[symbol]
+}
+
+// Readiness explains why a symbol has no state: no bars, no model, or
+// windows not yet filled (how many bars more).
+func (e *Engine) Readiness(ctx context.Context, symbol string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	st, err := e.state(ctx, symbol)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !st.hasBar:
+		return apierr.NotFound("symbol", symbol)
+	case st.model == nil:
+		return apierr.FailedPrecondition("NO_ACTIVE_MODEL", "no model is active for %s (neither its own nor the default %q); fit one or activate one", symbol, DefaultSymbol)
+	case st.comp.Bars() < st.comp.Warmup():
+		return apierr.FailedPrecondition("FEATURE_WINDOWS_NOT_FILLED", "%s needs %d more bars before its first regime (the longest feature window plus one)",
+			symbol, st.comp.Warmup()-st.comp.Bars())
+	}
+	return apierr.FailedPrecondition("NO_REGIME_YET", "%s has no regime state yet", symbol)
+}
+
+// Snapshot returns the latest state of the symbols (every symbol when
+// empty), in symbol order, and the last sequence they reflect.
+func (e *Engine) Snapshot(symbols map[string]bool) ([]*regimev1.RegimeState, uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []*regimev1.RegimeState
+	for sym, st := range e.latest {
+		if len(symbols) == 0 || symbols[sym] {
+			out = append(out, st)
+		}
+	}
+	sortStates(out)
+	return out, e.seq
+}
+
+func sortStates(states []*regimev1.RegimeState) {
+	slices.SortFunc(states, func(a, b *regimev1.RegimeState) int { return strings.Compare(a.GetSymbol(), b.GetSymbol()) })
+}
