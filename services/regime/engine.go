@@ -422,3 +422,111 @@ func (e *Engine) Snapshot(symbols map[string]bool) ([]*regimev1.RegimeState, uin
 func sortStates(states []*regimev1.RegimeState) {
 	slices.SortFunc(states, func(a, b *regimev1.RegimeState) int { return strings.Compare(a.GetSymbol(), b.GetSymbol()) })
 }
+
+// Activate makes model the active model of symbols ("*": the default).
+// Each affected symbol with bars has its latest bar reclassified at once
+// under the new model (its filter restarts there from the model's regime
+// weights), giving a new state. Symbols already on the model are left
+// alone.
+func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string) ([]*regimev1.RegimeState, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	lm, err := e.model(ctx, modelID)
+	if err != nil {
+		return nil, err
+	}
+	var change []string
+	for _, sym := range symbols {
+		if e.active[sym] != modelID {
+			change = append(change, sym)
+		}
+	}
+	if len(change) == 0 {
+		return nil, nil
+	}
+	prevActive := make(map[string]string, len(e.active))
+	for k, v := range e.active {
+		prevActive[k] = v
+	}
+	seq0 := e.seq
+	for _, sym := range change {
+		e.active[sym] = modelID
+	}
+	// The symbols whose model changes: the named ones, and with "*" every
+	// symbol without its own activation.
+	affected := map[string]bool{}
+	for _, sym := range change {
+		if sym != DefaultSymbol {
+			affected[sym] = true
+		}
+	}
+	if slices.Contains(change, DefaultSymbol) {
+		all, err := e.st.Symbols(ctx)
+		if err != nil {
+			e.active = prevActive
+			return nil, err
+		}
+		for _, sym := range all {
+			if _, own := e.active[sym]; !own {
+				affected[sym] = true
+			}
+		}
+	}
+	restore := func() {
+		e.active, e.seq = prevActive, seq0
+		for sym := range affected {
+			e.symbols.Remove(sym)
+		}
+	}
+	var states []*regimev1.RegimeState
+	for _, sym := range sortedKeys(affected) {
+		e.symbols.Remove(sym)
+		st, err := e.state(ctx, sym)
+		if err != nil {
+			restore()
+			return nil, err
+		}
+		if !st.hasBar || st.comp.Bars() < st.comp.Warmup() || st.model != lm {
+			continue
+		}
+		st.filter = filter{cfg: lm.smoothing}
+		state, err := e.classify(st, st.lastBar)
+		if err != nil {
+			restore()
+			return nil, err
+		}
+		states = append(states, state)
+	}
+	if err := e.st.Activate(ctx, modelID, change, e.now(), states); err != nil {
+		restore()
+		return nil, err
+	}
+	for _, s := range states {
+		e.latest[s.GetSymbol()] = s
+	}
+	e.broker.Publish(states)
+	return states, nil
+}
+
+// ActiveSymbols returns the symbols model is active for, sorted.
+func (e *Engine) ActiveSymbols(modelID string) []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for sym, id := range e.active {
+		if id == modelID {
+			out = append(out, sym)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -298,6 +298,24 @@ func (s *SQLStore) Activate(ctx context.Context, modelID string, symbols []strin
 	return store.Err("activate model", err)
 }
 
+// Symbols implements Store.
+func (s *SQLStore) Symbols(ctx context.Context) ([]string, error) {
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT DISTINCT symbol FROM regime_bars ORDER BY symbol`)
+	if err != nil {
+		return nil, store.Err("symbols", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var sym string
+		if err := rows.Scan(&sym); err != nil {
+			return nil, store.Err("symbols", err)
+		}
+		out = append(out, sym)
+	}
+	return out, store.Err("symbols", rows.Err())
+}
+
 // Activations implements Store.
 func (s *SQLStore) Activations(ctx context.Context) (map[string]string, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT symbol, model_id FROM regime_activations`)

@@ -50,6 +50,9 @@ func TestStoreContract(t *testing.T) {
 		if err := st.Commit(ctx, Write{Bars: bars[:1]}); err == nil {
 			t.Error("a stored bar was stored again")
 		}
+		if syms, err := st.Symbols(ctx); err != nil || len(syms) != 1 || syms[0] != "DAX" {
+			t.Errorf("symbols: %v %v", syms, err)
+		}
 		if seq, err := st.LastSequence(ctx); err != nil || seq != 3 {
 			t.Errorf("last sequence %d %v", seq, err)
 		}

@@ -82,6 +82,8 @@ type Store interface {
 	// Activate makes model the active model of symbols and stores the
 	// states of the reclassified symbols, in one transaction.
 	Activate(ctx context.Context, modelID string, symbols []string, at time.Time, states []*regimev1.RegimeState) error
+	// Symbols returns every symbol with stored bars, sorted.
+	Symbols(ctx context.Context) ([]string, error)
 	// Activations returns every symbol's active model id.
 	Activations(ctx context.Context) (map[string]string, error)
 	// Latest returns every symbol's latest state.

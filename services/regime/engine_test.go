@@ -1,0 +1,172 @@
+package regime
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"math"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/features"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/store/storetest"
+)
+
+// fakeMixture is a one-feature Gaussian mixture on the first feature.
+type fakeMixture struct {
+	W, Mu []float64
+	Sigma float64
+}
+
+func (f *fakeMixture) Components() int { return len(f.W) }
+
+func (f *fakeMixture) LogProb(x, out []float64) {
+	for k := range f.W {
+		d := (x[0] - f.Mu[k]) / f.Sigma
+		out[k] = math.Log(f.W[k]) - 0.5*d*d
+	}
+}
+
+func init() {
+	if decodeMixture == nil {
+		decodeMixture = func(b []byte) (mixture, error) {
+			var f fakeMixture
+			return &f, json.Unmarshal(b, &f)
+		}
+	}
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// fakeModel stores a two-regime model on the default features: calm
+// (log return near 0) and crash (near -0.05).
+func fakeModel(t *testing.T, st Store, id string, activate ...string) {
+	t.Helper()
+	mix, _ := json.Marshal(&fakeMixture{W: []float64{0.8, 0.2}, Mu: []float64{0, -0.05}, Sigma: 0.01})
+	var specs []*regimev1.FeatureSpec
+	for _, s := range features.DefaultSpecs() {
+		specs = append(specs, &regimev1.FeatureSpec{Kind: regimev1.FeatureKind(s.Kind), Window: int32(s.Window)})
+	}
+	m := &regimev1.Model{
+		ModelId: id, CreateTime: timestamppb.Now(),
+		Features:  &regimev1.FeatureConfig{Features: specs},
+		Smoothing: &regimev1.SmoothingConfig{Stickiness: proto.Float64(0.9), Hysteresis: proto.Float64(0), MinDwellBars: proto.Int32(1)},
+		Regimes:   []*regimev1.Regime{{Index: 0, Label: "r0", Weight: 0.8}, {Index: 1, Label: "r1", Weight: 0.2}},
+	}
+	if err := st.CreateModel(context.Background(), StoredModel{Model: m, Mixture: mix, Meta: ModelMeta{Components: []int{0, 1}}}, activate, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func series(symbol string, from time.Time, closes ...float64) []Bar {
+	bars := make([]Bar, len(closes))
+	for i, c := range closes {
+		bars[i] = Bar{Symbol: symbol, Time: from.Add(time.Duration(i) * time.Hour), Open: c, High: c, Low: c, Close: c}
+	}
+	return bars
+}
+
+func walkCloses(n int) []float64 {
+	out := make([]float64, n)
+	c := 100.0
+	for i := range out {
+		c *= math.Exp(0.001 * math.Sin(float64(i)))
+		out[i] = c
+	}
+	return out
+}
+
+func TestEngineIngest(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		st := NewSQLStore(db)
+		fakeModel(t, st, "0192f1f0-5b7e-7c3a-9d2e-000000000001", DefaultSymbol)
+		e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+		closes := walkCloses(40)
+		closes[35] = closes[34] * math.Exp(-0.05) // a crash bar
+		bars := series("DAX", t0, closes...)
+		res, err := e.Ingest(ctx, bars[:20])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Accepted != 20 || len(res.States) != 0 {
+			t.Fatalf("during the 31-bar warm-up: %d accepted, %d states", res.Accepted, len(res.States))
+		}
+		if err := e.Readiness(ctx, "DAX"); !errors.Is(err, apierr.ErrFailedPrecondition) {
+			t.Errorf("readiness during warm-up: %v", err)
+		}
+		// Resending is safe; a bar going back in time is not.
+		res, err = e.Ingest(ctx, append(bars[18:20:20], bars[20:40]...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Duplicate != 2 || res.Accepted != 20 || len(res.States) != 10 {
+			t.Fatalf("second message: %d accepted, %d duplicates, %d states", res.Accepted, res.Duplicate, len(res.States))
+		}
+		crash := res.States[35-30]
+		if crash.GetRawDominantRegime() != 1 || crash.GetSequence() != 6 || len(crash.GetFeatures()) != 6 {
+			t.Errorf("the crash bar: %v", crash)
+		}
+		if s := res.States[0]; s.GetDominantRegime() != 0 || math.Abs(s.GetSmoothedProbabilities()[0]+s.GetSmoothedProbabilities()[1]-1) > 1e-12 {
+			t.Errorf("a calm bar: %v", s)
+		}
+		moved := bars[39]
+		moved.Close++
+		_, err = e.Ingest(ctx, []Bar{series("SMI", t0, 1)[0], moved})
+		var inv *apierr.InvalidError
+		if !errors.As(err, &inv) || inv.Violations[0].Field != "bars[1].time" {
+			t.Fatalf("a changed copy of a stored bar: %v", err)
+		}
+		if got, _ := st.LastBars(ctx, "SMI", 1); len(got) != 0 {
+			t.Error("the rejected message wrote its valid bar")
+		}
+		last := e.Latest("DAX")
+
+		// A restart continues the sequence and the filter.
+		e2, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(e2.Latest("DAX"), last) {
+			t.Errorf("latest state after a restart differs")
+		}
+		next := series("DAX", bars[39].Time.Add(time.Hour), closes[39]*1.0001)
+		res2, err := e2.Ingest(ctx, next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res1, err := e.Ingest(ctx, next) // the same bar through the first engine's memory
+		if err == nil && res1.Duplicate != 1 {
+			t.Errorf("the first engine took the bar again: %+v", res1)
+		}
+		if s := res2.States[0]; s.GetSequence() != last.GetSequence()+1 || s.GetDwellBars() != last.GetDwellBars()+1 {
+			t.Errorf("after restart: %v (before: sequence %d dwell %d)", s, last.GetSequence(), last.GetDwellBars())
+		}
+
+		// Activating another model reclassifies the latest bar at once.
+		fakeModel(t, st, "0192f1f0-5b7e-7c3a-9d2e-000000000002")
+		states, err := e2.Activate(ctx, "0192f1f0-5b7e-7c3a-9d2e-000000000002", []string{"DAX"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(states) != 1 || states[0].GetModelId() != "0192f1f0-5b7e-7c3a-9d2e-000000000002" || states[0].GetDwellBars() != 1 || !states[0].GetBarTime().AsTime().Equal(next[0].Time) {
+			t.Errorf("activation: %v", states)
+		}
+		if again, err := e2.Activate(ctx, "0192f1f0-5b7e-7c3a-9d2e-000000000002", []string{"DAX"}); err != nil || len(again) != 0 {
+			t.Errorf("activating the active model: %v %v", again, err)
+		}
+	})
+}
