@@ -262,7 +262,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 
 // MigrationSets lists the schema of every service that keeps state.
 func MigrationSets() []store.MigrationSet {
-	return []store.MigrationSet{experiment.Migrations(), risk.Migrations(), inference.Migrations()}
+	return []store.MigrationSet{experiment.Migrations(), risk.Migrations(), inference.Migrations(), regime.Migrations()}
 }
 
 func (m *Mesh) migrations() []store.MigrationSet {
@@ -315,7 +315,17 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 			}
 			regs = append(regs, reg)
 		case Regime:
-			regs = append(regs, regime.New(log).Registration())
+			eng, err := regime.NewEngine(ctx, regime.EngineConfig{}, regime.NewSQLStore(m.DB), log, m.tel.Meter("quantmesh/regime"))
+			if err != nil {
+				return nil, err
+			}
+			srv := regime.New(eng, log)
+			m.runners = append(m.runners, func(ctx context.Context) {
+				if err := srv.ConsumeBars(ctx, m.Bus); err != nil && ctx.Err() == nil {
+					log.Error("market.bars consumer stopped", "err", err)
+				}
+			})
+			regs = append(regs, srv.Registration())
 		case MetaController:
 			regs = append(regs, metacontroller.New(log).Registration())
 		case Inference:

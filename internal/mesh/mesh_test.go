@@ -96,6 +96,14 @@ var built = map[string]bool{
 	inferencev1.InferenceService_GetModelStatus_FullMethodName:        true,
 	inferencev1.InferenceService_ListDecisions_FullMethodName:         true,
 
+	regimev1.RegimeService_GetModel_FullMethodName:         true,
+	regimev1.RegimeService_ListModels_FullMethodName:       true,
+	regimev1.RegimeService_ActivateModel_FullMethodName:    true,
+	regimev1.RegimeService_GetRegime_FullMethodName:        true,
+	regimev1.RegimeService_ClassifyFeatures_FullMethodName: true,
+	regimev1.RegimeService_IngestBars_FullMethodName:       true,
+	regimev1.RegimeService_WatchRegimes_FullMethodName:     true,
+
 	// Checkpoints.
 	experimentv1.ExperimentService_LogCheckpoint_FullMethodName:        true,
 	experimentv1.ExperimentService_ListCheckpoints_FullMethodName:      true,

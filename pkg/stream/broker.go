@@ -73,6 +73,16 @@ func (b *Broker[T]) Since(after uint64) (msgs []T, covered bool, last uint64, wa
 	return msgs, true, last, wait
 }
 
+// First returns the sequence of the oldest retained message, 0 when none.
+func (b *Broker[T]) First() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.size == 0 {
+		return 0
+	}
+	return b.ring[(b.next-b.size+len(b.ring))%len(b.ring)].GetSequence()
+}
+
 // Last returns the highest published sequence.
 func (b *Broker[T]) Last() uint64 {
 	b.mu.Lock()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
@@ -69,8 +70,8 @@ type symbolState struct {
 }
 
 // NewEngine loads the active models, the latest states and the last
-// sequence from st.
-func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger, ins *instruments) (*Engine, error) {
+// sequence from st. meter may be nil.
+func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger, meter metric.Meter) (*Engine, error) {
 	if cfg.Symbols <= 0 {
 		cfg.Symbols = 10_000
 	}
@@ -80,11 +81,11 @@ func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger
 	if cfg.Retained <= 0 {
 		cfg.Retained = 65_536
 	}
-	if ins == nil {
-		ins, _ = newInstruments(nil)
+	ins, err := newInstruments(meter)
+	if err != nil {
+		return nil, err
 	}
 	e := &Engine{st: st, log: log, now: time.Now, ins: ins}
-	var err error
 	if e.symbols, err = lru.New[string, *symbolState](cfg.Symbols); err != nil {
 		return nil, err
 	}
@@ -189,6 +190,13 @@ type IngestResult struct {
 	// Last holds, per symbol of the message, its latest bar time and the
 	// sequence of its latest state (0 when none yet).
 	Last map[string]SymbolLast
+	// PerSymbol counts the message's bars by symbol.
+	PerSymbol map[string]SymbolCounts
+}
+
+// SymbolCounts is what a message did for one symbol.
+type SymbolCounts struct {
+	Accepted, Duplicate int
 }
 
 // SymbolLast is a symbol's position after an ingest message.
@@ -207,7 +215,7 @@ type SymbolLast struct {
 func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	res := IngestResult{Last: map[string]SymbolLast{}}
+	res := IngestResult{Last: map[string]SymbolLast{}, PerSymbol: map[string]SymbolCounts{}}
 	accept := make([]bool, len(bars))
 	var v apierr.Violations
 	tentative := map[string]time.Time{}
@@ -230,6 +238,9 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 				}
 				if stored != nil && sameBar(*stored, b) {
 					res.Duplicate++
+					c := res.PerSymbol[b.Symbol]
+					c.Duplicate++
+					res.PerSymbol[b.Symbol] = c
 					continue
 				}
 			}
@@ -263,6 +274,9 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 		}
 		touched[b.Symbol] = st
 		write.Bars = append(write.Bars, b)
+		c := res.PerSymbol[b.Symbol]
+		c.Accepted++
+		res.PerSymbol[b.Symbol] = c
 		state, err := e.apply(st, b)
 		if err != nil {
 			e.rollback(touched, seq0)
