@@ -51,10 +51,11 @@ type fitter struct {
 	resp         []float64 // responsibilities r_nk, n×k
 
 	chunk, chunks, workers int
-	scratch                [][]float64 // per-worker scratch, d + k each
+	scratch                [][]float64 // per-worker scratch, k each
 	pNk, pSx, pEnt, pS     []float64   // per-chunk sums: N_k, Σ r x, Σ r ln r, S_k (packed upper triangle)
 
 	nk      []float64 // N_k
+	dk      []float64 // x̄_k − m₀, d
 	xk      []float64 // x̄_k, k×d
 	sk      []float64 // S_k, k×d×d
 	cur     *Model    // the parameters being fitted
@@ -77,11 +78,11 @@ func newFitter(x []float64, n, d int, c Config) *fitter {
 		chunk: chunk, chunks: chunks, workers: workers,
 		pNk: make([]float64, chunks*k), pSx: make([]float64, chunks*k*d),
 		pEnt: make([]float64, chunks), pS: make([]float64, chunks*k*tri),
-		nk: make([]float64, k), xk: make([]float64, k*d), sk: make([]float64, k*d*d),
+		nk: make([]float64, k), dk: make([]float64, d), xk: make([]float64, k*d), sk: make([]float64, k*d*d),
 	}
 	f.scratch = make([][]float64, workers)
 	for w := range f.scratch {
-		f.scratch[w] = make([]float64, d+k)
+		f.scratch[w] = make([]float64, k)
 	}
 	mc := c
 	mc.Workers = 0 // not a property of the model
@@ -352,7 +353,6 @@ func (f *fitter) initResp(ctx context.Context, given [][]float64, method Init, r
 // the chunk's responsibilities from the current parameters and sums
 // r ln r).
 func (f *fitter) sums(c int, scratch []float64, eStep bool) {
-	diff := scratch[:f.d]
 	n, d, k := f.n, f.d, f.k
 	nk := f.pNk[c*k : (c+1)*k]
 	sx := f.pSx[c*k*d : (c+1)*k*d]
@@ -365,12 +365,12 @@ func (f *fitter) sums(c int, scratch []float64, eStep bool) {
 		if eStep {
 			// r = exp(w − logsumexp(w)), w = log ρ: computed as
 			// e/Σe with e = exp(w − max w), one exp per component.
-			f.cur.weightedLogProb(x, row, diff)
+			f.cur.weightedLogProb(x, row)
 			hi := row[0]
 			for _, v := range row[1:] {
 				hi = max(hi, v)
 			}
-			e := scratch[d : d+k]
+			e := scratch[:k]
 			s := 0.0
 			for j, v := range row {
 				e[j] = math.Exp(v - hi)
@@ -402,30 +402,18 @@ func (f *fitter) sums(c int, scratch []float64, eStep bool) {
 
 // scatter computes, for one chunk, Σ r (x − x̄_k)(x − x̄_k)ᵀ, upper triangle
 // packed by rows.
-func (f *fitter) scatter(c int, scratch []float64) {
+func (f *fitter) scatter(c int, _ []float64) {
 	n, d, k, tri := f.n, f.d, f.k, f.tri
-	diff := scratch[:d]
 	ps := f.pS[c*k*tri : (c+1)*k*tri]
 	clear(ps)
+	_, scatter := kernels(d)
 	for i := c * f.chunk; i < min(n, (c+1)*f.chunk); i++ {
 		x := f.x[i*d : i*d+d]
 		for j, rk := range f.resp[i*k : i*k+k] {
 			if rk == 0 {
 				continue
 			}
-			mu := f.xk[j*d : j*d+d]
-			for a, v := range x {
-				diff[a] = v - mu[a]
-			}
-			s := ps[j*tri : (j+1)*tri]
-			for a, da := range diff {
-				ra := rk * da
-				seg := s[:d-a]
-				s = s[d-a:]
-				for b, db := range diff[a:] {
-					seg[b] += ra * db
-				}
-			}
+			scatter(x, f.xk[j*d:j*d+d], rk, ps[j*tri:(j+1)*tri])
 		}
 	}
 }
@@ -511,7 +499,7 @@ func (f *fitter) mStep(eStep bool) error {
 		}
 	}
 	// Wishart.
-	diff := f.scratch[0][:d]
+	diff := f.dk
 	for j := range k {
 		m.dof[j] = c.DegreesOfFreedom + nk[j]
 		for a := range d {

@@ -25,13 +25,15 @@ type Model struct {
 	weights  []float64 // weights_
 	logConst []float64 // log ρ_k(x) + ½‖(x − m_k) P_k‖², K
 	precT    []float64 // P_kᵀ packed by rows: row j holds P_k[0..j][j], K×D(D+1)/2
+	quad     quadFunc  // the kernel for D
 }
 
 // newModel allocates the parameters of a k-component, d-feature model.
 func newModel(cfg Config, k, d int) *Model {
 	tri := d * (d + 1) / 2
+	quad, _ := kernels(d)
 	return &Model{
-		k: k, d: d, cfg: cfg,
+		k: k, d: d, cfg: cfg, quad: quad,
 		wcA: make([]float64, k), wcB: make([]float64, k),
 		meanPrec: make([]float64, k), means: make([]float64, k*d),
 		dof: make([]float64, k), covs: make([]float64, k*d*d), precChol: make([]float64, k*d*d),
@@ -111,58 +113,14 @@ func (m *Model) logDetPrecChol(k int) float64 {
 	return s
 }
 
-// maxStackFeatures is the largest D whose per-call scratch lives on the
-// stack; larger models compute x − m_k on the fly.
-const maxStackFeatures = 64
-
-// weightedLogProb sets out[k] = log ρ_k(x) for every component; diff has
-// room for D values.
-func (m *Model) weightedLogProb(x, out, diff []float64) {
-	d := m.d
-	tri := d * (d + 1) / 2
-	x = x[:d]
-	diff = diff[:d]
-	out = out[:m.k]
-	for k := range out {
-		mu := m.means[k*d : k*d+d]
-		for i, v := range x {
-			diff[i] = v - mu[i]
-		}
-		t := m.precT[k*tri : k*tri+tri]
-		q := 0.0
-		for j := range d {
-			row := t[:j+1]
-			t = t[j+1:]
-			s := 0.0
-			for i, v := range row {
-				s += diff[i] * v
-			}
-			q += s * s
-		}
-		out[k] = m.logConst[k] - 0.5*q
-	}
-}
-
-// weightedLogProbWide is weightedLogProb without scratch, for D >
-// maxStackFeatures.
-func (m *Model) weightedLogProbWide(x, out []float64) {
+// weightedLogProb sets out[k] = log ρ_k(x) for every component.
+func (m *Model) weightedLogProb(x, out []float64) {
 	d := m.d
 	tri := d * (d + 1) / 2
 	x = x[:d]
 	out = out[:m.k]
 	for k := range out {
-		mu := m.means[k*d : k*d+d]
-		t := m.precT[k*tri : k*tri+tri]
-		q := 0.0
-		for j := range d {
-			row := t[:j+1]
-			t = t[j+1:]
-			s := 0.0
-			for i, v := range row {
-				s += (x[i] - mu[i]) * v
-			}
-			q += s * s
-		}
+		q := m.quad(x, m.means[k*d:k*d+d], m.precT[k*tri:k*tri+tri])
 		out[k] = m.logConst[k] - 0.5*q
 	}
 }
@@ -177,12 +135,7 @@ func (m *Model) weightedLogProbWide(x, out []float64) {
 // values. LogProb allocates nothing and is safe for concurrent use.
 func (m *Model) LogProb(x, out []float64) {
 	m.checkArgs(x, out)
-	if m.d <= maxStackFeatures {
-		var buf [maxStackFeatures]float64
-		m.weightedLogProb(x, out, buf[:])
-		return
-	}
-	m.weightedLogProbWide(x, out)
+	m.weightedLogProb(x, out)
 }
 
 // PredictProba sets out[k] to the posterior probability (responsibility)

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"hash/crc32"
 	"math"
+	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 )
@@ -75,7 +77,7 @@ func TestLogProbAllocs(t *testing.T) {
 	}); n != 0 {
 		t.Errorf("%v allocations per call", n)
 	}
-	wide := wideModel(t, maxStackFeatures+1)
+	wide := wideModel(t, maxUnrolled+3)
 	x := make([]float64, wide.Dim())
 	out = make([]float64, wide.Components())
 	if n := testing.AllocsPerRun(20, func() { wide.PredictProba(x, out) }); n != 0 {
@@ -101,19 +103,30 @@ func wideModel(t testing.TB, d int) *Model {
 	return m
 }
 
-// TestWideMatchesNarrow: the kernel without scratch (D > 64) computes what
-// the one with scratch does.
-func TestWideMatchesNarrow(t *testing.T) {
+// TestUnrolledKernels: the unrolled kernels compute what the generic
+// loops do, bit for bit.
+func TestUnrolledKernels(t *testing.T) {
 	t.Parallel()
-	m, X := testModel(t)
-	a := make([]float64, m.Components())
-	b := make([]float64, m.Components())
-	for _, x := range X[:50] {
-		m.LogProb(x, a)
-		m.weightedLogProbWide(x, b)
-		for k := range a {
-			if math.Abs(a[k]-b[k]) > 1e-12*math.Max(1, math.Abs(a[k])) {
-				t.Fatalf("component %d: %v with scratch, %v without", k, a[k], b[k])
+	rng := rand.New(rand.NewPCG(1, 2))
+	for d := 1; d <= maxUnrolled; d++ {
+		tri := d * (d + 1) / 2
+		for range 50 {
+			x, mu, pt := make([]float64, d), make([]float64, d), make([]float64, tri)
+			for i := range d {
+				x[i], mu[i] = rng.NormFloat64()*3, rng.NormFloat64()
+			}
+			for i := range pt {
+				pt[i] = rng.NormFloat64()
+			}
+			if a, b := quadKernels[d](x, mu, pt), quadGeneric(x, mu, pt); a != b {
+				t.Fatalf("D = %d: quad %v unrolled, %v generic", d, a, b)
+			}
+			s1, s2 := slices.Clone(pt), slices.Clone(pt)
+			r := rng.Float64()
+			scatterKernels[d](x, mu, r, s1)
+			scatterGeneric(x, mu, r, s2)
+			if !slices.Equal(s1, s2) {
+				t.Fatalf("D = %d: scatter %v unrolled, %v generic", d, s1, s2)
 			}
 		}
 	}
