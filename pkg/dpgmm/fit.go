@@ -174,6 +174,9 @@ func Fit(ctx context.Context, X [][]float64, cfg Config) (*Model, Report, error)
 		c.MeanPrior = columnMeans(x, n, d)
 	}
 	if c.CovariancePrior == nil {
+		if n <= d {
+			return nil, Report{}, inputErr("X", "%d samples of %d features: the data covariance (the default CovariancePrior) needs more samples than features; add samples or set CovariancePrior", n, d)
+		}
 		cov := covariance(x, n, d, c.MeanPrior)
 		if err := checkDataCovariance(cov, d); err != nil {
 			return nil, Report{}, err

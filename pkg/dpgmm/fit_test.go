@@ -223,6 +223,7 @@ func TestBadInput(t *testing.T) {
 		{"-Inf", with(59, 3, math.Inf(-1)), Config{}, "X[59][3]", "-Inf"},
 		{"one sample", good[:1], Config{Components: 1}, "X", "1 sample, need at least 2"},
 		{"fewer samples than features", good[:3], Config{Components: 1}, "X", "3 samples of 4 features"},
+		{"as many samples as features", good[:4], Config{Components: 1}, "X", "4 samples of 4 features: the data covariance"},
 		{"fewer samples than components", good[:8], Config{Components: 9}, "Components", "9 components for 8 samples"},
 		{"K < 1", good, Config{Components: -1}, "Components", "-1, want 1 to"},
 		{"K too large", good, Config{Components: MaxComponents + 1}, "Components", "want 1 to 10000"},
