@@ -97,6 +97,7 @@ var built = map[string]bool{
 	inferencev1.InferenceService_ListDecisions_FullMethodName:         true,
 
 	regimev1.RegimeService_GetModel_FullMethodName:         true,
+	regimev1.RegimeService_FitModel_FullMethodName:         true,
 	regimev1.RegimeService_ListModels_FullMethodName:       true,
 	regimev1.RegimeService_ActivateModel_FullMethodName:    true,
 	regimev1.RegimeService_GetRegime_FullMethodName:        true,

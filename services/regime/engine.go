@@ -30,10 +30,11 @@ const DefaultSymbol = "*"
 // classification is in memory and the write of each ingest message is one
 // transaction.
 type Engine struct {
-	st  Store
-	log *slog.Logger
-	now func() time.Time
-	ins *instruments
+	st     Store
+	log    *slog.Logger
+	now    func() time.Time
+	ins    *instruments
+	decode func([]byte) (mixture, error) // of stored mixtures
 
 	mu      sync.Mutex
 	symbols *lru.Cache[string, *symbolState] // hit rate: quantmesh_regime_feature_cache_*
@@ -85,7 +86,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	e := &Engine{st: st, log: log, now: time.Now, ins: ins}
+	e := &Engine{st: st, log: log, now: time.Now, ins: ins, decode: decodeMixture}
 	if e.symbols, err = lru.New[string, *symbolState](cfg.Symbols); err != nil {
 		return nil, err
 	}
@@ -114,7 +115,7 @@ func (e *Engine) model(ctx context.Context, id string) (*loadedModel, error) {
 	if err != nil {
 		return nil, err
 	}
-	lm, err := loadModel(sm)
+	lm, err := loadModel(sm, e.decode)
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", id, err)
 	}

@@ -35,13 +35,10 @@ func (f *fakeMixture) LogProb(x, out []float64) {
 	}
 }
 
-func init() {
-	if decodeMixture == nil {
-		decodeMixture = func(b []byte) (mixture, error) {
-			var f fakeMixture
-			return &f, json.Unmarshal(b, &f)
-		}
-	}
+// decodeFake decodes a fakeMixture.
+func decodeFake(b []byte) (mixture, error) {
+	var f fakeMixture
+	return &f, json.Unmarshal(b, &f)
 }
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -94,6 +91,7 @@ func TestEngineIngest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		e.decode = decodeFake
 		t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
 		closes := walkCloses(40)
 		closes[35] = closes[34] * math.Exp(-0.05) // a crash bar
@@ -140,6 +138,7 @@ func TestEngineIngest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		e2.decode = decodeFake
 		if !proto.Equal(e2.Latest("DAX"), last) {
 			t.Errorf("latest state after a restart differs")
 		}

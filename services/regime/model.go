@@ -1,10 +1,10 @@
 package regime
 
 import (
-	"errors"
 	"fmt"
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/features"
 )
 
@@ -18,9 +18,8 @@ type mixture interface {
 	LogProb(x, out []float64)
 }
 
-// decodeMixture decodes a stored mixture; set by the fit code's package
-// initialisation.
-var decodeMixture func([]byte) (mixture, error)
+// decodeMixture decodes a stored pkg/dpgmm mixture.
+func decodeMixture(b []byte) (mixture, error) { return dpgmm.Unmarshal(b) }
 
 // loadedModel is a stored model ready to classify.
 type loadedModel struct {
@@ -37,11 +36,8 @@ type loadedModel struct {
 	smoothing Smoothing
 }
 
-func loadModel(sm StoredModel) (*loadedModel, error) {
-	if decodeMixture == nil {
-		return nil, errors.New("regime: no mixture decoder")
-	}
-	mix, err := decodeMixture(sm.Mixture)
+func loadModel(sm StoredModel, decode func([]byte) (mixture, error)) (*loadedModel, error) {
+	mix, err := decode(sm.Mixture)
 	if err != nil {
 		return nil, err
 	}

@@ -25,17 +25,32 @@ const (
 	modelB = "0192f1f0-5b7e-7c3a-9d2e-00000000000b"
 )
 
-// serveRegime serves RegimeService on db over loopback gRPC.
+// serveRegime serves RegimeService on db over loopback gRPC, with two
+// stand-in models (fakeMixture), A active by default.
 func serveRegime(t *testing.T, db *store.DB) (regimev1.RegimeServiceClient, Store) {
 	t.Helper()
 	st := NewSQLStore(db)
 	fakeModel(t, st, modelA, DefaultSymbol)
 	fakeModel(t, st, modelB)
+	return serveWith(t, db, decodeFake)
+}
+
+// serveRegimeDPGMM serves RegimeService without models, decoding real
+// (pkg/dpgmm) ones.
+func serveRegimeDPGMM(t *testing.T, db *store.DB) (regimev1.RegimeServiceClient, Store) {
+	t.Helper()
+	return serveWith(t, db, decodeMixture)
+}
+
+func serveWith(t *testing.T, db *store.DB, decode func([]byte) (mixture, error)) (regimev1.RegimeServiceClient, Store) {
+	t.Helper()
+	st := NewSQLStore(db)
 	ctx, cancel := context.WithCancel(context.Background())
 	eng, err := NewEngine(ctx, EngineConfig{Retained: 16}, st, quiet, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	eng.decode = decode
 	srv, err := server.New(ctx, server.Options{
 		Config:   server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 2 * time.Second},
 		Services: []server.Registration{New(eng, quiet).Registration()},
