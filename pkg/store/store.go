@@ -3,7 +3,8 @@
 //
 //   - SQLite (modernc.org/sqlite, pure Go): the embedded default. WAL mode, one
 //     writer connection (transactions never contend), several read-only
-//     connections, synchronous=FULL so a committed write survives a crash.
+//     connections, synchronous=FULL so a committed write survives a crash,
+//     and WAL checkpoints in the background rather than inside a commit.
 //   - PostgreSQL through a pgx v5 pool, with TimescaleDB features when the
 //     extension is available.
 //
@@ -17,10 +18,12 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -93,6 +96,13 @@ type DB struct {
 	pool       *pgxpool.Pool
 	timescale  bool
 	display    string
+
+	// SQLite only: the connection the background checkpointer uses, and
+	// how to stop it.
+	ckpt     *sql.DB
+	ckptStop chan struct{}
+	ckptOnce sync.Once
+	ckptDone sync.WaitGroup
 }
 
 // Open connects to the database cfg names and checks that it answers.
@@ -174,9 +184,36 @@ func (db *DB) setupTimescale(ctx context.Context, mode string) error {
 	return nil
 }
 
+// SQLite WAL checkpoints. SQLite's automatic checkpoint runs inside the
+// commit that takes the WAL past 1000 pages: that commit copies the WAL into
+// the database file and fsyncs it, and every write queued behind it waits
+// (a few milliseconds, several times a second under sustained writes). The
+// writer connection therefore runs with wal_autocheckpoint=0, and a
+// goroutine on a connection of its own checkpoints instead:
+//
+//   - every checkpointInterval, a PASSIVE checkpoint copies what the WAL
+//     holds into the database while the writer keeps committing;
+//   - when the WAL holds walRestartPages or more, a second PASSIVE
+//     checkpoint runs between two write transactions (it takes the writer's
+//     turn), so that it copies only what was committed since the first and
+//     leaves the WAL fully checkpointed: the next transaction starts the
+//     WAL over from its beginning (unless a reader still uses it, as with
+//     SQLite's own checkpoints).
+//
+// The WAL stays bounded by what is committed between two checkpoints, and
+// its file is cut back to walSizeLimit when it restarts. Durability does not
+// change: a commit is durable when it returns (synchronous=FULL), and a
+// checkpoint syncs the WAL before and the database file after copying.
+const (
+	checkpointInterval = 100 * time.Millisecond
+	walRestartPages    = 4096
+	walSizeLimit       = 64 << 20
+)
+
 // SQLiteDSN returns the modernc.org/sqlite data source name for a database
 // file: WAL journal, full sync on commit, foreign keys on, a busy timeout,
-// and IMMEDIATE transactions unless readOnly.
+// and IMMEDIATE transactions unless readOnly. A read-write connection does
+// not checkpoint the WAL by itself: Open starts a background checkpointer.
 func SQLiteDSN(path string, readOnly bool) string {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
@@ -186,6 +223,8 @@ func SQLiteDSN(path string, readOnly bool) string {
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "wal_autocheckpoint(0)")
+		q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", walSizeLimit))
 		q.Set("_txlock", "immediate")
 	}
 	return "file:" + path + "?" + q.Encode()
@@ -227,7 +266,68 @@ func openSQLite(ctx context.Context, cfg Config) (*DB, error) {
 	}
 	reader.SetMaxOpenConns(n)
 	reader.SetMaxIdleConns(n)
-	return &DB{dialect: SQLite, writer: writer, reader: reader, writeQueue: make(chan struct{}, 1), display: path}, nil
+	ckpt, err := sql.Open("sqlite", SQLiteDSN(path, false))
+	if err != nil {
+		writer.Close()
+		reader.Close()
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	ckpt.SetMaxOpenConns(1)
+	ckpt.SetConnMaxIdleTime(0)
+	db := &DB{dialect: SQLite, writer: writer, reader: reader, writeQueue: make(chan struct{}, 1), display: path,
+		ckpt: ckpt, ckptStop: make(chan struct{})}
+	db.ckptDone.Go(db.checkpointer)
+	return db, nil
+}
+
+// checkpointer checkpoints the SQLite WAL every checkpointInterval until
+// Close. A failure is logged once, and again when checkpoints work again.
+func (db *DB) checkpointer() {
+	t := time.NewTicker(checkpointInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-db.ckptStop:
+			return
+		case <-t.C:
+		}
+		err := db.checkpoint()
+		switch {
+		case err != nil && !failing:
+			slog.Warn("sqlite checkpoint failed; the WAL grows until one succeeds", "database", db.display, "error", err)
+		case err == nil && failing:
+			slog.Info("sqlite checkpoint recovered", "database", db.display)
+		}
+		failing = err != nil
+	}
+}
+
+// checkpoint runs one background checkpoint; see checkpointInterval.
+func (db *DB) checkpoint() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	pages, copied, err := db.walCheckpoint(ctx)
+	// copied < pages: a reader still needs part of the WAL, and a second
+	// checkpoint could not restart it either.
+	if err != nil || pages < walRestartPages || copied < pages {
+		return err
+	}
+	release, err := db.acquireWrite(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	_, _, err = db.walCheckpoint(ctx)
+	return err
+}
+
+// walCheckpoint runs a PASSIVE checkpoint: it returns the number of pages
+// in the WAL and how many of them are now in the database file.
+func (db *DB) walCheckpoint(ctx context.Context) (pages, copied int, err error) {
+	var busy int
+	err = db.ckpt.QueryRowContext(ctx, `PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &pages, &copied)
+	return pages, copied, err
 }
 
 // Dialect returns the backend in use.
@@ -332,10 +432,17 @@ func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
 // Close closes every connection.
 func (db *DB) Close() error {
 	var errs []error
-	errs = append(errs, db.writer.Close())
+	if db.ckpt != nil {
+		db.ckptOnce.Do(func() { close(db.ckptStop) })
+		db.ckptDone.Wait()
+		errs = append(errs, db.ckpt.Close())
+	}
 	if db.reader != db.writer {
 		errs = append(errs, db.reader.Close())
 	}
+	// The writer closes last: closing the last connection checkpoints the
+	// WAL with the writer's settings.
+	errs = append(errs, db.writer.Close())
 	if db.pool != nil {
 		db.pool.Close()
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -195,6 +196,64 @@ func TestSQLiteReaderIsReadOnly(t *testing.T) {
 	_, err := db.Reader().ExecContext(context.Background(), `INSERT INTO widgets (id, n) VALUES ('x', 1)`)
 	if err == nil {
 		t.Fatal("write through the reader succeeded")
+	}
+}
+
+// SQLite's automatic checkpoint is off on the writer; the background
+// checkpointer keeps the WAL bounded under writes that never pause, and
+// loses nothing.
+func TestSQLiteWALStaysBoundedUnderSustainedWrites(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	db, err := store.Open(ctx, store.Config{URL: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(ctx, `CREATE TABLE blobs (id INTEGER PRIMARY KEY, b BLOB NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	// Each transaction writes 16 pages or more of the WAL: all of them
+	// add up to about 100 MB, several times what the checkpointer lets the
+	// WAL hold before it restarts it.
+	const writes = 1600
+	blob := make([]byte, 64<<10)
+	var written, peak int64
+	for i := range writes {
+		blob[i%len(blob)]++
+		if _, err := db.Exec(ctx, `INSERT INTO blobs (id, b) VALUES ($1, $2)`, i, blob); err != nil {
+			t.Fatal(err)
+		}
+		written += int64(len(blob))
+		if i%50 == 0 {
+			if fi, err := os.Stat(path + "-wal"); err == nil {
+				peak = max(peak, fi.Size())
+			}
+		}
+	}
+	if peak == 0 || peak > written/2 {
+		t.Errorf("the WAL reached %d MB of the %d MB written, want at most half: it is not checkpointed under sustained writes",
+			peak>>20, written>>20)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	db, err = store.Open(ctx, store.Config{URL: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	var last []byte
+	if err := db.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM blobs`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Reader().QueryRowContext(ctx, `SELECT b FROM blobs WHERE id = $1`, writes-1).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if n != writes || string(last) != string(blob) {
+		t.Errorf("after reopening: %d rows (want %d), last blob equal: %v", n, writes, string(last) == string(blob))
 	}
 }
 
