@@ -52,7 +52,7 @@ func (s *regimeIngestScenario) Setup(ctx context.Context, env Env) error {
 	s.client = regimev1.NewRegimeServiceClient(env.Conn)
 	s.prefix = "B" + randomHex(4) + "-"
 	fit, err := s.client.FitModel(ctx, &regimev1.FitModelRequest{
-		Source: &regimev1.TrainingSource{Source: &regimev1.TrainingSource_Dataset{Dataset: &regimev1.DatasetSlice{DatasetId: "eustock", Columns: []string{"DAX"}}}},
+		Source:          &regimev1.TrainingSource{Source: &regimev1.TrainingSource_Dataset{Dataset: &regimev1.DatasetSlice{DatasetId: "eustock", Columns: []string{"DAX"}}}},
 		Mixture:         &regimev1.MixtureConfig{Seed: proto.Int64(1)},
 		ActivateSymbols: []string{"*"},
 		Description:     "quantmesh bench regime-ingest",
