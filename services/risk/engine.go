@@ -13,6 +13,7 @@ import (
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/stream"
 )
 
 // Config is the risk service's configuration.
@@ -60,6 +61,10 @@ func (c Config) Validate() error {
 // memory (older ones are read from the store on demand).
 const keepRecent = 24 * time.Hour
 
+// eventRing is how many recent events live streams read from memory; older
+// ones come from the store.
+const eventRing = 4096
+
 // Limits on request sizes.
 const (
 	maxIDLen        = 128
@@ -80,7 +85,7 @@ type Engine struct {
 	store  Store
 	log    *slog.Logger
 	now    func() time.Time
-	events *broker
+	events *stream.Broker[*riskv1.RiskEvent]
 	obs    observer
 
 	mu       sync.RWMutex // guards accounts (the map, not the accounts) and rolled
@@ -121,8 +126,8 @@ func NewEngine(ctx context.Context, cfg Config, st Store, log *slog.Logger) (*En
 		return nil, fmt.Errorf("load risk state: %w", err)
 	}
 	e.install(snap)
-	e.events = newBroker(snap.lastSequence)
-	st.OnCommit(e.events.publish)
+	e.events = stream.NewBroker[*riskv1.RiskEvent](snap.lastSequence, eventRing)
+	st.OnCommit(e.events.Publish)
 	return e, nil
 }
 

@@ -482,7 +482,7 @@ func (s *Server) WatchRiskEvents(req *riskv1.WatchRiskEventsRequest, stream grpc
 	b := s.engine.events
 	after := req.GetAfterSequence()
 	if after == 0 {
-		last := b.lastSequence()
+		last := b.Last()
 		states, err := s.engine.KillSwitches(req.GetAccountId())
 		if err != nil {
 			return err
@@ -500,7 +500,7 @@ func (s *Server) WatchRiskEvents(req *riskv1.WatchRiskEventsRequest, stream grpc
 		}
 		after = last
 	} else {
-		if last := b.lastSequence(); after > last {
+		if last := b.Last(); after > last {
 			return status.Errorf(codes.OutOfRange, "after_sequence %d is beyond the latest event %d; start again from 0", after, last)
 		}
 		first, err := s.engine.store.FirstSequence(ctx)
@@ -512,7 +512,7 @@ func (s *Server) WatchRiskEvents(req *riskv1.WatchRiskEventsRequest, stream grpc
 		}
 	}
 	for {
-		events, covered, _, wait := b.since(after)
+		events, covered, _, wait := b.Since(after)
 		if !covered {
 			var err error
 			if events, err = s.engine.store.Events(ctx, after, watchPage); err != nil {
