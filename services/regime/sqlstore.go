@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -19,6 +20,9 @@ import (
 // SQLStore implements Store on SQLite and PostgreSQL.
 type SQLStore struct {
 	db *store.DB
+
+	mu   sync.Mutex
+	full map[insert]*sql.Stmt // SQLite: each insert's full chunk, prepared once
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -39,30 +43,90 @@ func (s *SQLStore) placeholder(i int) string {
 	return fmt.Sprintf("$%d", i+1)
 }
 
-// insertRows runs prefix VALUES (...), (...) suffix over rows of width
-// values each, in chunks.
-func (s *SQLStore) insertRows(ctx context.Context, tx *sql.Tx, prefix, suffix string, width int, rows [][]any) error {
-	for start := 0; start < len(rows); start += rowsPerInsert {
-		chunk := rows[start:min(start+rowsPerInsert, len(rows))]
-		var b strings.Builder
-		b.WriteString(prefix)
-		args := make([]any, 0, len(chunk)*width)
-		for i, r := range chunk {
-			if i > 0 {
+// insert is a multi-row INSERT: prefix VALUES (...), (...) suffix, width
+// values a row.
+type insert struct {
+	prefix, suffix string
+	width          int
+}
+
+var (
+	barsInsert   = insert{`INSERT INTO regime_bars (symbol, bar_time, open, high, low, close, volume) VALUES `, ``, 7}
+	statesInsert = insert{`INSERT INTO regime_states (sequence, symbol, state) VALUES `, ``, 3}
+	latestInsert = insert{`INSERT INTO regime_latest (symbol, sequence, state) VALUES `,
+		` ON CONFLICT (symbol) DO UPDATE SET sequence = excluded.sequence, state = excluded.state`, 3}
+)
+
+// query is the statement for n rows.
+func (s *SQLStore) query(ins insert, n int) string {
+	var b strings.Builder
+	b.WriteString(ins.prefix)
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteByte('(')
+		for j := range ins.width {
+			if j > 0 {
 				b.WriteString(", ")
 			}
-			b.WriteByte('(')
-			for j := range width {
-				if j > 0 {
-					b.WriteString(", ")
-				}
-				b.WriteString(s.placeholder(len(args) + j))
-			}
-			b.WriteByte(')')
+			b.WriteString(s.placeholder(i*ins.width + j))
+		}
+		b.WriteByte(')')
+	}
+	b.WriteString(ins.suffix)
+	return b.String()
+}
+
+// prepare prepares, on SQLite, the full-chunk statement of each insert
+// that will need one, so a message's bulk rows are not parsed again per
+// commit. Call it outside a write transaction: the SQLite writer has one
+// connection, which the transaction holds.
+func (s *SQLStore) prepare(ctx context.Context, inserts map[insert]int) error {
+	if s.db.Dialect() != store.SQLite {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ins, rows := range inserts {
+		if rows < rowsPerInsert || s.full[ins] != nil {
+			continue
+		}
+		stmt, err := s.db.PrepareWrite(ctx, s.query(ins, rowsPerInsert))
+		if err != nil {
+			return err
+		}
+		if s.full == nil {
+			s.full = map[insert]*sql.Stmt{}
+		}
+		s.full[ins] = stmt
+	}
+	return nil
+}
+
+// fullStmt returns the prepared full-chunk statement of ins, or nil.
+func (s *SQLStore) fullStmt(ins insert) *sql.Stmt {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.full[ins]
+}
+
+// insertRows inserts rows in chunks of at most rowsPerInsert.
+func (s *SQLStore) insertRows(ctx context.Context, tx *sql.Tx, ins insert, rows [][]any) error {
+	args := make([]any, 0, min(len(rows), rowsPerInsert)*ins.width)
+	for start := 0; start < len(rows); start += rowsPerInsert {
+		chunk := rows[start:min(start+rowsPerInsert, len(rows))]
+		args = args[:0]
+		for _, r := range chunk {
 			args = append(args, r...)
 		}
-		b.WriteString(suffix)
-		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		var err error
+		if stmt := s.fullStmt(ins); stmt != nil && len(chunk) == rowsPerInsert {
+			_, err = tx.StmtContext(ctx, stmt).ExecContext(ctx, args...)
+		} else {
+			_, err = tx.ExecContext(ctx, s.query(ins, len(chunk)), args...)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -96,15 +160,17 @@ func (s *SQLStore) Commit(ctx context.Context, w Write) error {
 	for _, r := range latest {
 		latestRows = append(latestRows, []any{r[1], r[0], r[2]})
 	}
+	if err := s.prepare(ctx, map[insert]int{barsInsert: len(bars), statesInsert: len(states), latestInsert: len(latestRows)}); err != nil {
+		return store.Err("commit bars", err)
+	}
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		if err := s.insertRows(ctx, tx, `INSERT INTO regime_bars (symbol, bar_time, open, high, low, close, volume) VALUES `, ``, 7, bars); err != nil {
+		if err := s.insertRows(ctx, tx, barsInsert, bars); err != nil {
 			return err
 		}
-		if err := s.insertRows(ctx, tx, `INSERT INTO regime_states (sequence, symbol, state) VALUES `, ``, 3, states); err != nil {
+		if err := s.insertRows(ctx, tx, statesInsert, states); err != nil {
 			return err
 		}
-		return s.insertRows(ctx, tx, `INSERT INTO regime_latest (symbol, sequence, state) VALUES `,
-			` ON CONFLICT (symbol) DO UPDATE SET sequence = excluded.sequence, state = excluded.state`, 3, latestRows)
+		return s.insertRows(ctx, tx, latestInsert, latestRows)
 	})
 	return store.Err("commit bars", err)
 }

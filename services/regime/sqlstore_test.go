@@ -119,3 +119,50 @@ func TestStoreContract(t *testing.T) {
 }
 
 func apierrIs(err, kind error) bool { return errors.Is(err, kind) }
+
+// TestStoreCommitChunks commits messages larger than one INSERT's rows,
+// twice, so SQLite's prepared full-chunk statements are used and reused,
+// and reads every row back in order.
+func TestStoreCommitChunks(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		st := NewSQLStore(db)
+		t0 := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+		const perMessage = 2*rowsPerInsert + 7
+		var seq uint64
+		for m := range 2 {
+			w := Write{}
+			for i := range perMessage {
+				n := m*perMessage + i
+				seq++
+				w.Bars = append(w.Bars, Bar{Symbol: "DAX", Time: t0.Add(time.Duration(n) * time.Minute), Open: 1, High: 2, Low: 0.5, Close: float64(n)})
+				w.States = append(w.States, &regimev1.RegimeState{Symbol: "DAX", Sequence: seq, Close: float64(n)})
+			}
+			if err := st.Commit(ctx, w); err != nil {
+				t.Fatalf("message %d: %v", m, err)
+			}
+		}
+		bars, err := st.Bars(ctx, "DAX", time.Time{}, time.Time{})
+		if err != nil || len(bars) != 2*perMessage {
+			t.Fatalf("bars: %d %v", len(bars), err)
+		}
+		for i, b := range bars {
+			if b.Close != float64(i) || !b.Time.Equal(t0.Add(time.Duration(i)*time.Minute)) {
+				t.Fatalf("bar %d: %+v", i, b)
+			}
+		}
+		states, err := st.States(ctx, 0, []string{"DAX"}, 3*perMessage)
+		if err != nil || len(states) != 2*perMessage {
+			t.Fatalf("states: %d %v", len(states), err)
+		}
+		for i, s := range states {
+			if s.GetSequence() != uint64(i+1) || s.GetClose() != float64(i) {
+				t.Fatalf("state %d: %v", i, s)
+			}
+		}
+		if latest, err := st.Latest(ctx); err != nil || latest["DAX"].GetSequence() != seq {
+			t.Fatalf("latest: %v %v", latest, err)
+		}
+	})
+}
