@@ -25,11 +25,7 @@ import (
 
 func TestBenchUsageErrors(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		args []string
-		want []string // substrings of stderr
-	}{
+	testUsageErrors(t, "bench", []usageCase{
 		{"no scenario", []string{}, []string{"needs a scenario", "experiments", "health"}},
 		{"unknown scenario", []string{"nope"}, []string{`unknown bench scenario "nope"`, "experiments, health"}},
 		{"extra argument", []string{"health", "more"}, []string{"extra arguments"}},
@@ -45,28 +41,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"database url of another kind", []string{"experiments", "--database-url", "mysql://x"}, []string{"--database-url"}},
 		{"log level", []string{"health", "--log-level", "loud"}, []string{"--log-level"}},
 		{"unknown flag", []string{"health", "--rate", "5"}, []string{"-rate"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), append([]string{"bench"}, tc.args...), &stdout, &stderr)
-			if code != exitUsage {
-				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr.String())
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(stderr.String(), w) {
-					t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
-				}
-			}
-			if n := strings.Count(strings.TrimSpace(stderr.String()), "\n"); n != 0 {
-				t.Errorf("stderr has %d lines, want one:\n%s", n+1, stderr.String())
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-		})
-	}
+	})
 }
 
 func TestBenchHelp(t *testing.T) {

@@ -30,11 +30,7 @@ import (
 
 func TestCleanupUsageErrors(t *testing.T) {
 	t.Parallel()
-	tests := []struct {
-		name string
-		args []string
-		want []string // substrings of stderr
-	}{
+	testUsageErrors(t, "cleanup", []usageCase{
 		{"no metric", []string{}, []string{"--metric is required"}},
 		{"blank metric", []string{"--metric", " "}, []string{"--metric is required"}},
 		{"unknown goal", []string{"--metric", "val_loss", "--goal", "best"}, []string{`invalid --goal "best"`, "min or max"}},
@@ -45,28 +41,7 @@ func TestCleanupUsageErrors(t *testing.T) {
 		{"zero timeout", []string{"--metric", "val_loss", "--timeout", "0s"}, []string{"--timeout"}},
 		{"an argument", []string{"--metric", "val_loss", "exp-1"}, []string{"no arguments", "exp-1"}},
 		{"unknown flag", []string{"--metric", "val_loss", "--force"}, []string{"-force"}},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			var stdout, stderr bytes.Buffer
-			code := run(context.Background(), append([]string{"cleanup"}, tc.args...), &stdout, &stderr)
-			if code != exitUsage {
-				t.Fatalf("exit %d, want %d; stderr:\n%s", code, exitUsage, stderr.String())
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(stderr.String(), w) {
-					t.Errorf("stderr lacks %q:\n%s", w, stderr.String())
-				}
-			}
-			if n := strings.Count(strings.TrimSpace(stderr.String()), "\n"); n != 0 {
-				t.Errorf("stderr has %d lines, want one:\n%s", n+1, stderr.String())
-			}
-			if stdout.Len() != 0 {
-				t.Errorf("stdout = %q, want nothing", stdout.String())
-			}
-		})
-	}
+	})
 }
 
 func TestCleanupHelp(t *testing.T) {
