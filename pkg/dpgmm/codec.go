@@ -3,9 +3,10 @@ package dpgmm
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"math"
 	"strings"
+
+	"github.com/quantmesh/quantmesh/pkg/binfmt"
 )
 
 // Format names the model encoding that MarshalBinary writes and Unmarshal
@@ -38,8 +39,6 @@ const Format = "quantmesh.dpgmm.v1"
 
 const formatFamily = "quantmesh.dpgmm."
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // header: name, K, D; config: 5 f64, 3 u32, 1 i64.
 const fixedSize = 1 + len(Format) + 4 + 4 + 5*8 + 3*4 + 8
 
@@ -52,27 +51,18 @@ func floatCount(k, d int) int { return d + d*d + 2*k + k + k*d + k + 2*k*d*d }
 func (m *Model) MarshalBinary() ([]byte, error) {
 	k, d := m.k, m.d
 	c := m.cfg
-	b := make([]byte, 0, fixedSize+8*floatCount(k, d)+4)
-	b = append(b, byte(len(Format)))
-	b = append(b, Format...)
+	b := binfmt.AppendString(make([]byte, 0, fixedSize+8*floatCount(k, d)+4), Format)
 	b = binary.LittleEndian.AppendUint32(b, uint32(k))
 	b = binary.LittleEndian.AppendUint32(b, uint32(d))
-	b = appendFloats(b, []float64{c.WeightConcentration, c.MeanPrecision, c.DegreesOfFreedom, c.Tol, c.RegCovar})
+	b = binfmt.AppendFloats(b, []float64{c.WeightConcentration, c.MeanPrecision, c.DegreesOfFreedom, c.Tol, c.RegCovar})
 	b = binary.LittleEndian.AppendUint32(b, uint32(c.MaxIter))
 	b = binary.LittleEndian.AppendUint32(b, uint32(c.NInit))
 	b = binary.LittleEndian.AppendUint32(b, uint32(c.Init))
 	b = binary.LittleEndian.AppendUint64(b, uint64(c.Seed))
 	for _, p := range [][]float64{c.MeanPrior, c.CovariancePrior, m.wcA, m.wcB, m.meanPrec, m.means, m.dof, m.covs, m.precChol} {
-		b = appendFloats(b, p)
+		b = binfmt.AppendFloats(b, p)
 	}
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
-}
-
-func appendFloats(b []byte, fs []float64) []byte {
-	for _, f := range fs {
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
-	}
-	return b
+	return binfmt.Seal(b), nil
 }
 
 // Unmarshal decodes a model written by MarshalBinary. Bytes of another
@@ -81,8 +71,8 @@ func appendFloats(b []byte, fs []float64) []byte {
 // saying what is wrong. It never panics and allocates in proportion to
 // len(b) only.
 func Unmarshal(b []byte) (*Model, error) {
-	dec := decoder{b: b}
-	name, ok := dec.str()
+	dec := binfmt.NewDecoder(b)
+	name, ok := dec.Str()
 	if !ok || !strings.HasPrefix(name, formatFamily) {
 		return nil, fmt.Errorf("%w: not a %s model: no format header (%d bytes starting %q)", ErrCorruptModel, Format, len(b), b[:min(len(b), 20)])
 	}
@@ -92,7 +82,7 @@ func Unmarshal(b []byte) (*Model, error) {
 	if len(b) < fixedSize+4 {
 		return nil, fmt.Errorf("%w: truncated: %d bytes end inside the header (%d bytes)", ErrCorruptModel, len(b), fixedSize)
 	}
-	k64, d64 := dec.u32(), dec.u32()
+	k64, d64 := dec.U32(), dec.U32()
 	if k64 < 1 || k64 > MaxComponents {
 		return nil, fmt.Errorf("%w: %d components, want 1 to %d", ErrCorruptModel, k64, MaxComponents)
 	}
@@ -107,22 +97,21 @@ func Unmarshal(b []byte) (*Model, error) {
 		}
 		return nil, fmt.Errorf("%w: %d trailing bytes after the %d bytes of a model of %d components and %d features", ErrCorruptModel, len(b)-want, want, k, d)
 	}
-	body := len(b) - 4
-	if got, want := crc32.Checksum(b[:body], castagnoli), binary.LittleEndian.Uint32(b[body:]); got != want {
-		return nil, fmt.Errorf("%w: checksum mismatch (stored %08x, computed %08x): the bytes were altered", ErrCorruptModel, want, got)
+	if err := binfmt.Verify(b); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorruptModel, err)
 	}
 
 	var c Config
 	c.Components = k
-	c.WeightConcentration, c.MeanPrecision, c.DegreesOfFreedom, c.Tol, c.RegCovar = dec.f64(), dec.f64(), dec.f64(), dec.f64(), dec.f64()
-	maxIter, nInit, init := dec.u32(), dec.u32(), dec.u32()
+	c.WeightConcentration, c.MeanPrecision, c.DegreesOfFreedom, c.Tol, c.RegCovar = dec.F64(), dec.F64(), dec.F64(), dec.F64(), dec.F64()
+	maxIter, nInit, init := dec.U32(), dec.U32(), dec.U32()
 	if maxIter < 1 || maxIter > math.MaxInt32 || nInit < 1 || nInit > math.MaxInt32 || init >= uint32(len(initNames)) {
 		return nil, fmt.Errorf("%w: config has max_iter %d, n_init %d, init %d", ErrCorruptModel, maxIter, nInit, init)
 	}
 	c.MaxIter, c.NInit, c.Init = int(maxIter), int(nInit), Init(init)
-	c.Seed = int64(dec.u64())
-	c.MeanPrior = dec.floats(d)
-	c.CovariancePrior = dec.floats(d * d)
+	c.Seed = int64(dec.U64())
+	c.MeanPrior = dec.Floats(d)
+	c.CovariancePrior = dec.Floats(d * d)
 	if c.RegCovar == 0 {
 		c.RegCovar = NoRegCovar // resolved(0) would mean the default
 	}
@@ -132,7 +121,7 @@ func Unmarshal(b []byte) (*Model, error) {
 	}
 	m := newModel(rc, k, d)
 	for _, p := range [][]float64{m.wcA, m.wcB, m.meanPrec, m.means, m.dof, m.covs, m.precChol} {
-		dec.into(p)
+		dec.Into(p)
 	}
 	if err := m.validate(); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrCorruptModel, err)
@@ -208,50 +197,4 @@ func (m *Model) validate() error {
 		}
 	}
 	return nil
-}
-
-// decoder reads little-endian values from b. str reports false past the
-// end; the others are called only after the length has been checked.
-type decoder struct {
-	b   []byte
-	off int
-}
-
-func (d *decoder) str() (string, bool) {
-	if d.off >= len(d.b) {
-		return "", false
-	}
-	n := int(d.b[d.off])
-	if len(d.b)-d.off-1 < n {
-		return "", false
-	}
-	s := string(d.b[d.off+1 : d.off+1+n])
-	d.off += 1 + n
-	return s, true
-}
-
-func (d *decoder) u32() uint32 {
-	v := binary.LittleEndian.Uint32(d.b[d.off:])
-	d.off += 4
-	return v
-}
-
-func (d *decoder) u64() uint64 {
-	v := binary.LittleEndian.Uint64(d.b[d.off:])
-	d.off += 8
-	return v
-}
-
-func (d *decoder) f64() float64 { return math.Float64frombits(d.u64()) }
-
-func (d *decoder) floats(n int) []float64 {
-	fs := make([]float64, n)
-	d.into(fs)
-	return fs
-}
-
-func (d *decoder) into(fs []float64) {
-	for i := range fs {
-		fs[i] = d.f64()
-	}
 }

@@ -5,12 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"hash/crc32"
 	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"testing"
+
+	"github.com/quantmesh/quantmesh/pkg/binfmt"
 )
 
 // testModel is a small fit of the eustock features (K = 4, D = 6).
@@ -261,9 +262,7 @@ func fitNoReg(t testing.TB) *Model {
 
 // resum rewrites the checksum of a blob after it was edited.
 func resum(b []byte) []byte {
-	b = bytes.Clone(b)
-	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], castagnoli))
-	return b
+	return binfmt.Seal(bytes.Clone(b[:len(b)-4]))
 }
 
 // TestCodecCorrupt: truncations, trailing bytes, flipped bits, another

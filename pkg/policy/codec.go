@@ -3,9 +3,10 @@ package policy
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"math"
 	"strings"
+
+	"github.com/quantmesh/quantmesh/pkg/binfmt"
 )
 
 // Format names the weights encoding that MarshalBinary writes and Unmarshal reads.
@@ -31,38 +32,26 @@ const Format = "quantmesh.mlp.v1"
 
 const formatFamily = "quantmesh.mlp."
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // MarshalBinary encodes the network in Format. It never fails; the error is
 // there for encoding.BinaryMarshaler.
 func (n *Network) MarshalBinary() ([]byte, error) {
 	size := 1 + len(Format) + 1 + len(n.cfg.Activation) + 4*(3+len(n.cfg.Hidden)) +
 		8*(2*n.cfg.Inputs+n.cfg.NumParams()) + 4
-	b := make([]byte, 0, size)
-	b = append(b, byte(len(Format)))
-	b = append(b, Format...)
-	b = append(b, byte(len(n.cfg.Activation)))
-	b = append(b, n.cfg.Activation...)
+	b := binfmt.AppendString(make([]byte, 0, size), Format)
+	b = binfmt.AppendString(b, n.cfg.Activation)
 	b = binary.LittleEndian.AppendUint32(b, uint32(n.cfg.Inputs))
 	b = binary.LittleEndian.AppendUint32(b, NumActions)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(n.cfg.Hidden)))
 	for _, w := range n.cfg.Hidden {
 		b = binary.LittleEndian.AppendUint32(b, uint32(w))
 	}
-	b = appendFloats(b, n.mean)
-	b = appendFloats(b, n.std)
+	b = binfmt.AppendFloats(b, n.mean)
+	b = binfmt.AppendFloats(b, n.std)
 	for _, l := range n.layers {
-		b = appendFloats(b, l.w)
-		b = appendFloats(b, l.b)
+		b = binfmt.AppendFloats(b, l.w)
+		b = binfmt.AppendFloats(b, l.b)
 	}
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
-}
-
-func appendFloats(b []byte, fs []float64) []byte {
-	for _, f := range fs {
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(f))
-	}
-	return b
+	return binfmt.Seal(b), nil
 }
 
 // Unmarshal decodes weights written by MarshalBinary. Bytes of another
@@ -71,23 +60,21 @@ func appendFloats(b []byte, fs []float64) []byte {
 // saying what is wrong. It never panics, and allocates in proportion to
 // len(b) only.
 func Unmarshal(b []byte) (*Network, error) {
-	d := decoder{b: b}
-	name, ok := d.str()
+	d := binfmt.NewDecoder(b)
+	name, ok := d.Str()
 	if !ok || !strings.HasPrefix(name, formatFamily) {
 		return nil, fmt.Errorf("%w: not %s weights: no format header (%d bytes starting %q)", ErrCorruptWeights, Format, len(b), b[:min(len(b), 20)])
 	}
 	if name != Format {
 		return nil, fmt.Errorf("%w: weights are %q, this build reads %q", ErrUnsupportedFormat, name, Format)
 	}
-	act, ok := d.str()
+	act, ok := d.Str()
 	if !ok {
 		return nil, truncated(len(b), "activation")
 	}
 	cfg := Config{Activation: act}
-	inputs, ok1 := d.u32()
-	outputs, ok2 := d.u32()
-	hidden, ok3 := d.u32()
-	if !ok1 || !ok2 || !ok3 {
+	inputs, outputs, hidden := d.U32(), d.U32(), d.U32()
+	if d.Short() {
 		return nil, truncated(len(b), "layer sizes")
 	}
 	if outputs != NumActions {
@@ -98,8 +85,8 @@ func Unmarshal(b []byte) (*Network, error) {
 	}
 	cfg.Inputs = int(min(inputs, math.MaxInt32))
 	for range hidden {
-		w, ok := d.u32()
-		if !ok {
+		w := d.U32()
+		if d.Short() {
 			return nil, truncated(len(b), "layer sizes")
 		}
 		cfg.Hidden = append(cfg.Hidden, int(min(w, math.MaxInt32)))
@@ -112,23 +99,22 @@ func Unmarshal(b []byte) (*Network, error) {
 	}
 	// Sizes are now bounded (MaxParams), so this arithmetic cannot overflow.
 	floats := 2*cfg.Inputs + cfg.NumParams()
-	if want := d.off + 8*floats + 4; len(b) != want {
+	if want := d.Offset() + 8*floats + 4; len(b) != want {
 		if len(b) < want {
 			return nil, fmt.Errorf("%w: truncated: %d bytes, the header describes %d (%s)", ErrCorruptWeights, len(b), want, cfg)
 		}
 		return nil, fmt.Errorf("%w: %d trailing bytes after %d bytes of %s weights", ErrCorruptWeights, len(b)-want, want, cfg)
 	}
-	body := len(b) - 4
-	if got, want := crc32.Checksum(b[:body], castagnoli), binary.LittleEndian.Uint32(b[body:]); got != want {
-		return nil, fmt.Errorf("%w: checksum mismatch (stored %08x, computed %08x): the bytes were altered", ErrCorruptWeights, want, got)
+	if err := binfmt.Verify(b); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrCorruptWeights, err)
 	}
 
-	mean := d.floats(cfg.Inputs)
-	std := d.floats(cfg.Inputs)
+	mean := d.Floats(cfg.Inputs)
+	std := d.Floats(cfg.Inputs)
 	layers := emptyLayers(cfg)
 	for i := range layers {
-		d.into(layers[i].w)
-		d.into(layers[i].b)
+		d.Into(layers[i].w)
+		d.Into(layers[i].b)
 	}
 	for i, v := range mean {
 		if v-v != 0 {
@@ -154,46 +140,4 @@ func Unmarshal(b []byte) (*Network, error) {
 
 func truncated(n int, what string) error {
 	return fmt.Errorf("%w: truncated: %d bytes end inside the %s", ErrCorruptWeights, n, what)
-}
-
-// decoder reads little-endian values from b, reporting false past the end.
-type decoder struct {
-	b   []byte
-	off int
-}
-
-func (d *decoder) str() (string, bool) {
-	if d.off >= len(d.b) {
-		return "", false
-	}
-	n := int(d.b[d.off])
-	if len(d.b)-d.off-1 < n {
-		return "", false
-	}
-	s := string(d.b[d.off+1 : d.off+1+n])
-	d.off += 1 + n
-	return s, true
-}
-
-func (d *decoder) u32() (uint32, bool) {
-	if len(d.b)-d.off < 4 {
-		return 0, false
-	}
-	v := binary.LittleEndian.Uint32(d.b[d.off:])
-	d.off += 4
-	return v, true
-}
-
-// floats and into read float64s; the caller has checked the length.
-func (d *decoder) floats(n int) []float64 {
-	fs := make([]float64, n)
-	d.into(fs)
-	return fs
-}
-
-func (d *decoder) into(fs []float64) {
-	for i := range fs {
-		fs[i] = math.Float64frombits(binary.LittleEndian.Uint64(d.b[d.off:]))
-		d.off += 8
-	}
 }

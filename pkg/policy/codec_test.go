@@ -8,6 +8,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/quantmesh/quantmesh/pkg/binfmt"
 )
 
 func TestCodecRoundTrip(t *testing.T) {
@@ -89,8 +91,7 @@ func TestUnmarshalRejects(t *testing.T) {
 	good := mustMarshal(t, randomNetwork(t, Config{Inputs: 2, Hidden: []int{3}}, 1))
 	// resum recomputes the checksum after an edit, so that the edit itself is what fails.
 	resum := func(b []byte) []byte {
-		binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(b[:len(b)-4], castagnoli))
-		return b
+		return binfmt.Seal(b[:len(b)-4])
 	}
 	edit := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(good)) }
 	header := 1 + len(Format) + 1 + len("tanh")
