@@ -102,18 +102,13 @@ func (s *Server) UpdateRegisteredModel(ctx context.Context, req *experimentv1.Up
 		return nil, v.Err()
 	}
 	validateModelName(&v, "registered_model.name", in.GetName())
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 {
-		v.Add("update_mask", "must name at least one of description, tags")
-	}
+	paths := maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"description", "tags"}, "")
 	for _, p := range paths {
 		switch p {
 		case "description":
 			validateText(&v, "registered_model.description", in.GetDescription(), maxDescription)
 		case "tags":
 			validateTags(&v, "registered_model.tags", in.GetTags())
-		default:
-			v.Add("update_mask", "path %q cannot be updated; allowed: description, tags", p)
 		}
 	}
 	if err := v.Err(); err != nil {
@@ -258,18 +253,13 @@ func (s *Server) UpdateModelVersion(ctx context.Context, req *experimentv1.Updat
 	}
 	validateModelName(&v, "model_version.model_name", in.GetModelName())
 	validateVersion(&v, "model_version.version", in.GetVersion())
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 {
-		v.Add("update_mask", "must name at least one of description, tags")
-	}
+	paths := maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"description", "tags"}, " (versions are immutable otherwise)")
 	for _, p := range paths {
 		switch p {
 		case "description":
 			validateText(&v, "model_version.description", in.GetDescription(), maxDescription)
 		case "tags":
 			validateTags(&v, "model_version.tags", in.GetTags())
-		default:
-			v.Add("update_mask", "path %q cannot be updated; allowed: description, tags (versions are immutable otherwise)", p)
 		}
 	}
 	if err := v.Err(); err != nil {

@@ -84,16 +84,12 @@ func (s *Server) UpdateRun(ctx context.Context, req *experimentv1.UpdateRunReque
 		return nil, v.Err()
 	}
 	v.Merge(validateID("run.run_id", in.GetRunId()))
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 {
-		v.Add("update_mask", "must name at least one of status, end_time, run_name")
-	}
 	var (
 		status RunStatus
 		end    time.Time
 		mask   = map[string]bool{}
 	)
-	for _, p := range paths {
+	for _, p := range maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"status", "end_time", "run_name"}, "") {
 		mask[p] = true
 		switch p {
 		case "status":
@@ -106,8 +102,6 @@ func (s *Server) UpdateRun(ctx context.Context, req *experimentv1.UpdateRunReque
 			}
 		case "run_name":
 			validateName(&v, "run.run_name", in.GetRunName())
-		default:
-			v.Add("update_mask", "path %q cannot be updated; allowed: status, end_time, run_name", p)
 		}
 	}
 	if err := v.Err(); err != nil {

@@ -207,10 +207,7 @@ func (s *Server) UpdateExperiment(ctx context.Context, req *experimentv1.UpdateE
 	if err := validateID("experiment.experiment_id", in.GetExperimentId()); err != nil {
 		v.Merge(err)
 	}
-	paths := req.GetUpdateMask().GetPaths()
-	if len(paths) == 0 {
-		v.Add("update_mask", "must name at least one of name, description, tags")
-	}
+	paths := maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"name", "description", "tags"}, "")
 	for _, p := range paths {
 		switch p {
 		case "name":
@@ -219,8 +216,6 @@ func (s *Server) UpdateExperiment(ctx context.Context, req *experimentv1.UpdateE
 			validateText(&v, "experiment.description", in.GetDescription(), maxDescription)
 		case "tags":
 			validateTags(&v, "experiment.tags", in.GetTags())
-		default:
-			v.Add("update_mask", "path %q cannot be updated; allowed: name, description, tags", p)
 		}
 	}
 	if err := v.Err(); err != nil {

@@ -2,6 +2,8 @@ package experiment
 
 import (
 	"math"
+	"slices"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -130,4 +132,23 @@ func truncate(s string) string {
 	}
 	r := []rune(s)
 	return string(r[:n]) + "…"
+}
+
+// maskPaths checks an update mask against the fields an update may change
+// and returns the paths it names that are allowed; note ends the message
+// about a path that is not.
+func maskPaths(v *apierr.Violations, paths, allowed []string, note string) []string {
+	if len(paths) == 0 {
+		v.Add("update_mask", "must name at least one of %s", strings.Join(allowed, ", "))
+		return nil
+	}
+	ok := make([]string, 0, len(paths))
+	for _, p := range paths {
+		if !slices.Contains(allowed, p) {
+			v.Add("update_mask", "path %q cannot be updated; allowed: %s%s", p, strings.Join(allowed, ", "), note)
+			continue
+		}
+		ok = append(ok, p)
+	}
+	return ok
 }
