@@ -895,24 +895,27 @@ func (x *MixtureConfig) GetEffectiveWeightThreshold() float64 {
 // mixture's per-bar likelihoods, optionally tempered) with a sticky
 // transition matrix, followed by optional hysteresis and minimum dwell on the
 // dominant regime. Appending bars never changes earlier smoothed
-// probabilities.
+// probabilities. The defaults were chosen by a sweep (docs/benchmarks.md):
+// the least detection lag on synthetic switching series among the settings
+// whose smoothed flip rate on eustock is at most a quarter of the raw one
+// and that stay right on a noisy two-regime series.
 type SmoothingConfig struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Probability of staying in the same regime from one bar to the next (the
 	// transition matrix diagonal); the rest is spread evenly over the other
-	// regimes. In [0, 1); 0.95 when unset. 1/R (R regimes) makes the filter
+	// regimes. In [0, 1); 0.99 when unset. 1/R (R regimes) makes the filter
 	// memoryless, so smoothed equals raw (with emission_tempering 1).
 	Stickiness *float64 `protobuf:"fixed64,1,opt,name=stickiness,proto3,oneof" json:"stickiness,omitempty"`
 	// Margin by which a challenger's smoothed probability must exceed the
 	// current dominant regime's before the dominant regime changes. In [0, 1);
-	// 0 (off) when unset.
+	// 0.3 when unset. 0 turns it off.
 	Hysteresis *float64 `protobuf:"fixed64,2,opt,name=hysteresis,proto3,oneof" json:"hysteresis,omitempty"`
 	// Fewest bars the dominant regime is held after it changes, 1 to 1000;
-	// 1 (off) when unset.
+	// 30 when unset. 1 turns it off.
 	MinDwellBars *int32 `protobuf:"varint,3,opt,name=min_dwell_bars,json=minDwellBars,proto3,oneof" json:"min_dwell_bars,omitempty"`
 	// Power, in (0, 1], to which each bar's regime likelihoods are raised
 	// before the filter's update (its log-likelihoods are multiplied by it);
-	// 1 (off) when unset. The mixture's full-covariance
+	// 0.5 when unset, 1 turns it off. The mixture's full-covariance
 	// likelihoods are peaked enough that one bar's evidence outweighs the
 	// transition prior; below 1 a change of regime needs the evidence of
 	// several bars, so the smoothed probabilities move less from bar to bar at

@@ -1,0 +1,5 @@
+//go:build race
+
+package regime
+
+func init() { raceEnabled = true }
