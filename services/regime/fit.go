@@ -127,7 +127,7 @@ func (s *Server) FitModel(ctx context.Context, req *regimev1.FitModelRequest) (*
 		model.FeatureNames = append(model.FeatureNames, sp.Name())
 	}
 	model.Mixture = mixtureToProto(mix.Config(), scaler, threshold)
-	model.Smoothing = &regimev1.SmoothingConfig{Stickiness: proto.Float64(smoothing.Stickiness), Hysteresis: proto.Float64(smoothing.Hysteresis), MinDwellBars: proto.Int32(int32(smoothing.MinDwell))}
+	model.Smoothing = smoothingToProto(smoothing)
 	model.Fit.FitDuration = durationpb.New(took)
 	model.Fit.Samples = int64(len(data.X))
 	model.CreateTime = timestamppb.Now()
@@ -225,8 +225,28 @@ func smoothingFromProto(v *apierr.Violations, sc *regimev1.SmoothingConfig) Smoo
 	if sc.MinDwellBars != nil {
 		s.MinDwell = int(sc.GetMinDwellBars())
 	}
-	if err := s.Validate(); err != nil {
-		v.Add("smoothing", "%v", err)
+	if sc.EmissionTempering != nil {
+		s.Tempering = sc.GetEmissionTempering()
+	}
+	s.check(func(field, format string, args ...any) { v.Add("smoothing."+field, format, args...) })
+	return s
+}
+
+// smoothingToProto is the configuration with every field set, as a model
+// records it.
+func smoothingToProto(s Smoothing) *regimev1.SmoothingConfig {
+	return &regimev1.SmoothingConfig{
+		Stickiness: proto.Float64(s.Stickiness), Hysteresis: proto.Float64(s.Hysteresis),
+		MinDwellBars: proto.Int32(int32(s.MinDwell)), EmissionTempering: proto.Float64(s.Tempering),
+	}
+}
+
+// smoothingFromModel is a stored model's smoothing. Models fitted before
+// emission tempering existed have none recorded and filter untempered.
+func smoothingFromModel(sc *regimev1.SmoothingConfig) Smoothing {
+	s := Smoothing{Stickiness: sc.GetStickiness(), Hysteresis: sc.GetHysteresis(), MinDwell: int(sc.GetMinDwellBars()), Tempering: 1}
+	if sc.EmissionTempering != nil {
+		s.Tempering = sc.GetEmissionTempering()
 	}
 	return s
 }

@@ -56,8 +56,11 @@ func TestFitModelOnEustock(t *testing.T) {
 	if math.Abs(weight+fit.GetPrunedWeight()-1) > 1e-9 {
 		t.Errorf("regime weights %v + pruned %v != 1", weight, fit.GetPrunedWeight())
 	}
-	if fit.GetSmoothedFlipsPer_100Bars() >= fit.GetRawFlipsPer_100Bars() {
-		t.Errorf("smoothing did not reduce flips: %.2f per 100 bars, raw %.2f", fit.GetSmoothedFlipsPer_100Bars(), fit.GetRawFlipsPer_100Bars())
+	if fit.GetSmoothedFlipsPer_100Bars() > flipGoal*fit.GetRawFlipsPer_100Bars() {
+		t.Errorf("default smoothing: %.2f flips per 100 bars, raw %.2f; goal at most %v of raw", fit.GetSmoothedFlipsPer_100Bars(), fit.GetRawFlipsPer_100Bars(), flipGoal)
+	}
+	if diff := cmp.Diff(smoothingToProto(DefaultSmoothing()), m.GetSmoothing(), protocmp.Transform()); diff != "" {
+		t.Errorf("the model records other than the default smoothing:\n%s", diff)
 	}
 	// Same request and seed, same model.
 	again, err := c.FitModel(ctx, eustockFit("DAX"))
@@ -142,8 +145,23 @@ func TestFitBadInput(t *testing.T) {
 		{"volume feature on closes", "features", with(func(r *regimev1.FitModelRequest) {
 			r.Features = &regimev1.FeatureConfig{Features: []*regimev1.FeatureSpec{{Kind: regimev1.FeatureKind_FEATURE_KIND_VOLUME_ZSCORE, Window: 5}}}
 		})},
-		{"stickiness 1", "smoothing", with(func(r *regimev1.FitModelRequest) {
+		{"stickiness 1", "smoothing.stickiness", with(func(r *regimev1.FitModelRequest) {
 			r.Smoothing = &regimev1.SmoothingConfig{Stickiness: proto.Float64(1)}
+		})},
+		{"negative hysteresis", "smoothing.hysteresis", with(func(r *regimev1.FitModelRequest) {
+			r.Smoothing = &regimev1.SmoothingConfig{Hysteresis: proto.Float64(-0.1)}
+		})},
+		{"zero dwell", "smoothing.min_dwell_bars", with(func(r *regimev1.FitModelRequest) {
+			r.Smoothing = &regimev1.SmoothingConfig{MinDwellBars: proto.Int32(0)}
+		})},
+		{"tempering 0", "smoothing.emission_tempering", with(func(r *regimev1.FitModelRequest) {
+			r.Smoothing = &regimev1.SmoothingConfig{EmissionTempering: proto.Float64(0)}
+		})},
+		{"tempering above 1", "smoothing.emission_tempering", with(func(r *regimev1.FitModelRequest) {
+			r.Smoothing = &regimev1.SmoothingConfig{EmissionTempering: proto.Float64(1.5)}
+		})},
+		{"NaN tempering", "smoothing.emission_tempering", with(func(r *regimev1.FitModelRequest) {
+			r.Smoothing = &regimev1.SmoothingConfig{EmissionTempering: proto.Float64(math.NaN())}
 		})},
 		{"bad activation symbol", "activate_symbols[0]", with(func(r *regimev1.FitModelRequest) { r.ActivateSymbols = []string{"a b"} })},
 	} {

@@ -68,8 +68,7 @@ func loadModel(sm StoredModel, decode func([]byte) (mixture, error)) (*loadedMod
 		}
 	}
 	lm.components = comps
-	sm2 := m.GetSmoothing()
-	lm.smoothing = Smoothing{Stickiness: sm2.GetStickiness(), Hysteresis: sm2.GetHysteresis(), MinDwell: int(sm2.GetMinDwellBars())}
+	lm.smoothing = smoothingFromModel(m.GetSmoothing())
 	if err := lm.smoothing.Validate(); err != nil {
 		return nil, fmt.Errorf("model %s: smoothing: %w", lm.id, err)
 	}

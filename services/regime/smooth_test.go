@@ -3,7 +3,12 @@ package regime
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 )
 
 // noisy returns log-likelihoods of two regimes: regime 0 for the first
@@ -44,17 +49,18 @@ func run(t *testing.T, cfg Smoothing, lls [][]float64) []step {
 func TestFilterNoLookAhead(t *testing.T) {
 	t.Parallel()
 	lls := noisy(400, 1)
-	cfg := Smoothing{Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 3}
-	all := run(t, cfg, lls)
-	for _, k := range []int{1, 57, 200, 399} {
-		prefix := run(t, cfg, lls[:k])
-		for i := range prefix {
-			if prefix[i].dominant != all[i].dominant || prefix[i].dwell != all[i].dwell {
-				t.Fatalf("bar %d changed when %d more bars arrived", i, 400-k)
-			}
-			for j := range prefix[i].smoothed {
-				if prefix[i].smoothed[j] != all[i].smoothed[j] {
-					t.Fatalf("bar %d smoothed probabilities changed when %d more bars arrived", i, 400-k)
+	for _, cfg := range []Smoothing{{Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 3, Tempering: 1}, {Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 3, Tempering: 0.3}, DefaultSmoothing()} {
+		all := run(t, cfg, lls)
+		for _, k := range []int{1, 57, 200, 399} {
+			prefix := run(t, cfg, lls[:k])
+			for i := range prefix {
+				if prefix[i].dominant != all[i].dominant || prefix[i].dwell != all[i].dwell {
+					t.Fatalf("%+v: bar %d changed when %d more bars arrived", cfg, i, 400-k)
+				}
+				for j := range prefix[i].smoothed {
+					if prefix[i].smoothed[j] != all[i].smoothed[j] {
+						t.Fatalf("%+v: bar %d smoothed probabilities changed when %d more bars arrived", cfg, i, 400-k)
+					}
 				}
 			}
 		}
@@ -85,7 +91,7 @@ func TestFilterSmooths(t *testing.T) {
 	}
 	// With a minimum dwell the flips fall further.
 	var dwelt []int
-	for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 20}, lls) {
+	for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 20, Tempering: 1}, lls) {
 		dwelt = append(dwelt, st.dominant)
 	}
 	if df := flipsPer100(dwelt); df > rf/4 {
@@ -96,7 +102,7 @@ func TestFilterSmooths(t *testing.T) {
 func TestFilterMemorylessEqualsRaw(t *testing.T) {
 	t.Parallel()
 	lls := [][]float64{{-1, -3, -2}, {-5, 0, -1}, {0, 0, -9}}
-	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1}}
+	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: 1}}
 	for _, ll := range lls {
 		st, err := f.next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
 		if err != nil {
@@ -133,15 +139,69 @@ func TestFilterHysteresisAndDwell(t *testing.T) {
 		}
 		return len(a) == len(b)
 	}
-	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 1}), []int{0, 1, 1, 1, 0, 1, 1}; !equal(got, want) {
+	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 1, Tempering: 1}), []int{0, 1, 1, 1, 0, 1, 1}; !equal(got, want) {
 		t.Errorf("no hysteresis: %v, want %v", got, want)
 	}
 	// A challenger needs 0.2 more: 0.55 vs 0.45 is not enough, 0.65 vs 0.35 is.
-	if got, want := dominants(Smoothing{Stickiness: 0.5, Hysteresis: 0.2, MinDwell: 1}), []int{0, 0, 1, 1, 0, 1, 1}; !equal(got, want) {
+	if got, want := dominants(Smoothing{Stickiness: 0.5, Hysteresis: 0.2, MinDwell: 1, Tempering: 1}), []int{0, 0, 1, 1, 0, 1, 1}; !equal(got, want) {
 		t.Errorf("hysteresis 0.2: %v, want %v", got, want)
 	}
 	// Held at least 3 bars after a change.
-	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 3}), []int{0, 0, 0, 1, 1, 1, 1}; !equal(got, want) {
+	if got, want := dominants(Smoothing{Stickiness: 0.5, MinDwell: 3, Tempering: 1}), []int{0, 0, 0, 1, 1, 1, 1}; !equal(got, want) {
 		t.Errorf("min dwell 3: %v, want %v", got, want)
+	}
+}
+
+// TestFilterTempering: a memoryless filter with tempering τ gives
+// softmax(τ·logLik), while the raw probabilities stay untempered.
+func TestFilterTempering(t *testing.T) {
+	t.Parallel()
+	const tau = 0.25
+	ll := []float64{-1, -5, -2}
+	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: tau}}
+	st, err := f.next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	scaled := make([]float64, len(ll))
+	for i, v := range ll {
+		scaled[i] = tau * v
+	}
+	wantSmoothed, wantRaw := softmaxLog(scaled, nil), softmaxLog(ll, nil)
+	for j := range ll {
+		if math.Abs(st.smoothed[j]-wantSmoothed[j]) > 1e-12 || math.Abs(st.raw[j]-wantRaw[j]) > 1e-12 {
+			t.Fatalf("tempering %v: smoothed %v raw %v, want %v and %v", tau, st.smoothed, st.raw, wantSmoothed, wantRaw)
+		}
+	}
+	// On the noisy series tempering alone (no dwell) cuts the flips.
+	lls := noisy(2000, 3)
+	flips := func(tau float64) float64 {
+		var dom []int
+		for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 1, Tempering: tau}, lls) {
+			dom = append(dom, st.dominant)
+		}
+		return flipsPer100(dom)
+	}
+	if hot, cold := flips(1), flips(0.3); !(cold < hot) {
+		t.Errorf("tempering 0.3: %.2f flips per 100 bars, untempered %.2f", cold, hot)
+	}
+}
+
+// TestSmoothingFromModel: a model stored before emission tempering
+// existed filters untempered; a recorded value is kept.
+func TestSmoothingFromModel(t *testing.T) {
+	t.Parallel()
+	old := &regimev1.SmoothingConfig{Stickiness: proto.Float64(0.95), Hysteresis: proto.Float64(0), MinDwellBars: proto.Int32(1)}
+	if got, want := smoothingFromModel(old), (Smoothing{Stickiness: 0.95, MinDwell: 1, Tempering: 1}); got != want {
+		t.Errorf("old model: %+v, want %+v", got, want)
+	}
+	if got := smoothingFromModel(smoothingToProto(Smoothing{Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 5, Tempering: 0.2})); got != (Smoothing{Stickiness: 0.9, Hysteresis: 0.1, MinDwell: 5, Tempering: 0.2}) {
+		t.Errorf("round trip: %+v", got)
+	}
+	if err := DefaultSmoothing().Validate(); err != nil {
+		t.Errorf("default smoothing: %v", err)
+	}
+	if err := (Smoothing{Stickiness: 0.9, MinDwell: 1, Tempering: 0}).Validate(); err == nil || !strings.Contains(err.Error(), "emission_tempering") {
+		t.Errorf("tempering 0: %v", err)
 	}
 }
