@@ -281,7 +281,7 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "candidate from version %d rejected, %s@%s stays at version %d: %s\n", rep.From, cfg.Model, cfg.Alias, rep.From, rep.Reason)
 		return nil
 	}
-	fmt.Fprintf(stdout, "version %d published from version %d (run %s): %s@%s now points to it; hold-out accuracy %.3f (was %.3f), degradation %.1f%%\n",
-		rep.Version, rep.From, rep.RunID, cfg.Model, cfg.Alias, rep.CandHoldOut, rep.PrevHoldOut, 100*rep.Degradation)
+	fmt.Fprintf(stdout, "version %d published from version %d (run %s): %s@%s now points to it; accuracy on %d held-out outcomes %.3f (was %.3f), on %d samples of the previous evaluation set %.3f (was %.3f); degradation %.1f%%\n",
+		rep.Version, rep.From, rep.RunID, cfg.Model, cfg.Alias, rep.HoldOut, rep.CandHoldOut, rep.PrevHoldOut, rep.EvalSamples, rep.CandEval, rep.PrevEval, 100*rep.Degradation)
 	return nil
 }

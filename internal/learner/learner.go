@@ -159,10 +159,10 @@ func (l *Learner) load(ctx context.Context) (*current, error) {
 // evaluation set is the hold-out of the bundled data it names (tag data),
 // if any, and its Fisher estimate is computed on that data's training
 // part, or else on the replay's training part.
-func (l *Learner) adopt(cur *current, fallbackX [][]float64) error {
+func (l *Learner) adopt(ctx context.Context, cur *current, fallbackX [][]float64) error {
 	l.version, l.fisher, l.evalX, l.evalY = cur.version, nil, nil, nil
 	fisherX := fallbackX
-	switch data := cur.mv.GetTags()["data"]; data {
+	switch data := l.origin(ctx, cur.mv); data {
 	case training.Bundled, "eustock", "ttrc":
 		series, err := training.Load(data)
 		if err != nil {
@@ -184,6 +184,26 @@ func (l *Learner) adopt(cur *current, fallbackX [][]float64) error {
 	}
 	l.fisher = f
 	return nil
+}
+
+// origin is the data tag of mv or, for a version the learner published
+// (data "online"), of its nearest ancestor that has another: the data
+// whose hold-out is the lineage's evaluation set.
+func (l *Learner) origin(ctx context.Context, mv *experimentv1.ModelVersion) string {
+	for range 100 {
+		data := mv.GetTags()["data"]
+		parent, err := strconv.ParseInt(mv.GetTags()["parent_version"], 10, 64)
+		if data != "online" || err != nil {
+			return data
+		}
+		got, err := l.client.GetModelVersion(ctx, &experimentv1.GetModelVersionRequest{ModelName: l.cfg.Model, Version: parent, View: experimentv1.ModelVersionView_MODEL_VERSION_VIEW_BASIC})
+		if err != nil {
+			l.log.Warn("online learning: lineage not followed", "version", parent, "err", err)
+			return ""
+		}
+		mv = got.GetModelVersion()
+	}
+	return ""
 }
 
 // thin returns at most n of X, evenly spaced.
@@ -253,7 +273,7 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	split := min(len(X)-1, max(1, int(math.Round(float64(len(X))*(1-l.cfg.HoldOut)))))
 	trainX, trainY, holdX, holdY := X[:split], y[:split], X[split:], y[split:]
 	if cur.version != l.version || l.fisher == nil {
-		if err := l.adopt(cur, trainX); err != nil {
+		if err := l.adopt(ctx, cur, trainX); err != nil {
 			return nil, err
 		}
 	}
