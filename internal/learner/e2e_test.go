@@ -74,19 +74,9 @@ func TestLearnerInMesh(t *testing.T) {
 	inf := inferencev1.NewInferenceServiceClient(conn)
 	v1 := registerInitial(t, client)
 
-	// Wait until InferenceService serves v1.
+	waitServed(t, inf, v1)
 	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer tcancel()
-	for {
-		st, err := inf.GetModelStatus(tctx, &inferencev1.GetModelStatusRequest{ModelName: "policy"})
-		if err == nil && len(st.GetModels()) > 0 && st.GetModels()[0].GetLoadedVersion() == v1 {
-			break
-		}
-		if tctx.Err() != nil {
-			t.Fatalf("InferenceService did not load version %d: %v %v", v1, st, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 
 	// The client: one Predict per bar, until it has seen a newer version.
 	var (

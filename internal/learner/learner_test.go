@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/pkg/policy"
@@ -134,6 +135,27 @@ func aliasVersion(t *testing.T, client experimentv1.ExperimentServiceClient) int
 	return mv.GetModelVersion().GetVersion()
 }
 
+func servedVersion(t *testing.T, inf inferencev1.InferenceServiceClient) int64 {
+	t.Helper()
+	st, err := inf.GetModelStatus(context.Background(), &inferencev1.GetModelStatusRequest{ModelName: "policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.GetModels()[0].GetLoadedVersion()
+}
+
+// waitServed waits until InferenceService serves version v (through
+// WatchModel), for at most a minute.
+func waitServed(t *testing.T, inf inferencev1.InferenceServiceClient, v int64) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); servedVersion(t, inf) != v; {
+		if time.Now().After(deadline) {
+			t.Fatalf("InferenceService did not load version %d", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func testConfig() learner.Config {
 	cfg := learner.DefaultConfig()
 	cfg.ReplaySize, cfg.Epochs, cfg.LearningRate, cfg.BatchSize = 300, 5, 0.01, 32
@@ -146,8 +168,9 @@ func testConfig() learner.Config {
 // evaluation set, counted, and the alias does not move.
 func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	t.Parallel()
-	_, conn := startMesh(t, mesh.Experiment)
+	_, conn := startMesh(t, mesh.Experiment, mesh.Inference)
 	client := experimentv1.NewExperimentServiceClient(conn)
+	inf := inferencev1.NewInferenceServiceClient(conn)
 	v1 := registerInitial(t, client)
 	ctx := context.Background()
 
@@ -155,7 +178,8 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	// trained on noise near the previous weights but the stability check.
 	cfg := testConfig()
 	cfg.Lambda, cfg.Epochs, cfg.LearningRate = 0, 40, 0.05
-	l, err := learner.New(cfg, client, nil, nil)
+	meter, read := meterReader(t)
+	l, err := learner.New(cfg, client, nil, meter)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,6 +204,7 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 		t.Errorf("publish run: %v", r)
 	}
 	v2 := rep.Version
+	waitServed(t, inf, v2)
 
 	// Shuffled labels: features of the same rule, labels permuted.
 	bad := synthetic(300, 3)
@@ -198,6 +223,22 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	t.Logf("rejected: %s", rep.Reason)
 	if got := aliasVersion(t, client); got != v2 {
 		t.Errorf("production moved to version %d after a rejection; want %d", got, v2)
+	}
+	if got := servedVersion(t, inf); got != v2 {
+		t.Errorf("InferenceService serves version %d after a rejection; want %d", got, v2)
+	}
+	m := read()
+	for name, want := range map[string]float64{
+		"quantmesh.learner.retrains{published}": 1, "quantmesh.learner.retrains{rejected}": 1, "quantmesh.learner.retrains{failed}": 0,
+		"quantmesh.learner.consecutive_failures": 1, "quantmesh.learner.degradation_ratio": rep.Degradation,
+		"quantmesh.learner.training_loss": rep.TrainingLoss, "quantmesh.learner.outcomes": 600, "quantmesh.learner.replay_outcomes": 300,
+	} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("%s = %v (reported: %v), want %v", name, got, ok, want)
+		}
+	}
+	if s, ok := m["quantmesh.learner.since_last_publish"]; !ok || s < 0 {
+		t.Errorf("since_last_publish = %v, %v", s, ok)
 	}
 	list, err := client.ListModelVersions(ctx, &experimentv1.ListModelVersionsRequest{ModelName: "policy"})
 	if err != nil {
