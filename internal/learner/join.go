@@ -26,10 +26,16 @@ type Joiner struct {
 	horizon   int
 	threshold float64
 	symbols   map[string]*symbolBars
+	// seen holds the ids of the newest decisions, to drop redeliveries.
+	seen    map[string]struct{}
+	seenLog []string
 	// Unmatched counts decisions dropped because no bar of their symbol
 	// had arrived (or too many were pending).
 	Unmatched int64
 }
+
+// maxSeen bounds the decision ids remembered for deduplication.
+const maxSeen = 100000
 
 type symbolBars struct {
 	closes  []float64 // the newest closes
@@ -47,7 +53,7 @@ type pending struct {
 
 // NewJoiner returns a joiner for the label rule (horizon ≥ 1, threshold ≥ 0).
 func NewJoiner(horizon int, threshold float64) *Joiner {
-	return &Joiner{horizon: horizon, threshold: threshold, symbols: map[string]*symbolBars{}}
+	return &Joiner{horizon: horizon, threshold: threshold, symbols: map[string]*symbolBars{}, seen: map[string]struct{}{}}
 }
 
 // Bar adds a bar of symbol and returns the outcomes it resolves. A bar not
@@ -95,8 +101,22 @@ func (j *Joiner) Bar(symbol string, t time.Time, close float64) []Outcome {
 }
 
 // Decision adds a decision on symbol taken at time t on the features, and
-// reports whether it was accepted (a bar of the symbol has arrived).
-func (j *Joiner) Decision(symbol string, t time.Time, x []float64) bool {
+// reports whether it was accepted (a bar of the symbol has arrived). A
+// non-empty id seen before (a redelivery) is ignored.
+func (j *Joiner) Decision(id, symbol string, t time.Time, x []float64) bool {
+	if id != "" {
+		if _, dup := j.seen[id]; dup {
+			return false
+		}
+		j.seen[id] = struct{}{}
+		j.seenLog = append(j.seenLog, id)
+		if len(j.seenLog) > 2*maxSeen {
+			for _, old := range j.seenLog[:len(j.seenLog)-maxSeen] {
+				delete(j.seen, old)
+			}
+			j.seenLog = slices.Delete(j.seenLog, 0, len(j.seenLog)-maxSeen)
+		}
+	}
 	s := j.symbols[symbol]
 	if s == nil || s.count == 0 || len(s.pending) >= maxPending {
 		j.Unmatched++
@@ -157,7 +177,7 @@ func ReplaySeries(series []marketdata.Series, horizon int, threshold float64) ([
 		for i, b := range s.Bars {
 			out = append(out, j.Bar(s.Symbol, b.Time, b.Close)...)
 			if k := i - (features.Warmup - 1); k >= 0 && k < len(X) {
-				j.Decision(s.Symbol, b.Time, X[k])
+				j.Decision("", s.Symbol, b.Time, X[k])
 			}
 		}
 	}

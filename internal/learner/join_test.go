@@ -43,12 +43,15 @@ func TestJoinerEdges(t *testing.T) {
 	t.Parallel()
 	j := NewJoiner(2, 0.5)
 	t0 := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
-	if j.Decision("X", t0, []float64{1}) || j.Unmatched != 1 {
+	if j.Decision("d0", "X", t0, []float64{1}) || j.Unmatched != 1 {
 		t.Error("a decision before any bar of its symbol was accepted")
 	}
 	j.Bar("X", t0, 100)
-	if !j.Decision("X", t0, []float64{1}) {
+	if !j.Decision("d1", "X", t0, []float64{1}) {
 		t.Fatal("decision refused")
+	}
+	if j.Decision("d1", "X", t0, []float64{1}) {
+		t.Error("a redelivered decision was accepted")
 	}
 	if got := j.Bar("X", t0, 200); got != nil {
 		t.Errorf("a redelivered bar resolved %v", got)

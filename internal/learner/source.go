@@ -44,7 +44,7 @@ func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 					if d.GetModelName() != l.cfg.Model || d.GetShadow() {
 						continue
 					}
-					j.Decision(d.GetSymbol(), d.GetDecisionTime().AsTime(), d.GetFeatures())
+					j.Decision(d.GetDecisionId(), d.GetSymbol(), d.GetDecisionTime().AsTime(), d.GetFeatures())
 				}
 			}
 			if len(outs) > 0 {
