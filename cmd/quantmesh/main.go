@@ -55,8 +55,8 @@ Usage:
                                delete checkpoints outside the retention policy
   quantmesh train --data <csv|bundled> [--model policy] [--seed S] [--promote]
                                train the policy network, register the version
-  quantmesh learn --forgetting-benchmark [--json]
-                               measure forgetting with and without EWC
+  quantmesh learn --replay <data> | --kafka-brokers <brokers> | --forgetting-benchmark
+                               online learning with EWC; the forgetting benchmark
   quantmesh version            print the version
 
 Every flag can also be set as QUANTMESH_<FLAG> (for example
