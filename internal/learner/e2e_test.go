@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
@@ -38,18 +39,32 @@ import (
 // initial version to the published one.
 func TestLearnerInMesh(t *testing.T) {
 	t.Parallel()
+	t.Run("inproc", func(t *testing.T) { t.Parallel(); testLearnerInMesh(t, nil) })
+	t.Run("kafka", func(t *testing.T) {
+		t.Parallel()
+		cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cluster.Close)
+		testLearnerInMesh(t, cluster.ListenAddrs())
+	})
+}
+
+func testLearnerInMesh(t *testing.T, kafka []string) {
 	lc := learner.DefaultConfig()
 	lc.Cadence, lc.MinNewOutcomes, lc.ReplaySize, lc.Epochs, lc.Horizon = 50*time.Millisecond, 40, 200, 2, 2
 	// The test is about the swap: any candidate may be published.
 	lc.DegradationThreshold = 1
 	cfg := mesh.Config{
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
-		Store:      store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
-		Services:   []string{mesh.Experiment, mesh.Inference},
-		Experiment: experiment.DefaultConfig(),
-		Risk:       risk.DefaultConfig(),
-		Inference:  inference.DefaultConfig(),
-		Learner:    &lc,
+		Server:       server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
+		Store:        store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
+		Services:     []string{mesh.Experiment, mesh.Inference},
+		Experiment:   experiment.DefaultConfig(),
+		Risk:         risk.DefaultConfig(),
+		Inference:    inference.DefaultConfig(),
+		Learner:      &lc,
+		KafkaBrokers: kafka,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := mesh.Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), telemetry.Noop())
