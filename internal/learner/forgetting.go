@@ -72,8 +72,10 @@ type ForgettingRun struct {
 	ATestAfter Score `json:"a_test_after"`
 	B          Score `json:"b"`
 	BTest      Score `json:"b_test"`
-	// Drop is A's accuracy before minus after (training part).
-	Drop float64 `json:"drop"`
+	// Drop is A's accuracy before minus after (training part);
+	// RelativeDrop is Drop over the accuracy before (the degradation).
+	Drop         float64 `json:"drop"`
+	RelativeDrop float64 `json:"relative_drop"`
 	// DropCut is 1 − Drop/plain Drop: the share of plain fine-tuning's
 	// forgetting that EWC avoided (0 for the plain run).
 	DropCut float64 `json:"drop_cut"`
@@ -152,6 +154,9 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 			B: score(n, cfg.B.TrainX, cfg.B.TrainY), BTest: score(n, cfg.B.TestX, cfg.B.TestY),
 		}
 		r.Drop = res.ABefore.Accuracy - r.AAfter.Accuracy
+		if res.ABefore.Accuracy > 0 {
+			r.RelativeDrop = r.Drop / res.ABefore.Accuracy
+		}
 		return r, nil
 	}
 	if res.Plain, err = run(0); err != nil {
@@ -249,7 +254,7 @@ func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d)\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB)
 	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
 		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
-	fmt.Fprintf(w, "%-10s %9s %9s %8s %9s %8s %7s %7s %7s %9s\n", "run", "A acc", "A loss", "A drop", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
+	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
 	row := func(name string, x ForgettingRun) {
 		goals := "-"
 		if x.Lambda > 0 {
@@ -258,14 +263,15 @@ func (r *ForgettingResult) WriteTable(w io.Writer) {
 				goals = "yes"
 			}
 		}
-		fmt.Fprintf(w, "%-10s %9.3f %9.4f %8.3f %8.1f%% %8.3f %6.1f%% %7.3f %7.3f %9s\n", name, x.AAfter.Accuracy, x.AAfter.LogLoss, x.Drop,
-			100*x.DropCut, x.B.Accuracy, 100*x.BRatio, x.ATestAfter.Accuracy, x.BTest.Accuracy, goals)
+		fmt.Fprintf(w, "%-10s %9.3f %9.4f %8.3f %7.1f%% %8.1f%% %8.3f %6.1f%% %7.3f %7.3f %6s\n", name, x.AAfter.Accuracy, x.AAfter.LogLoss, x.Drop,
+			100*x.RelativeDrop, 100*x.DropCut, x.B.Accuracy, 100*x.BRatio, x.ATestAfter.Accuracy, x.BTest.Accuracy, goals)
 	}
 	row("plain", r.Plain)
 	for _, x := range r.EWC {
 		row(fmt.Sprintf("ewc λ=%g", x.Lambda), x)
 	}
 	fmt.Fprintf(w, "A, B: the regimes' training parts (what the network learned); A', B': their held-out parts.\n")
+	fmt.Fprintf(w, "A drop%%: the drop relative to A's accuracy before (the degradation).\n")
 	fmt.Fprintf(w, "goals: drop cut ≥ %.0f%% and B accuracy ≥ %.0f%% of plain fine-tuning's.\n", 100*GoalDropCut, 100*GoalBRatio)
 	if r.Best != nil {
 		fmt.Fprintf(w, "best λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%%\n", 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut)
