@@ -91,6 +91,8 @@ type meshFlags struct {
 	bootstrapModel  bool
 	riskTTL         time.Duration
 	riskTimezone    string
+	learn           bool
+	learner         learnFlags
 
 	// serve only.
 	services string
@@ -119,6 +121,8 @@ func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
 	rd := risk.DefaultConfig()
 	fs.DurationVar(&f.riskTTL, "risk-reservation-ttl", rd.ReservationTTL, "how long an approved order's reservation lives unless the account's limits say otherwise")
 	fs.StringVar(&f.riskTimezone, "risk-timezone", "UTC", "IANA time zone whose midnight starts the trading day (daily loss, drawdown)")
+	fs.BoolVar(&f.learn, "learn", false, "run the online learner here (EWC fine-tuning on decisions joined with bars from the bus; see 'quantmesh learn -h' and the --learn-* flags)")
+	f.learner.register(fs, "learn-")
 	if serve {
 		fs.StringVar(&f.services, "services", "", "comma-separated services and workers to run here: "+strings.Join(mesh.Runnable(), ", ")+" (or all)")
 		f.peers = map[string]*string{}
@@ -238,6 +242,13 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		Risk:           riskCfg,
 		Inference:      inf,
 		BootstrapModel: f.bootstrapModel,
+	}
+	if f.learn {
+		lc, err := f.learner.config("learn-")
+		if err != nil {
+			return mesh.Config{}, logCfg, err
+		}
+		cfg.Learner = &lc
 	}
 	if err := cfg.Validate(); err != nil {
 		return mesh.Config{}, logCfg, usagef("invalid --%v", err)

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/bus"
@@ -92,6 +93,9 @@ type Config struct {
 	// model whose alias is unset, from the bundled data, when
 	// InferenceService runs here.
 	BootstrapModel bool
+	// Learner, when set, runs the online learner in this process: it
+	// consumes the bus and needs ExperimentService reachable.
+	Learner *learner.Config
 }
 
 // Validate reports the first problem, naming the setting.
@@ -129,6 +133,11 @@ func (c Config) Validate() error {
 	if slices.Contains(c.Services, Risk) {
 		if err := c.Risk.Validate(); err != nil {
 			return fmt.Errorf("risk-*: %w", err)
+		}
+	}
+	if c.Learner != nil {
+		if err := c.Learner.Validate(); err != nil {
+			return fmt.Errorf("learn-%w", err)
 		}
 	}
 	if slices.Contains(c.Services, Inference) && len(c.Inference.Models) > 0 {
@@ -241,6 +250,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 	regs, err := m.services(ctx)
 	if err != nil {
 		return nil, &StartError{Step: "services", Err: err}
+	}
+	if cfg.Learner != nil {
+		m.learner(*cfg.Learner)
 	}
 	m.Server, err = server.New(ctx, server.Options{
 		Config:    cfg.Server,

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel"
+
+	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	"github.com/quantmesh/quantmesh/internal/learner"
+	"github.com/quantmesh/quantmesh/internal/training"
+	"github.com/quantmesh/quantmesh/pkg/bus"
+)
+
+// forgettingFlags are the settings of `quantmesh learn --forgetting-benchmark`.
+type forgettingFlags struct {
+	run      bool
+	json     bool
+	regimeA  string
+	regimeB  string
+	lambdas  string
+	hidden   string
+	epochs   int
+	ftEpochs int
+	lr       float64
+	seed     int64
+}
+
+func (f *forgettingFlags) register(fs *flag.FlagSet) {
+	train, ft := learner.DefaultForgettingTrain()
+	fs.BoolVar(&f.run, "forgetting-benchmark", false, "run the forgetting benchmark (train on regime A, continue on B with and without EWC) and exit; needs no mesh")
+	fs.BoolVar(&f.json, "json", false, "with --forgetting-benchmark: print the result as JSON")
+	fs.StringVar(&f.regimeA, "regime-a", learner.RegimeIndices, "forgetting benchmark: regime A, a bundled regime: eustock, ttrc, dax-1 or dax-2")
+	fs.StringVar(&f.regimeB, "regime-b", learner.RegimeStock, "forgetting benchmark: regime B (as --regime-a)")
+	fs.StringVar(&f.lambdas, "lambdas", joinFloats(learner.DefaultLambdas), "forgetting benchmark: EWC λ values to sweep, comma-separated")
+	fs.StringVar(&f.hidden, "bench-hidden", "64,32", "forgetting benchmark: hidden layer widths")
+	fs.IntVar(&f.epochs, "bench-epochs", train.Epochs, "forgetting benchmark: epochs on regime A")
+	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
+	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
+	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1)")
+}
+
+func joinFloats(xs []float64) string {
+	s := make([]string, len(xs))
+	for i, x := range xs {
+		s[i] = strconv.FormatFloat(x, 'g', -1, 64)
+	}
+	return strings.Join(s, ",")
+}
+
+func parseFloats(s string) ([]float64, error) {
+	var out []float64
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		x, err := strconv.ParseFloat(part, 64)
+		if err != nil || !(x > 0) || math.IsInf(x, 0) {
+			return nil, fmt.Errorf("%q is not a positive number", part)
+		}
+		out = append(out, x)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no values")
+	}
+	return out, nil
+}
+
+func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Writer) error {
+	lambdas, err := parseFloats(f.lambdas)
+	if err != nil {
+		return usagef("invalid --lambdas %q: %v", f.lambdas, err)
+	}
+	hidden, err := parseWidths(f.hidden)
+	if err != nil {
+		return usagef("invalid --bench-hidden %q: %v", f.hidden, err)
+	}
+	switch {
+	case f.epochs < 1:
+		return usagef("invalid --bench-epochs %d: want 1 or more", f.epochs)
+	case f.ftEpochs < 1:
+		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
+	case !(f.lr > 0) || math.IsInf(f.lr, 0):
+		return usagef("invalid --bench-learning-rate %v: must be positive", f.lr)
+	}
+	d := training.DefaultConfig()
+	A, err := learner.LoadRegime(f.regimeA, d.Horizon, d.Threshold, d.HoldOut)
+	if err != nil {
+		return usagef("invalid --regime-a: %v", err)
+	}
+	B, err := learner.LoadRegime(f.regimeB, d.Horizon, d.Threshold, d.HoldOut)
+	if err != nil {
+		return usagef("invalid --regime-b: %v", err)
+	}
+	train, ft := learner.DefaultForgettingTrain()
+	train.Hidden, train.Epochs, train.LearningRate, train.Seed = hidden, f.epochs, f.lr, f.seed
+	ft.Epochs, ft.LearningRate, ft.Seed = f.ftEpochs, f.lr, f.seed+1
+	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %d+%d epochs, λ %s ...\n", f.regimeA, f.regimeB, f.epochs, f.ftEpochs, joinFloats(lambdas))
+	start := time.Now()
+	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "took %s\n", time.Since(start).Round(time.Millisecond))
+	if f.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	res.WriteTable(stdout)
+	return nil
+}
+
+// learnFlags are the learner's settings, shared by `quantmesh learn` (no
+// prefix) and `quantmesh up|serve --learn` (prefix "learn-").
+type learnFlags struct {
+	model, alias, experiment string
+	lambda, gamma, lr        float64
+	batch, epochs            int
+	cadence                  time.Duration
+	minNew, replaySize       int
+	holdOut, degradation     float64
+	seed                     int64
+}
+
+func (f *learnFlags) register(fs *flag.FlagSet, prefix string) {
+	d := learner.DefaultConfig()
+	fs.StringVar(&f.model, prefix+"model", d.Model, "learner: registered model to fine-tune")
+	fs.StringVar(&f.alias, prefix+"alias", d.Alias, "learner: alias to fine-tune from and to move on a publish (InferenceService follows it)")
+	fs.StringVar(&f.experiment, prefix+"experiment", d.Experiment, "learner: ExperimentService experiment of its runs")
+	fs.Float64Var(&f.lambda, prefix+"lambda", d.Lambda, "learner: EWC strength λ (0: plain fine-tuning)")
+	fs.Float64Var(&f.gamma, prefix+"gamma", d.Gamma, "learner: online EWC decay γ of the Fisher estimate, F <- γF + F_new")
+	fs.Float64Var(&f.lr, prefix+"learning-rate", d.LearningRate, "learner: Adam learning rate")
+	fs.IntVar(&f.batch, prefix+"batch-size", d.BatchSize, "learner: mini-batch size")
+	fs.IntVar(&f.epochs, prefix+"epochs", d.Epochs, "learner: epochs over the replay buffer per retrain")
+	fs.DurationVar(&f.cadence, prefix+"cadence", d.Cadence, "learner: how often to consider a retrain")
+	fs.IntVar(&f.minNew, prefix+"min-new-outcomes", d.MinNewOutcomes, "learner: new outcomes needed before the next retrain")
+	fs.IntVar(&f.replaySize, prefix+"replay-size", d.ReplaySize, "learner: replay buffer capacity (newest outcomes kept)")
+	fs.Float64Var(&f.holdOut, prefix+"hold-out", d.HoldOut, "learner: newest fraction of the replay buffer held out for the stability check")
+	fs.Float64Var(&f.degradation, prefix+"degradation-threshold", d.DegradationThreshold, "learner: reject a candidate whose accuracy drops more than this fraction")
+	fs.Int64Var(&f.seed, prefix+"seed", d.Seed, "learner: seed of the fine-tuning")
+}
+
+// config builds and validates the learner's config; the error names the flag.
+func (f *learnFlags) config(prefix string) (learner.Config, error) {
+	d := learner.DefaultConfig()
+	cfg := learner.Config{
+		Model: f.model, Alias: f.alias, Experiment: f.experiment, Lambda: f.lambda, Gamma: f.gamma, LearningRate: f.lr,
+		BatchSize: f.batch, Epochs: f.epochs, Cadence: f.cadence, MinNewOutcomes: f.minNew, ReplaySize: f.replaySize,
+		HoldOut: f.holdOut, DegradationThreshold: f.degradation, Horizon: d.Horizon, LabelThreshold: d.LabelThreshold, Seed: f.seed,
+	}
+	if err := cfg.Validate(); err != nil {
+		name, rest, _ := strings.Cut(err.Error(), ": ")
+		return cfg, usagef("invalid --%s%s: %s", prefix, strings.ReplaceAll(name, " ", "-"), rest)
+	}
+	return cfg, nil
+}
+
+func learnUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, `Usage: quantmesh learn --replay <bundled|eustock|ttrc|csv> [flags]
+       quantmesh learn --kafka-brokers <host:port,...> [flags]
+       quantmesh learn --forgetting-benchmark [--json] [flags]
+
+Online learning of the policy network with Elastic Weight Consolidation.
+The learner fine-tunes the version behind --alias of --model on outcomes
+(decisions joined with the realised forward return of their symbol) under
+the EWC penalty, checks the candidate on a held-out part of the replay
+buffer and on the previous version's evaluation set, and either publishes
+it (a run in ExperimentService, a model version, the alias moved, which
+InferenceService swaps in) or rejects it and keeps the previous version.
+
+--replay plays bars of the data through the join as if the policy had
+decided at every bar, retrains once and exits. --kafka-brokers consumes the
+bus topics decisions and market.bars and retrains every --cadence until
+stopped (with the in-process bus, run 'quantmesh up --learn' instead).
+
+--forgetting-benchmark trains on regime A (bundled data), continues on
+regime B with plain fine-tuning and with EWC at each --lambdas, same seed,
+epochs and learning rate, and prints accuracy and log loss on A before and
+after and on B. It needs no mesh.
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("quantmesh learn", flag.ContinueOnError)
+	var bench forgettingFlags
+	bench.register(fs)
+	var lf learnFlags
+	lf.register(fs, "")
+	target := fs.String("target", "127.0.0.1:50051", "host:port of the mesh's gRPC server (ExperimentService), plaintext")
+	apiKey := fs.String("api-key", "", "API key of a researcher or admin, when the mesh requires one (prefer "+envName("api-key")+")")
+	replay := fs.String("replay", "", "learn once from the outcomes of this data (bundled, eustock, ttrc or a CSV file) and exit")
+	kafka := fs.String("kafka-brokers", "", "comma-separated Kafka brokers to consume decisions and bars from")
+	timeout := fs.Duration("timeout", 30*time.Minute, "with --replay: time limit of the whole command")
+	if err := parseFlags(fs, args, io.Discard); err != nil {
+		if errors.Is(err, errHelp) {
+			learnUsage(stdout, fs)
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("learn takes no arguments, got %q (see 'quantmesh learn -h')", fs.Args())
+	}
+	if bench.run {
+		return runForgetting(ctx, &bench, stdout, stderr)
+	}
+	cfg, err := lf.config("")
+	if err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(*target); err != nil {
+		return usagef("invalid --target %q: want host:port", *target)
+	}
+	if (*replay == "") == (*kafka == "") {
+		return usagef("learn needs one source of outcomes: --replay <data> or --kafka-brokers <brokers> (with the in-process bus run 'quantmesh up --learn')")
+	}
+	var brokers []string
+	for _, b := range strings.Split(*kafka, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			if _, _, err := net.SplitHostPort(b); err != nil {
+				return usagef("invalid --kafka-brokers entry %q: want host:port", b)
+			}
+			brokers = append(brokers, b)
+		}
+	}
+	var outcomes []learner.Outcome
+	if *replay != "" {
+		series, err := training.Load(*replay)
+		if err != nil {
+			return usagef("invalid --replay: %s", strings.TrimPrefix(err.Error(), "--data: "))
+		}
+		if outcomes, err = learner.ReplaySeries(series, cfg.Horizon, cfg.LabelThreshold); err != nil {
+			return fmt.Errorf("replay %s: %w", *replay, err)
+		}
+	}
+	conn, err := dialMesh(*target, *apiKey)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	l, err := learner.New(cfg, experimentv1.NewExperimentServiceClient(conn), log, otel.Meter("quantmesh/learner"))
+	if err != nil {
+		return err
+	}
+	if *replay == "" {
+		k, err := bus.NewKafka(bus.KafkaConfig{Brokers: brokers, ClientID: "quantmesh-learner", Logger: log})
+		if err != nil {
+			return err
+		}
+		defer k.Close()
+		go l.Run(ctx)
+		return l.Consume(ctx, k)
+	}
+	if err := l.Add(outcomes...); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "learn %s@%s from %s: %d outcomes, the newest %d in the replay buffer\n", cfg.Model, cfg.Alias, *replay, len(outcomes), l.Replay().Len())
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	rep, err := l.Retrain(ctx)
+	if err != nil {
+		return err
+	}
+	if !rep.Published {
+		fmt.Fprintf(stdout, "candidate from version %d rejected, %s@%s stays at version %d: %s\n", rep.From, cfg.Model, cfg.Alias, rep.From, rep.Reason)
+		return nil
+	}
+	fmt.Fprintf(stdout, "version %d published from version %d (run %s): %s@%s now points to it; accuracy on %d held-out outcomes %.3f (was %.3f), on %d samples of the previous evaluation set %.3f (was %.3f); degradation %.1f%%\n",
+		rep.Version, rep.From, rep.RunID, cfg.Model, cfg.Alias, rep.HoldOut, rep.CandHoldOut, rep.PrevHoldOut, rep.EvalSamples, rep.CandEval, rep.PrevEval, 100*rep.Degradation)
+	return nil
+}

@@ -1,0 +1,21 @@
+package main
+
+import "testing"
+
+func TestLearnUsageErrors(t *testing.T) {
+	t.Parallel()
+	testUsageErrors(t, "learn", []usageCase{
+		{"negative lambda", []string{"--replay", "eustock", "--lambda", "-1"}, []string{"invalid --lambda", "must be finite and ≥ 0, got -1"}},
+		{"gamma", []string{"--replay", "eustock", "--gamma", "1.5"}, []string{"invalid --gamma", "[0, 1]"}},
+		{"no source", nil, []string{"--replay <data> or --kafka-brokers"}},
+		{"two sources", []string{"--replay", "eustock", "--kafka-brokers", "k:9092"}, []string{"one source of outcomes"}},
+		{"bad replay data", []string{"--replay", "/nonexistent.csv"}, []string{"invalid --replay", "no such file"}},
+		{"bad lambdas", []string{"--forgetting-benchmark", "--lambdas", "1,x"}, []string{"invalid --lambdas", `"x" is not a positive number`}},
+		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
+		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
+	})
+	testUsageErrors(t, "up", []usageCase{
+		{"learner lambda", []string{"--learn", "--learn-lambda", "-2"}, []string{"invalid --learn-lambda", "got -2"}},
+		{"learner threshold", []string{"--learn", "--learn-degradation-threshold", "3"}, []string{"invalid --learn-degradation-threshold", "[0, 1]"}},
+	})
+}

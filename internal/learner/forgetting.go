@@ -1,0 +1,281 @@
+package learner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+
+	"github.com/quantmesh/quantmesh/internal/training"
+	"github.com/quantmesh/quantmesh/pkg/marketdata"
+	"github.com/quantmesh/quantmesh/pkg/policy"
+)
+
+// Regime is a labelled data set of one market regime, split in time into a
+// training part and a held-out part.
+type Regime struct {
+	Name   string
+	TrainX [][]float64
+	TrainY []policy.Action
+	TestX  [][]float64
+	TestY  []policy.Action
+}
+
+// BuildRegime labels the series as `quantmesh train` does (pkg/features
+// vectors, forward-return labels) and holds out the last holdOut of each
+// series.
+func BuildRegime(name string, series []marketdata.Series, horizon int, threshold, holdOut float64) (*Regime, error) {
+	ds, err := training.Build(series, horizon, threshold, holdOut)
+	if err != nil {
+		return nil, fmt.Errorf("regime %s: %w", name, err)
+	}
+	return &Regime{Name: name, TrainX: ds.TrainX, TrainY: ds.TrainY, TestX: ds.TestX, TestY: ds.TestY}, nil
+}
+
+// Score is a network's performance on one labelled set.
+type Score struct {
+	Accuracy float64 `json:"accuracy"`
+	LogLoss  float64 `json:"log_loss"`
+}
+
+func score(n *policy.Network, X [][]float64, y []policy.Action) Score {
+	l, a := policy.Evaluate(n, X, y)
+	return Score{Accuracy: a, LogLoss: l}
+}
+
+// ForgettingConfig configures the forgetting benchmark: train on regime A,
+// then continue on regime B with plain fine-tuning and with EWC at each
+// Lambda, all with the same seed, epochs and learning rate.
+type ForgettingConfig struct {
+	// A and B are the two regimes.
+	A, B *Regime
+	// Train configures the network and the training on A (Inputs from the data).
+	Train policy.TrainConfig
+	// FineTune configures the continuation on B (its Start and EWC are set
+	// by the benchmark).
+	FineTune policy.TrainConfig
+	// Lambdas is the EWC strength sweep.
+	Lambdas []float64
+}
+
+// DefaultLambdas is the λ sweep of the forgetting benchmark.
+var DefaultLambdas = []float64{1, 3, 10, 30, 100}
+
+// ForgettingRun is one continuation on B: plain fine-tuning (Lambda 0) or EWC.
+type ForgettingRun struct {
+	Lambda float64 `json:"lambda"`
+	// AAfter and ATestAfter score the network on A's training and held-out
+	// parts after the continuation; B and BTest on B's.
+	AAfter     Score `json:"a_after"`
+	ATestAfter Score `json:"a_test_after"`
+	B          Score `json:"b"`
+	BTest      Score `json:"b_test"`
+	// Drop is A's accuracy before minus after (training part);
+	// RelativeDrop is Drop over the accuracy before (the degradation).
+	Drop         float64 `json:"drop"`
+	RelativeDrop float64 `json:"relative_drop"`
+	// DropCut is 1 − Drop/plain Drop: the share of plain fine-tuning's
+	// forgetting that EWC avoided (0 for the plain run).
+	DropCut float64 `json:"drop_cut"`
+	// BRatio is B's accuracy over plain fine-tuning's (training part).
+	BRatio float64 `json:"b_ratio"`
+	// MeetsGoals: DropCut ≥ 0.7 and BRatio ≥ 0.9.
+	MeetsGoals bool `json:"meets_goals"`
+}
+
+// ForgettingResult is the benchmark's outcome.
+type ForgettingResult struct {
+	A, B        string `json:"-"`
+	RegimeA     string `json:"regime_a"`
+	RegimeB     string `json:"regime_b"`
+	SamplesA    int    `json:"samples_a"`
+	SamplesB    int    `json:"samples_b"`
+	ABefore     Score  `json:"a_before"`
+	ATestBefore Score  `json:"a_test_before"`
+	// BBefore is the A-trained network on B (before any continuation).
+	BBefore Score           `json:"b_before"`
+	Plain   ForgettingRun   `json:"plain"`
+	EWC     []ForgettingRun `json:"ewc"`
+	// Best is the EWC run with the largest DropCut among those with
+	// BRatio ≥ 0.9 (nil when none reaches it).
+	Best *ForgettingRun `json:"best,omitempty"`
+}
+
+// Goals of issue 10.
+const (
+	GoalDropCut = 0.7
+	GoalBRatio  = 0.9
+)
+
+// Forgetting runs the benchmark. It is deterministic for a given config.
+func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, error) {
+	switch {
+	case cfg.A == nil || len(cfg.A.TrainX) == 0:
+		return nil, errors.New("forgetting: regime A has no samples")
+	case cfg.B == nil || len(cfg.B.TrainX) == 0:
+		return nil, errors.New("forgetting: regime B has no samples")
+	case len(cfg.Lambdas) == 0:
+		return nil, errors.New("forgetting: lambdas: need at least one EWC λ")
+	}
+	for _, l := range cfg.Lambdas {
+		if !(l > 0) || math.IsInf(l, 0) {
+			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
+		}
+	}
+	base, _, err := policy.Train(ctx, cfg.Train, cfg.A.TrainX, cfg.A.TrainY, nil)
+	if err != nil {
+		return nil, fmt.Errorf("forgetting: train on %s: %w", cfg.A.Name, err)
+	}
+	fisher, err := policy.ComputeFisher(base, cfg.A.TrainX)
+	if err != nil {
+		return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+	}
+	res := &ForgettingResult{
+		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
+		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
+		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
+		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
+	}
+	run := func(lambda float64) (ForgettingRun, error) {
+		tc := cfg.FineTune
+		tc.Start = base
+		if lambda > 0 {
+			tc.EWC = &policy.EWC{Lambda: lambda, Anchor: base, Fisher: fisher}
+		}
+		n, _, err := policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil)
+		if err != nil {
+			return ForgettingRun{}, fmt.Errorf("forgetting: continue on %s (λ %v): %w", cfg.B.Name, lambda, err)
+		}
+		r := ForgettingRun{
+			Lambda: lambda,
+			AAfter: score(n, cfg.A.TrainX, cfg.A.TrainY), ATestAfter: score(n, cfg.A.TestX, cfg.A.TestY),
+			B: score(n, cfg.B.TrainX, cfg.B.TrainY), BTest: score(n, cfg.B.TestX, cfg.B.TestY),
+		}
+		r.Drop = res.ABefore.Accuracy - r.AAfter.Accuracy
+		if res.ABefore.Accuracy > 0 {
+			r.RelativeDrop = r.Drop / res.ABefore.Accuracy
+		}
+		return r, nil
+	}
+	if res.Plain, err = run(0); err != nil {
+		return nil, err
+	}
+	res.Plain.BRatio = 1
+	for _, l := range cfg.Lambdas {
+		r, err := run(l)
+		if err != nil {
+			return nil, err
+		}
+		if res.Plain.Drop > 0 {
+			r.DropCut = 1 - r.Drop/res.Plain.Drop
+		}
+		if res.Plain.B.Accuracy > 0 {
+			r.BRatio = r.B.Accuracy / res.Plain.B.Accuracy
+		}
+		r.MeetsGoals = res.Plain.Drop > 0 && r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio
+		res.EWC = append(res.EWC, r)
+	}
+	for i := range res.EWC {
+		r := &res.EWC[i]
+		if r.BRatio >= GoalBRatio && (res.Best == nil || r.DropCut > res.Best.DropCut) {
+			res.Best = r
+		}
+	}
+	return res, nil
+}
+
+// Halves splits each series in two in time: the first half for regime A,
+// the second for regime B.
+func Halves(series []marketdata.Series) (first, second []marketdata.Series) {
+	for _, s := range series {
+		n := len(s.Bars) / 2
+		first = append(first, marketdata.Series{Symbol: s.Symbol, Bars: slices.Clone(s.Bars[:n]), HasVolume: s.HasVolume})
+		second = append(second, marketdata.Series{Symbol: s.Symbol, Bars: slices.Clone(s.Bars[n:]), HasVolume: s.HasVolume})
+	}
+	return first, second
+}
+
+// Bundled regimes of the benchmark.
+const (
+	// RegimeIndices is regime A by default: the four European indices
+	// (DAX, SMI, CAC, FTSE) of the bundled eustock set, 1991-1998.
+	RegimeIndices = "eustock"
+	// RegimeStock is regime B by default: the single stock of the bundled
+	// ttrc set, 1985-2006.
+	RegimeStock = "ttrc"
+	// RegimeDAXFirst and RegimeDAXSecond are the two halves of the DAX
+	// series (1991-1994, 1995-1998).
+	RegimeDAXFirst  = "dax-1"
+	RegimeDAXSecond = "dax-2"
+)
+
+// LoadRegime builds a bundled regime by name (RegimeIndices, RegimeStock,
+// RegimeDAXFirst, RegimeDAXSecond) with the labels of `quantmesh train`.
+func LoadRegime(name string, horizon int, threshold, holdOut float64) (*Regime, error) {
+	var series []marketdata.Series
+	switch name {
+	case RegimeIndices, RegimeStock:
+		s, err := marketdata.Bundled(name)
+		if err != nil {
+			return nil, err
+		}
+		series = s
+	case RegimeDAXFirst, RegimeDAXSecond:
+		s, err := marketdata.Bundled(marketdata.EuStock)
+		if err != nil {
+			return nil, err
+		}
+		first, second := Halves(s[:1])
+		series = first
+		if name == RegimeDAXSecond {
+			series = second
+		}
+	default:
+		return nil, fmt.Errorf("unknown regime %q (want %s, %s, %s or %s)", name, RegimeIndices, RegimeStock, RegimeDAXFirst, RegimeDAXSecond)
+	}
+	return BuildRegime(name, series, horizon, threshold, holdOut)
+}
+
+// DefaultForgettingTrain is the training of both phases of the benchmark:
+// the serving network shape, Adam at 3e-3, 30 epochs, class weights.
+func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
+	train = policy.TrainConfig{
+		Config: policy.Config{Hidden: []int{64, 32}, Activation: policy.ActivationTanh},
+		Epochs: 30, BatchSize: 64, LearningRate: 3e-3, ClassWeights: true, Seed: 1,
+	}
+	fineTune = policy.TrainConfig{Epochs: 30, BatchSize: 64, LearningRate: 3e-3, ClassWeights: true, Seed: 2}
+	return train, fineTune
+}
+
+// WriteTable prints the benchmark as a text table.
+func (r *ForgettingResult) WriteTable(w io.Writer) {
+	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d)\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB)
+	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
+		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
+	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
+	row := func(name string, x ForgettingRun) {
+		goals := "-"
+		if x.Lambda > 0 {
+			goals = "no"
+			if x.MeetsGoals {
+				goals = "yes"
+			}
+		}
+		fmt.Fprintf(w, "%-10s %9.3f %9.4f %8.3f %7.1f%% %8.1f%% %8.3f %6.1f%% %7.3f %7.3f %6s\n", name, x.AAfter.Accuracy, x.AAfter.LogLoss, x.Drop,
+			100*x.RelativeDrop, 100*x.DropCut, x.B.Accuracy, 100*x.BRatio, x.ATestAfter.Accuracy, x.BTest.Accuracy, goals)
+	}
+	row("plain", r.Plain)
+	for _, x := range r.EWC {
+		row(fmt.Sprintf("ewc λ=%g", x.Lambda), x)
+	}
+	fmt.Fprintf(w, "A, B: the regimes' training parts (what the network learned); A', B': their held-out parts.\n")
+	fmt.Fprintf(w, "A drop%%: the drop relative to A's accuracy before (the degradation).\n")
+	fmt.Fprintf(w, "goals: drop cut ≥ %.0f%% and B accuracy ≥ %.0f%% of plain fine-tuning's.\n", 100*GoalDropCut, 100*GoalBRatio)
+	if r.Best != nil {
+		fmt.Fprintf(w, "best λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%%\n", 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut)
+	} else {
+		fmt.Fprintf(w, "no λ keeps B ≥ %.0f%% of plain\n", 100*GoalBRatio)
+	}
+}

@@ -1,0 +1,70 @@
+package learner
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/quantmesh/quantmesh/pkg/policy"
+)
+
+// TestForgetting runs a small forgetting benchmark (the two halves of the
+// DAX series, a small network, few epochs) and checks what EWC must do:
+// plain fine-tuning on B forgets some of A, EWC forgets less, and more
+// so the larger λ. The full benchmark is `quantmesh learn
+// --forgetting-benchmark`; its numbers are in the README.
+func TestForgetting(t *testing.T) {
+	t.Parallel()
+	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{16}}, Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 1}
+	ft := policy.TrainConfig{Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 2}
+	res, err := Forgetting(context.Background(), ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{3, 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	res.WriteTable(&buf)
+	t.Log("\n" + buf.String())
+	if res.Plain.Drop <= 0 {
+		t.Fatalf("plain fine-tuning did not forget A (drop %.3f): the benchmark measures nothing", res.Plain.Drop)
+	}
+	if res.Plain.B.Accuracy <= res.BBefore.Accuracy {
+		t.Errorf("plain fine-tuning did not learn B: %.3f after, %.3f before", res.Plain.B.Accuracy, res.BBefore.Accuracy)
+	}
+	weak, strong := res.EWC[0], res.EWC[1]
+	if !(weak.Drop < res.Plain.Drop && strong.Drop < weak.Drop) {
+		t.Errorf("drop on A: plain %.3f, λ=3 %.3f, λ=100 %.3f; want EWC to forget less, more so the larger λ", res.Plain.Drop, weak.Drop, strong.Drop)
+	}
+	if !strings.Contains(buf.String(), "ewc λ=100") {
+		t.Errorf("table lacks the λ=100 row:\n%s", buf.String())
+	}
+}
+
+func TestForgettingBadInput(t *testing.T) {
+	t.Parallel()
+	A := &Regime{Name: "a", TrainX: [][]float64{{1}}, TrainY: []policy.Action{0}}
+	for _, tc := range []struct {
+		cfg  ForgettingConfig
+		want string
+	}{
+		{ForgettingConfig{B: A, Lambdas: []float64{1}}, "regime A has no samples"},
+		{ForgettingConfig{A: A, B: &Regime{}, Lambdas: []float64{1}}, "regime B has no samples"},
+		{ForgettingConfig{A: A, B: A}, "lambdas: need at least one"},
+		{ForgettingConfig{A: A, B: A, Lambdas: []float64{-1}}, "lambdas: each λ must be finite and > 0, got -1"},
+	} {
+		if _, err := Forgetting(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("error %v, want %q", err, tc.want)
+		}
+	}
+	if _, err := LoadRegime("nasdaq", 5, 0.5, 0.2); err == nil || !strings.Contains(err.Error(), `unknown regime "nasdaq"`) {
+		t.Errorf("unknown regime: %v", err)
+	}
+}

@@ -1,0 +1,315 @@
+package learner_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
+	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
+	"github.com/quantmesh/quantmesh/internal/learner"
+	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/pkg/policy"
+	"github.com/quantmesh/quantmesh/pkg/server"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/risk"
+)
+
+const inputs = 4
+
+// synthetic returns outcomes of a learnable rule: BUY when w·x > 0.5,
+// SELL below −0.5, HOLD between.
+func synthetic(n int, seed uint64) []learner.Outcome {
+	r := rand.New(rand.NewPCG(seed, 1))
+	w := []float64{1, -0.8, 0.6, 0.3}
+	out := make([]learner.Outcome, n)
+	for i := range out {
+		x := make([]float64, inputs)
+		var s float64
+		for j := range x {
+			x[j] = r.NormFloat64()
+			s += w[j] * x[j]
+		}
+		label := policy.ActionHold
+		switch {
+		case s > 0.5:
+			label = policy.ActionBuy
+		case s < -0.5:
+			label = policy.ActionSell
+		}
+		out[i] = learner.Outcome{Symbol: "SYN", Features: x, Label: label}
+	}
+	return out
+}
+
+func xy(os []learner.Outcome) ([][]float64, []policy.Action) {
+	X := make([][]float64, len(os))
+	y := make([]policy.Action, len(os))
+	for i, o := range os {
+		X[i], y[i] = o.Features, o.Label
+	}
+	return X, y
+}
+
+// startMesh runs a mesh of the given services on SQLite and returns a
+// connection to it.
+func startMesh(t *testing.T, services ...string) (*mesh.Mesh, *grpc.ClientConn) {
+	t.Helper()
+	cfg := mesh.Config{
+		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
+		Store:      store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
+		Services:   services,
+		Experiment: experiment.DefaultConfig(),
+		Risk:       risk.DefaultConfig(),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m, err := mesh.Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), telemetry.Noop())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return m, conn
+}
+
+// registerInitial trains a network on the synthetic rule and points
+// policy@production at it; it returns the version.
+func registerInitial(t *testing.T, client experimentv1.ExperimentServiceClient) int64 {
+	t.Helper()
+	ctx := context.Background()
+	X, y := xy(synthetic(400, 1))
+	net, _, err := policy.Train(ctx, policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 30, LearningRate: 0.02, Seed: 1}, X, y, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, acc := policy.Evaluate(net, X, y); acc < 0.8 {
+		t.Fatalf("initial model accuracy %.3f: the synthetic rule is not learned", acc)
+	}
+	w, err := net.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "policy"}); err != nil {
+		t.Fatal(err)
+	}
+	mv, err := client.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format, Weights: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := mv.GetModelVersion().GetVersion()
+	if _, err := client.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: v}); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func aliasVersion(t *testing.T, client experimentv1.ExperimentServiceClient) int64 {
+	t.Helper()
+	mv, err := client.GetModelVersionByAlias(context.Background(), &experimentv1.GetModelVersionByAliasRequest{ModelName: "policy", Alias: "production"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mv.GetModelVersion().GetVersion()
+}
+
+func servedVersion(t *testing.T, inf inferencev1.InferenceServiceClient) int64 {
+	t.Helper()
+	st, err := inf.GetModelStatus(context.Background(), &inferencev1.GetModelStatusRequest{ModelName: "policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.GetModels()[0].GetLoadedVersion()
+}
+
+// waitServed waits until InferenceService serves version v (through
+// WatchModel), for at most a minute.
+func waitServed(t *testing.T, inf inferencev1.InferenceServiceClient, v int64) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); servedVersion(t, inf) != v; {
+		if time.Now().After(deadline) {
+			t.Fatalf("InferenceService did not load version %d", v)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func testConfig() learner.Config {
+	cfg := learner.DefaultConfig()
+	cfg.ReplaySize, cfg.Epochs, cfg.LearningRate, cfg.BatchSize = 300, 5, 0.01, 32
+	return cfg
+}
+
+// TestRetrainPublishesThenRejectsDegraded: a fine-tune on more outcomes of
+// the same rule is published (run, version, alias moved); then a candidate
+// trained on shuffled labels is rejected against the published version's
+// evaluation set, counted, and the alias does not move.
+func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment, mesh.Inference)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	inf := inferencev1.NewInferenceServiceClient(conn)
+	v1 := registerInitial(t, client)
+	ctx := context.Background()
+
+	// Plain fine-tuning (λ 0) at a high rate: nothing holds a candidate
+	// trained on noise near the previous weights but the stability check.
+	cfg := testConfig()
+	cfg.Lambda, cfg.Epochs, cfg.LearningRate = 0, 40, 0.05
+	meter, read := meterReader(t)
+	l, err := learner.New(cfg, client, nil, meter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(synthetic(300, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := l.Retrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Published || rep.From != v1 || rep.Version <= v1 || rep.RunID == "" {
+		t.Fatalf("first retrain: %+v, want version %d fine-tuned and published", rep, v1)
+	}
+	if got := aliasVersion(t, client); got != rep.Version {
+		t.Fatalf("production is at version %d, want the published %d", got, rep.Version)
+	}
+	run, err := client.GetRun(ctx, &experimentv1.GetRunRequest{RunId: rep.RunID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := run.GetRun(); r.GetStatus() != experimentv1.RunStatus_RUN_STATUS_FINISHED || r.GetParams()["lambda"] != "0" || r.GetTags()["decision"] != "published" {
+		t.Errorf("publish run: %v", r)
+	}
+	v2 := rep.Version
+	waitServed(t, inf, v2)
+
+	// Shuffled labels: features of the same rule, labels permuted.
+	bad := synthetic(300, 3)
+	r := rand.New(rand.NewPCG(4, 4))
+	r.Shuffle(len(bad), func(i, j int) { bad[i].Label, bad[j].Label = bad[j].Label, bad[i].Label })
+	if err := l.Add(bad...); err != nil { // evicts every good outcome
+		t.Fatal(err)
+	}
+	rep, err = l.Retrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Published || rep.Version != 0 || rep.From != v2 || rep.Degradation <= cfg.DegradationThreshold || !strings.Contains(rep.Reason, "more than the 20% threshold") {
+		t.Fatalf("degraded retrain: %+v, want a rejection", rep)
+	}
+	t.Logf("rejected: %s", rep.Reason)
+	if got := aliasVersion(t, client); got != v2 {
+		t.Errorf("production moved to version %d after a rejection; want %d", got, v2)
+	}
+	if got := servedVersion(t, inf); got != v2 {
+		t.Errorf("InferenceService serves version %d after a rejection; want %d", got, v2)
+	}
+	m := read()
+	for name, want := range map[string]float64{
+		"quantmesh.learner.retrains{published}": 1, "quantmesh.learner.retrains{rejected}": 1, "quantmesh.learner.retrains{failed}": 0,
+		"quantmesh.learner.consecutive_failures": 1, "quantmesh.learner.degradation_ratio": rep.Degradation,
+		"quantmesh.learner.training_loss": rep.TrainingLoss, "quantmesh.learner.outcomes": 600, "quantmesh.learner.replay_outcomes": 300,
+	} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("%s = %v (reported: %v), want %v", name, got, ok, want)
+		}
+	}
+	if s, ok := m["quantmesh.learner.since_last_publish"]; !ok || s < 0 {
+		t.Errorf("since_last_publish = %v, %v", s, ok)
+	}
+	list, err := client.ListModelVersions(ctx, &experimentv1.ListModelVersionsRequest{ModelName: "policy"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(list.GetModelVersions()); n != 2 {
+		t.Errorf("%d versions registered, want 2 (a rejected candidate is not registered)", n)
+	}
+	if rep.RunID != "" {
+		run, err := client.GetRun(ctx, &experimentv1.GetRunRequest{RunId: rep.RunID})
+		if err != nil || run.GetRun().GetTags()["decision"] != "rejected" || run.GetRun().GetStatus() != experimentv1.RunStatus_RUN_STATUS_FAILED {
+			t.Errorf("rejection run: %v %v", run, err)
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	for _, tc := range []struct {
+		edit func(*learner.Config)
+		want string
+	}{
+		{func(c *learner.Config) { c.Lambda = -1 }, "lambda: must be finite and ≥ 0, got -1"},
+		{func(c *learner.Config) { c.Gamma = 1.5 }, "gamma: must be in [0, 1], got 1.5"},
+		{func(c *learner.Config) { c.LearningRate = 0 }, "learning rate: must be finite and > 0, got 0"},
+		{func(c *learner.Config) { c.BatchSize = 0 }, "batch size: must be ≥ 1, got 0"},
+		{func(c *learner.Config) { c.Cadence = 0 }, "cadence: must be positive"},
+		{func(c *learner.Config) { c.ReplaySize = 1 }, "replay size: must be ≥ 2"},
+		{func(c *learner.Config) { c.DegradationThreshold = 2 }, "degradation threshold: must be in [0, 1], got 2"},
+		{func(c *learner.Config) { c.Model = "" }, "model: required"},
+		{func(c *learner.Config) { c.Alias = "" }, "alias: required"},
+	} {
+		cfg := learner.DefaultConfig()
+		tc.edit(&cfg)
+		if _, err := learner.New(cfg, client, nil, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("error %v, want %q", err, tc.want)
+		}
+	}
+	ctx := context.Background()
+	// An empty replay set.
+	l, err := learner.New(learner.DefaultConfig(), client, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Retrain(ctx); !errors.Is(err, learner.ErrEmptyReplay) || !strings.Contains(err.Error(), "replay: no outcomes") {
+		t.Errorf("empty replay: %v", err)
+	}
+	// An unknown model.
+	cfg := learner.DefaultConfig()
+	cfg.Model = "nope"
+	l, err = learner.New(cfg, client, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(synthetic(10, 1)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Retrain(ctx); err == nil || !strings.Contains(err.Error(), `model: unknown model "nope"`) {
+		t.Errorf("unknown model: %v", err)
+	}
+	// A model with no version behind the alias.
+	if _, err := client.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "nope"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Retrain(ctx); err == nil || !strings.Contains(err.Error(), `alias: model "nope" has no version behind alias "production"`) {
+		t.Errorf("unset alias: %v", err)
+	}
+	// Outcomes that do not fit the model.
+	if err := l.Add(learner.Outcome{Features: []float64{1}, Label: 7}); err == nil || !strings.Contains(err.Error(), "label 7 is not an action") {
+		t.Errorf("bad label: %v", err)
+	}
+}

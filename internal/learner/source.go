@@ -1,0 +1,57 @@
+package learner
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/protobuf/proto"
+
+	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
+	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/bus"
+)
+
+// ConsumerGroup is the learner's bus consumer group.
+const ConsumerGroup = "learner"
+
+// Consume feeds the learner from the bus until ctx is done: decisions of
+// its model (topic decisions) joined with bars (topic market.bars) into
+// outcomes in the replay buffer. Undecodable messages are skipped and
+// logged.
+func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
+	var mu sync.Mutex // the bus may run the handler for several partitions at once
+	j := NewJoiner(l.cfg.Horizon, l.cfg.LabelThreshold)
+	return c.Consume(ctx, bus.ConsumerConfig{Group: ConsumerGroup, Topics: []string{bus.TopicDecisions, bus.TopicMarketBars}},
+		func(_ context.Context, msgs []bus.Message) error {
+			mu.Lock()
+			defer mu.Unlock()
+			var outs []Outcome
+			for _, m := range msgs {
+				switch m.Topic {
+				case bus.TopicMarketBars:
+					var b regimev1.Bar
+					if err := proto.Unmarshal(m.Value, &b); err != nil {
+						l.log.Error("learner: undecodable bar skipped", "offset", m.Offset, "err", err)
+						continue
+					}
+					outs = append(outs, j.Bar(b.GetSymbol(), b.GetTime().AsTime(), b.GetClose())...)
+				case bus.TopicDecisions:
+					var d inferencev1.Decision
+					if err := proto.Unmarshal(m.Value, &d); err != nil {
+						l.log.Error("learner: undecodable decision skipped", "offset", m.Offset, "err", err)
+						continue
+					}
+					if d.GetModelName() != l.cfg.Model || d.GetShadow() {
+						continue
+					}
+					j.Decision(d.GetDecisionId(), d.GetSymbol(), d.GetDecisionTime().AsTime(), d.GetFeatures())
+				}
+			}
+			if len(outs) > 0 {
+				if err := l.Add(outs...); err != nil {
+					l.log.Error("learner: outcomes skipped", "outcomes", len(outs), "err", err)
+				}
+			}
+			return nil
+		})
+}

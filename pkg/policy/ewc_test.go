@@ -1,0 +1,128 @@
+package policy
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestEWCPenaltyGradient isolates the EWC penalty: the difference between
+// the objective with and without it is (λ/2)·Σ F(θ − θ*)², its gradient
+// (gorgonia's, with minus without) is λ·F⊙(θ − θ*), and both match central
+// finite differences of the penalty for every parameter.
+func TestEWCPenaltyGradient(t *testing.T) {
+	t.Parallel()
+	const lambda = 2.5
+	cfg := Config{Inputs: 3, Hidden: []int{4}}
+	X, y := synthetic(6, 3, 8)
+	anchor := randomNetwork(t, cfg, 3)
+	start := anchor.withParams(cloneLayers(anchor.cfg, anchor.layers))
+	r := rand.New(rand.NewPCG(9, 9))
+	for _, l := range start.layers {
+		for i := range l.w {
+			l.w[i] += 0.5 * r.NormFloat64()
+		}
+		for i := range l.b {
+			l.b[i] += 0.5 * r.NormFloat64()
+		}
+	}
+	fisher, err := ComputeFisher(anchor, X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	build := func(ewc *EWC) *trainer {
+		rc, err := TrainConfig{Start: start, EWC: ewc}.resolve(X)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr, err := newTrainer(rc, start, len(X))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(tr.close)
+		z := make([]float64, 0, len(X)*3)
+		for _, x := range X {
+			for i, v := range x {
+				z = append(z, (v-start.mean[i])/start.std[i])
+			}
+		}
+		tr.fill(z, y, []float64{1, 1, 1, 1, 1, 1}, []int{0, 1, 2, 3, 4, 5})
+		return tr
+	}
+	with, without := build(&EWC{Lambda: lambda, Anchor: anchor, Fisher: fisher}), build(nil)
+	objective := func(tr *trainer) float64 {
+		v, err := tr.run()
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr.vm.Reset()
+		return v
+	}
+	grads := func(tr *trainer) [][]float64 {
+		if _, err := tr.run(); err != nil {
+			t.Fatal(err)
+		}
+		defer tr.vm.Reset()
+		var gs [][]float64
+		for _, n := range tr.theta.learnables() {
+			g, err := n.Grad()
+			if err != nil {
+				t.Fatal(err)
+			}
+			gs = append(gs, slices.Clone(g.Data().([]float64)))
+		}
+		return gs
+	}
+	// Gradients first: gorgonia accumulates them over runs until an
+	// optimizer step clears them.
+	gw, gwo := grads(with), grads(without)
+	// The penalty in plain Go, over the weights format's layout.
+	theta, star, f := flat(start), flat(anchor), fisher.Values()
+	var want float64
+	for i := range theta {
+		want += lambda / 2 * f[i] * (theta[i] - star[i]) * (theta[i] - star[i])
+	}
+	if got := objective(with) - objective(without); math.Abs(got-want) > 1e-9*max(1, want) {
+		t.Fatalf("penalty %.12g, want (λ/2)·Σ F(θ−θ*)² = %.12g", got, want)
+	}
+	if want == 0 {
+		t.Fatal("the penalty is zero: the test checks nothing")
+	}
+	thetaW, thetaWo := with.theta.learnables(), without.theta.learnables()
+	// Parameters in gorgonia's layout: W is in×out (the transpose of the
+	// network's out×in), b is 1×out. Map each to the weights format's index.
+	offset := 0
+	const eps = 1e-6
+	for li, l := range start.layers {
+		for k, node := range []int{2 * li, 2*li + 1} {
+			vals, valsWo := thetaW[node].Value().Data().([]float64), thetaWo[node].Value().Data().([]float64)
+			for i := range vals {
+				idx := offset + i // bias: same order
+				if k == 0 {
+					row, col := i/l.out, i%l.out // gorgonia W[row=in][col=out]
+					idx = offset + col*l.in + row
+				}
+				analytic := lambda * f[idx] * (theta[idx] - star[idx])
+				if got := gw[node][i] - gwo[node][i]; math.Abs(got-analytic) > 1e-9*max(1, math.Abs(analytic)) {
+					t.Errorf("layer %d param %d: gradient of the penalty %.9g, want λ·F·(θ−θ*) = %.9g", li, idx, got, analytic)
+				}
+				orig, origWo := vals[i], valsWo[i]
+				penalty := func(d float64) float64 {
+					vals[i], valsWo[i] = orig+d, origWo+d
+					return objective(with) - objective(without)
+				}
+				fd := (penalty(eps) - penalty(-eps)) / (2 * eps)
+				vals[i], valsWo[i] = orig, origWo
+				if math.Abs(fd-analytic) > 1e-6*max(1, math.Abs(analytic)) {
+					t.Errorf("layer %d param %d: finite difference of the penalty %.9g, want %.9g", li, idx, fd, analytic)
+				}
+			}
+			if k == 0 {
+				offset += l.in * l.out
+			} else {
+				offset += l.out
+			}
+		}
+	}
+}
