@@ -23,7 +23,7 @@ const ObservationsGroup = "experiment-abtest-observations"
 // observations of tests that do not exist, are logged and skipped: they
 // would fail on every redelivery.
 func (s *Server) ConsumeObservations(ctx context.Context, c bus.Consumer) error {
-	return c.Consume(ctx, bus.ConsumerConfig{Group: ObservationsGroup, Topics: []string{bus.TopicABObservations}, MaxBatch: 2000},
+	return c.Consume(ctx, bus.ConsumerConfig{Group: ObservationsGroup, Topics: []string{bus.TopicABObservations}, MaxBatch: 1000},
 		func(ctx context.Context, msgs []bus.Message) error { return s.storeObservations(ctx, msgs) })
 }
 

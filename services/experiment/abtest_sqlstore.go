@@ -267,6 +267,100 @@ type rollup struct {
 	pairedConfidence                  float64
 }
 
+func (r *rollup) add(o *ABObservation) {
+	r.requests++
+	countAction(o.Action, &r.buy, &r.hold, &r.sell)
+	r.confidence += o.Confidence
+	r.latency += o.LatencyMS
+	if o.Paired {
+		r.paired++
+		r.pairedConfidence += o.Confidence
+		if o.Action == o.ShadowAction {
+			r.agreements++
+		}
+		countAction(o.ShadowAction, &r.shadowBuy, &r.shadowHold, &r.shadowSell)
+		r.shadowConfidence += o.ShadowConfidence
+		r.shadowLatency += o.ShadowLatencyMS
+	}
+}
+
+const observationInsert = `INSERT INTO ab_observations (ab_test_id, observation_id, unit_id, arm, model_version, action, confidence,
+	latency_ms, paired, shadow_action, shadow_confidence, shadow_latency_ms, observe_time) VALUES `
+
+func observationArgs(o *ABObservation) []any {
+	return []any{o.TestID, o.ID, o.Unit, int32(o.Arm), o.ModelVersion, int32(o.Action), o.Confidence,
+		o.LatencyMS, boolInt(o.Paired), int32(o.ShadowAction), o.ShadowConfidence, o.ShadowLatencyMS, millis(o.Time)}
+}
+
+// insertObservationsEach inserts one row per statement execution (SQLite:
+// no round trips, and a prepared statement beats binding thousands of
+// parameters at once), calling stored for each new row.
+func insertObservationsEach(ctx context.Context, tx *sql.Tx, obs []*ABObservation, stored func(*ABObservation)) error {
+	stmt, err := tx.PrepareContext(ctx, observationInsert+
+		`($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (ab_test_id, observation_id) DO NOTHING`)
+	if err != nil {
+		return err
+	}
+	defer stmt.Close()
+	for _, o := range obs {
+		res, err := stmt.ExecContext(ctx, observationArgs(o)...)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 1 {
+			stored(o)
+		}
+	}
+	return nil
+}
+
+// insertObservationsChunked inserts many rows per statement (PostgreSQL:
+// one round trip per chunk), calling stored for each new row.
+func insertObservationsChunked(ctx context.Context, tx *sql.Tx, obs []*ABObservation, stored func(*ABObservation)) error {
+	for start := 0; start < len(obs); start += observationChunk {
+		chunk := obs[start:min(start+observationChunk, len(obs))]
+		var (
+			b    strings.Builder
+			args = make([]any, 0, len(chunk)*13)
+			byID = make(map[[2]string]*ABObservation, len(chunk))
+		)
+		b.WriteString(observationInsert)
+		for i, o := range chunk {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)",
+				n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9, n+10, n+11, n+12, n+13)
+			args = append(args, observationArgs(o)...)
+			byID[[2]string{o.TestID, o.ID}] = o
+		}
+		b.WriteString(` ON CONFLICT (ab_test_id, observation_id) DO NOTHING RETURNING ab_test_id, observation_id`)
+		rows, err := tx.QueryContext(ctx, b.String(), args...)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var k [2]string
+			if err := rows.Scan(&k[0], &k[1]); err != nil {
+				rows.Close()
+				return err
+			}
+			if o := byID[k]; o != nil {
+				delete(byID, k) // a duplicate inside the chunk counts once
+				stored(o)
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func countAction(a experimentv1.TradeAction, buy, hold, sell *int64) {
 	switch a {
 	case experimentv1.TradeAction_TRADE_ACTION_BUY:
@@ -303,69 +397,25 @@ func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservatio
 			}
 			tests[o.TestID] = true
 		}
-		byID := make(map[[2]string]*ABObservation, len(obs))
 		rollups := map[rollupKey]*rollup{}
-		for start := 0; start < len(obs); start += observationChunk {
-			chunk := obs[start:min(start+observationChunk, len(obs))]
-			var (
-				b    strings.Builder
-				args = make([]any, 0, len(chunk)*13)
-			)
-			b.WriteString(`INSERT INTO ab_observations (ab_test_id, observation_id, unit_id, arm, model_version, action, confidence,
-				latency_ms, paired, shadow_action, shadow_confidence, shadow_latency_ms, observe_time) VALUES `)
-			for i, o := range chunk {
-				if i > 0 {
-					b.WriteString(", ")
-				}
-				n := len(args)
-				fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)",
-					n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9, n+10, n+11, n+12, n+13)
-				args = append(args, o.TestID, o.ID, o.Unit, int32(o.Arm), o.ModelVersion, int32(o.Action), o.Confidence,
-					o.LatencyMS, boolInt(o.Paired), int32(o.ShadowAction), o.ShadowConfidence, o.ShadowLatencyMS, millis(o.Time))
-				byID[[2]string{o.TestID, o.ID}] = o
+		add := func(o *ABObservation) {
+			stored++
+			key := rollupKey{o.TestID, o.Time.Truncate(time.Minute).UnixMilli(), o.Arm}
+			r := rollups[key]
+			if r == nil {
+				r = &rollup{}
+				rollups[key] = r
 			}
-			b.WriteString(` ON CONFLICT (ab_test_id, observation_id) DO NOTHING RETURNING ab_test_id, observation_id`)
-			rows, err := tx.QueryContext(ctx, b.String(), args...)
-			if err != nil {
-				return err
-			}
-			for rows.Next() {
-				var k [2]string
-				if err := rows.Scan(&k[0], &k[1]); err != nil {
-					rows.Close()
-					return err
-				}
-				o := byID[k]
-				if o == nil {
-					continue
-				}
-				delete(byID, k) // a duplicate inside the batch counts once
-				stored++
-				key := rollupKey{o.TestID, o.Time.Truncate(time.Minute).UnixMilli(), o.Arm}
-				r := rollups[key]
-				if r == nil {
-					r = &rollup{}
-					rollups[key] = r
-				}
-				r.requests++
-				countAction(o.Action, &r.buy, &r.hold, &r.sell)
-				r.confidence += o.Confidence
-				r.latency += o.LatencyMS
-				if o.Paired {
-					r.paired++
-					r.pairedConfidence += o.Confidence
-					if o.Action == o.ShadowAction {
-						r.agreements++
-					}
-					countAction(o.ShadowAction, &r.shadowBuy, &r.shadowHold, &r.shadowSell)
-					r.shadowConfidence += o.ShadowConfidence
-					r.shadowLatency += o.ShadowLatencyMS
-				}
-			}
-			rows.Close()
-			if err := rows.Err(); err != nil {
-				return err
-			}
+			r.add(o)
+		}
+		var err error
+		if s.db.Dialect() == store.Postgres {
+			err = insertObservationsChunked(ctx, tx, obs, add)
+		} else {
+			err = insertObservationsEach(ctx, tx, obs, add)
+		}
+		if err != nil {
+			return err
 		}
 		for k, r := range rollups {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO ab_rollups (ab_test_id, minute, arm, requests, buy, hold, sell,
