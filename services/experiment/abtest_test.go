@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net/http"
 	"testing"
 	"time"
 
@@ -400,6 +401,51 @@ func TestWatchABTests(t *testing.T) {
 		if m.GetKind() != experimentv1.WatchEventKind_WATCH_EVENT_KIND_UPDATE || m.GetRevision() != stopped.GetAbTest().GetRevision() ||
 			m.GetAbTest().GetState() != experimentv1.ABTestState_AB_TEST_STATE_STOPPED {
 			t.Fatalf("resumed update: %v", m)
+		}
+	})
+}
+
+func TestABTestOverREST(t *testing.T) {
+	runRegistry(t, func(t *testing.T, db *store.DB) {
+		h := serveRegistry(t, db, "127.0.0.1:0")
+		abModel(t, h.client, "policy")
+		code, body := h.rest(t, http.MethodPost, "/v1/abtests", `{"name":"v2 vs v1","modelName":"policy",
+			"controlVersion":"1","treatmentVersion":"2","treatmentBps":10000,"mode":"AB_TEST_MODE_SHADOW","salt":"rest"}`)
+		if code != http.StatusOK || body["state"] != "AB_TEST_STATE_DRAFT" {
+			t.Fatalf("create: %d %v", code, body)
+		}
+		id := body["abTestId"].(string)
+		code, body = h.rest(t, http.MethodPost, "/v1/abtests/"+id+":start", `{}`)
+		if code != http.StatusOK || body["state"] != "AB_TEST_STATE_RUNNING" {
+			t.Fatalf("start: %d %v", code, body)
+		}
+		code, body = h.rest(t, http.MethodPatch, "/v1/abtests/"+id, `{"mode":"AB_TEST_MODE_SPLIT","treatmentBps":2000}`)
+		if code != http.StatusOK || body["mode"] != "AB_TEST_MODE_SPLIT" || body["treatmentBps"] != float64(2000) {
+			t.Fatalf("patch: %d %v", code, body)
+		}
+		code, body = h.rest(t, http.MethodGet, "/v1/abtests/"+id+"/assignments/desk-1", ``)
+		if _, bucket := abassign.Assign("rest", "desk-1", 2000); code != http.StatusOK || body["bucket"] != float64(bucket) {
+			t.Fatalf("assignment: %d %v (bucket %d)", code, body, bucket)
+		}
+		code, body = h.rest(t, http.MethodGet, "/v1/abtests/"+id+"/results", ``)
+		if code != http.StatusOK || body["abTestId"] != id {
+			t.Fatalf("results: %d %v", code, body)
+		}
+		code, body = h.rest(t, http.MethodPost, "/v1/abtests/"+id+":pause", `{}`)
+		if code != http.StatusOK || body["state"] != "AB_TEST_STATE_PAUSED" {
+			t.Fatalf("pause: %d %v", code, body)
+		}
+		code, body = h.rest(t, http.MethodPost, "/v1/abtests/"+id+":stop", `{"promoteTreatment":true}`)
+		if code != http.StatusOK || body["state"] != "AB_TEST_STATE_STOPPED" || body["promoted"] != true {
+			t.Fatalf("stop: %d %v", code, body)
+		}
+		code, _ = h.rest(t, http.MethodPost, "/v1/abtests/"+id+":start", `{}`)
+		if code != http.StatusBadRequest {
+			t.Errorf("start after stop over REST: %d, want 400 (FAILED_PRECONDITION)", code)
+		}
+		code, body = h.rest(t, http.MethodGet, "/v1/abtests?modelName=policy", ``)
+		if list, _ := body["abTests"].([]any); code != http.StatusOK || len(list) != 1 {
+			t.Fatalf("list: %d %v", code, body)
 		}
 	})
 }
