@@ -68,5 +68,6 @@ func (s *Server) storeObservations(ctx context.Context, msgs []bus.Message) erro
 	if _, err := s.store.RecordABObservations(ctx, obs); err != nil {
 		return fmt.Errorf("store A/B observations: %w", err)
 	}
+	s.checkGuardrails(ctx, testIDs(obs))
 	return nil
 }

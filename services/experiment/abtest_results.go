@@ -183,6 +183,7 @@ func (s *Server) RecordObservations(ctx context.Context, req *experimentv1.Recor
 	if err != nil {
 		return nil, err
 	}
+	s.checkGuardrails(ctx, testIDs(obs))
 	return &experimentv1.RecordObservationsResponse{Accepted: stored, Duplicates: int64(len(obs)) - stored}, nil
 }
 
@@ -250,4 +251,12 @@ func observationFromProto(o *experimentv1.ABObservation, now time.Time) *ABObser
 		out.Time = ts.AsTime().UTC()
 	}
 	return out
+}
+
+func testIDs(obs []*ABObservation) map[string]bool {
+	ids := map[string]bool{}
+	for _, o := range obs {
+		ids[o.TestID] = true
+	}
+	return ids
 }

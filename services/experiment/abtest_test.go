@@ -449,3 +449,48 @@ func TestABTestOverREST(t *testing.T) {
 		}
 	})
 }
+
+func TestABTestGuardrailPauses(t *testing.T) {
+	runRegistry(t, func(t *testing.T, db *store.DB) {
+		h := serveRegistry(t, db, "127.0.0.1:0")
+		c, ctx := h.client, context.Background()
+		abModel(t, c, "policy")
+		abModel(t, c, "other")
+		create := func(model string) string {
+			resp, err := c.CreateABTest(ctx, &experimentv1.CreateABTestRequest{
+				Name: "guarded", ModelName: model, ControlVersion: 1, TreatmentVersion: 2, TreatmentBps: 5000,
+				Mode: experimentv1.ABTestMode_AB_TEST_MODE_SPLIT, Guardrails: &experimentv1.ABGuardrails{MaxLatencyP95Ratio: 1.5, MinObservations: 10},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.StartABTest(ctx, &experimentv1.StartABTestRequest{AbTestId: resp.GetAbTest().GetAbTestId()}); err != nil {
+				t.Fatal(err)
+			}
+			return resp.GetAbTest().GetAbTestId()
+		}
+		slow, few := create("policy"), create("other")
+		record := func(id string, n int) {
+			var batch []*experimentv1.ABObservation
+			for i := range n {
+				batch = append(batch,
+					obs(id, fmt.Sprintf("c%d", i), fmt.Sprintf("u%d", i), experimentv1.ABArm_AB_ARM_CONTROL, experimentv1.TradeAction_TRADE_ACTION_HOLD, 0.5, 1),
+					obs(id, fmt.Sprintf("t%d", i), fmt.Sprintf("v%d", i), experimentv1.ABArm_AB_ARM_TREATMENT, experimentv1.TradeAction_TRADE_ACTION_HOLD, 0.5, 10))
+			}
+			if _, err := c.RecordObservations(ctx, &experimentv1.RecordObservationsRequest{Observations: batch}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		record(slow, 20)
+		record(few, 5) // below min_observations: not evaluated
+		for id, want := range map[string]experimentv1.ABTestState{
+			slow: experimentv1.ABTestState_AB_TEST_STATE_PAUSED,
+			few:  experimentv1.ABTestState_AB_TEST_STATE_RUNNING,
+		} {
+			got, err := c.GetABTest(ctx, &experimentv1.GetABTestRequest{AbTestId: id})
+			if err != nil || got.GetAbTest().GetState() != want {
+				t.Errorf("test %s: %v %v, want %s", id, got.GetAbTest().GetState(), err, want)
+			}
+		}
+	})
+}

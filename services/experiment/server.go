@@ -59,6 +59,7 @@ type Server struct {
 
 	aliases aliasHub // wakes WatchModel streams
 	ab      abHub    // feeds WatchABTests streams
+	guard   guardrails
 }
 
 var _ experimentv1.ExperimentServiceServer = (*Server)(nil)
