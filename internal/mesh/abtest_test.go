@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
@@ -204,5 +205,58 @@ func TestABTestAcrossTheMesh(t *testing.T) {
 	})
 	if took := time.Since(stopped); took > time.Second {
 		t.Errorf("the promoted version was served %v after StopABTest, want within 1s", took)
+	}
+}
+
+// TestABObservationsOverKafka runs the observation path on Kafka (kfake):
+// every shadowed prediction becomes one paired observation, aggregated once.
+func TestABObservationsOverKafka(t *testing.T) {
+	t.Parallel()
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cluster.Close)
+	cfg := config(t, mesh.Experiment, mesh.Inference)
+	cfg.KafkaBrokers = cluster.ListenAddrs()
+	_, conn := serve(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	exp := experimentv1.NewExperimentServiceClient(conn)
+	inf := inferencev1.NewInferenceServiceClient(conn)
+	registerVersions(t, ctx, exp, "policy", 4, 2)
+	created, err := exp.CreateABTest(ctx, &experimentv1.CreateABTestRequest{
+		Name: "kafka", ModelName: "policy", ControlVersion: 1, TreatmentVersion: 2, TreatmentBps: 10000,
+		Mode: experimentv1.ABTestMode_AB_TEST_MODE_SHADOW,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := created.GetAbTest().GetAbTestId()
+	if _, err := exp.StartABTest(ctx, &experimentv1.StartABTestRequest{AbTestId: id}); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, ctx, "A/B test applied by inference", 5*time.Millisecond, func() bool {
+		st, err := inf.GetModelStatus(ctx, &inferencev1.GetModelStatusRequest{ModelName: "policy"})
+		return err == nil && st.GetModels()[0].GetLoadedVersion() == 1 && st.GetModels()[0].GetAbTest().GetArmsLoaded()
+	})
+	const n = 1000
+	for i := range n {
+		resp, err := inf.Predict(ctx, &inferencev1.PredictRequest{ModelName: "policy", UnitId: fmt.Sprintf("k-%d", i%50), Symbol: "AB", Features: features(i)})
+		if err != nil || !resp.GetShadow() {
+			t.Fatalf("predict: %v %v", resp, err)
+		}
+	}
+	var res *experimentv1.ABTestResults
+	pollUntil(t, ctx, "1,000 paired observations over Kafka", 100*time.Millisecond, func() bool {
+		r, err := exp.GetABTestResults(ctx, &experimentv1.GetABTestResultsRequest{AbTestId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res = r.GetResults()
+		return res.GetPairedObservations() >= n
+	})
+	if res.GetPairedObservations() != n || res.GetArms()[0].GetRequests() != n || res.GetArms()[0].GetUnits() != 50 {
+		t.Fatalf("results: %v", res)
 	}
 }

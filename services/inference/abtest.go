@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -167,11 +168,15 @@ func (f *abFollower) stream(ctx context.Context) (delivered bool, err error) {
 			old := f.tests
 			f.tests = snapshot
 			snapshot = nil
+			var failed error
 			for model := range old {
-				f.install(ctx, model)
+				failed = cmp.Or(f.install(ctx, model), failed)
 			}
 			for model := range f.tests {
-				f.install(ctx, model)
+				failed = cmp.Or(f.install(ctx, model), failed)
+			}
+			if failed != nil {
+				return delivered, f.retry(failed)
 			}
 			f.after = msg.GetRevision()
 		case experimentv1.WatchEventKind_WATCH_EVENT_KIND_UPDATE:
@@ -185,19 +190,29 @@ func (f *abFollower) stream(ctx context.Context) (delivered bool, err error) {
 				}
 				f.tests[model][t.GetAbTestId()] = t
 			}
-			f.install(ctx, model)
+			if err := f.install(ctx, model); err != nil {
+				return delivered, f.retry(err)
+			}
 			f.after = msg.GetRevision()
 		}
 	}
 }
 
+// retry makes the next stream start from a fresh snapshot, so a test
+// whose arms could not be loaded is installed again after the backoff.
+func (f *abFollower) retry(err error) error {
+	f.after = 0
+	return fmt.Errorf("A/B test arms not loaded: %w", err)
+}
+
 // install computes and swaps in the route of model, loading arm weights
 // first. Until they load, the new test's route is reported with
-// arms_loaded false and requests stay unrouted.
-func (f *abFollower) install(ctx context.Context, model string) {
+// arms_loaded false and requests stay unrouted; an error says they could
+// not be loaded.
+func (f *abFollower) install(ctx context.Context, model string) error {
 	m := f.s.models[model]
 	if m == nil {
-		return
+		return nil
 	}
 	var pick *experimentv1.ABTest
 	for _, t := range f.tests[model] {
@@ -215,7 +230,7 @@ func (f *abFollower) install(ctx context.Context, model string) {
 			f.log.Info("A/B routing off", "model", model)
 		}
 		f.prune(model, nil)
-		return
+		return nil
 	}
 	drops := f.drops[pick.GetAbTestId()]
 	if drops == nil {
@@ -243,13 +258,14 @@ func (f *abFollower) install(ctx context.Context, model string) {
 		}
 		if err != nil {
 			f.log.Error("A/B test arms not loaded; requests stay unrouted", "model", model, "ab_test_id", r.testID, "err", err)
-			return
+			return err
 		}
 	}
 	m.ab.Store(r)
 	f.prune(model, r)
 	f.log.Info("A/B routing applied", "model", model, "ab_test_id", r.testID, "mode", r.mode.String(), "running", r.running,
 		"treatment_bps", r.bps, "revision", r.revision)
+	return nil
 }
 
 // prune forgets weights no route uses.
