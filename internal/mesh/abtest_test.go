@@ -125,7 +125,7 @@ func TestABTestAcrossTheMesh(t *testing.T) {
 	}
 	begin := time.Now()
 	predictAll(func(i int) string { return fmt.Sprintf("acct-%d", i%500) }, func(r *inferencev1.PredictResponse) {
-		if r.GetAbTestId() != id || r.GetArm() != inferencev1.Arm_ARM_CONTROL || !r.GetShadow() || r.GetModelVersion() != 1 {
+		if r.GetAbTestId() != id || r.GetArm() != inferencev1.Arm_ARM_CONTROL || !r.GetShadow() || r.GetModelVersion() != 1 || r.GetAlias() != "production" {
 			t.Errorf("shadow answer %v: want control v1 under test %s", r, id)
 		}
 	})
@@ -167,12 +167,12 @@ func TestABTestAcrossTheMesh(t *testing.T) {
 		if r.GetShadow() || r.GetAbTestId() != id {
 			t.Errorf("split answer %v", r)
 		}
-		want := int64(1)
+		want, alias := int64(1), "production"
 		if r.GetArm() == inferencev1.Arm_ARM_TREATMENT {
 			treated++
-			want = 2
+			want, alias = 2, ""
 		}
-		if r.GetModelVersion() != want {
+		if r.GetModelVersion() != want || r.GetAlias() != alias {
 			t.Errorf("arm %v answered by version %d", r.GetArm(), r.GetModelVersion())
 		}
 	})

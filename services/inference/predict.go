@@ -303,8 +303,8 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg
 	probs := &inferencev1.ActionProbabilities{Buy: out.Probs[policy.ActionBuy], Hold: out.Probs[policy.ActionHold], Sell: out.Probs[policy.ActionSell]}
 	action := actionToProto(out.Action)
 	alias := m.spec.Alias
-	if pinned || (rt != nil && rt.arm == inferencev1.Arm_ARM_TREATMENT) {
-		alias = ""
+	if cur := m.current.Load(); pinned || (rt != nil && (rt.arm == inferencev1.Arm_ARM_TREATMENT || cur == nil || cur.version != lv.version)) {
+		alias = "" // the alias's version did not answer
 	}
 	took := time.Since(start)
 	resp := &inferencev1.PredictResponse{
