@@ -494,3 +494,59 @@ func TestABTestGuardrailPauses(t *testing.T) {
 		}
 	})
 }
+
+// A change committed through one server reaches WatchABTests streams of
+// another server on the same database (its feeder polls the revision).
+func TestWatchABTestsAcrossServers(t *testing.T) {
+	runRegistry(t, func(t *testing.T, db *store.DB) {
+		a := serveRegistry(t, db, "127.0.0.1:0", experiment.WithABPollInterval(20*time.Millisecond))
+		b := serveRegistry(t, db, "127.0.0.1:0", experiment.WithABPollInterval(20*time.Millisecond))
+		ctx := context.Background()
+		abModel(t, b.client, "policy")
+		wctx, cancel := context.WithTimeout(ctx, streamGuard)
+		defer cancel()
+		st, err := a.client.WatchABTests(wctx, &experimentv1.WatchABTestsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, err := st.Recv(); err != nil || m.GetKind() != experimentv1.WatchEventKind_WATCH_EVENT_KIND_SNAPSHOT_END {
+			t.Fatalf("empty snapshot: %v %v", m, err)
+		}
+		var last uint64
+		for range 3 { // create, start, stop: each reaches a's stream once, in order
+			var ab *experimentv1.ABTest
+			switch last {
+			case 0:
+				ab = createAB(t, b.client, "policy", experimentv1.ABTestMode_AB_TEST_MODE_SPLIT, 100)
+			default:
+				m, err := b.client.ListABTests(ctx, &experimentv1.ListABTestsRequest{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				id := m.GetAbTests()[0].GetAbTestId()
+				if m.GetAbTests()[0].GetState() == experimentv1.ABTestState_AB_TEST_STATE_DRAFT {
+					r, err := b.client.StartABTest(ctx, &experimentv1.StartABTestRequest{AbTestId: id})
+					if err != nil {
+						t.Fatal(err)
+					}
+					ab = r.GetAbTest()
+				} else {
+					r, err := b.client.StopABTest(ctx, &experimentv1.StopABTestRequest{AbTestId: id})
+					if err != nil {
+						t.Fatal(err)
+					}
+					ab = r.GetAbTest()
+				}
+			}
+			m, err := st.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.GetKind() != experimentv1.WatchEventKind_WATCH_EVENT_KIND_UPDATE || m.GetRevision() != ab.GetRevision() ||
+				m.GetAbTest().GetState() != ab.GetState() || m.GetRevision() <= last {
+				t.Fatalf("update %v, want %v at revision %d", m, ab.GetState(), ab.GetRevision())
+			}
+			last = m.GetRevision()
+		}
+	})
+}
