@@ -318,8 +318,14 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 			// the database closes.
 			m.closers = append(m.closers, sql.Close)
 			st := experiment.WithResilience(sql, storeRead, storeWrite)
-			regs = append(regs, experiment.New(m.cfg.Experiment, st, log,
-				experiment.WithServerMeter(m.tel.Meter("quantmesh/experiment"))).Registration())
+			srv := experiment.New(m.cfg.Experiment, st, log, experiment.WithServerMeter(m.tel.Meter("quantmesh/experiment")))
+			// A/B observations from inference, aggregated where the tests live.
+			m.runners = append(m.runners, func(ctx context.Context) {
+				if err := srv.ConsumeObservations(ctx, m.Bus); err != nil && ctx.Err() == nil {
+					log.Error("abtest.observations consumer stopped", "err", err)
+				}
+			})
+			regs = append(regs, srv.Registration())
 		case Risk:
 			reg, err := m.risk(ctx, log)
 			if err != nil {
@@ -397,8 +403,18 @@ func (m *Mesh) inference(log *slog.Logger) (server.Registration, error) {
 		pub.Close(ctx)
 		return nil
 	})
+	obs, err := inference.NewObservationPublisher(m.Publisher, log, m.tel.Meter("quantmesh/inference"))
+	if err != nil {
+		return server.Registration{}, err
+	}
+	m.closers = append(m.closers, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		obs.Close(ctx)
+		return nil
+	})
 	srv, err := inference.New(m.cfg.Inference, inference.Deps{
-		Decisions: inference.NewSQLDecisions(m.DB), Recorder: pub, Log: log, Meter: m.tel.Meter("quantmesh/inference"),
+		Decisions: inference.NewSQLDecisions(m.DB), Recorder: pub, Observations: obs, Log: log, Meter: m.tel.Meter("quantmesh/inference"),
 	})
 	if err != nil {
 		return server.Registration{}, err

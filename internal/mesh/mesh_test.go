@@ -124,6 +124,19 @@ var built = map[string]bool{
 	experimentv1.ExperimentService_DeleteModelAlias_FullMethodName:       true,
 	experimentv1.ExperimentService_GetModelVersionByAlias_FullMethodName: true,
 	experimentv1.ExperimentService_WatchModel_FullMethodName:             true,
+
+	// A/B tests.
+	experimentv1.ExperimentService_CreateABTest_FullMethodName:       true,
+	experimentv1.ExperimentService_GetABTest_FullMethodName:          true,
+	experimentv1.ExperimentService_ListABTests_FullMethodName:        true,
+	experimentv1.ExperimentService_UpdateABTest_FullMethodName:       true,
+	experimentv1.ExperimentService_StartABTest_FullMethodName:        true,
+	experimentv1.ExperimentService_PauseABTest_FullMethodName:        true,
+	experimentv1.ExperimentService_StopABTest_FullMethodName:         true,
+	experimentv1.ExperimentService_GetABTestResults_FullMethodName:   true,
+	experimentv1.ExperimentService_AssignUnit_FullMethodName:         true,
+	experimentv1.ExperimentService_WatchABTests_FullMethodName:       true,
+	experimentv1.ExperimentService_RecordObservations_FullMethodName: true,
 }
 
 func init() {

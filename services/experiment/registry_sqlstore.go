@@ -330,44 +330,51 @@ func (s *SQLStore) UpdateModelVersion(ctx context.Context, model string, version
 // SetModelAlias implements RegistryStore.
 func (s *SQLStore) SetModelAlias(ctx context.Context, m AliasMove) (uint64, error) {
 	var rev uint64
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		if err := s.lockModel(ctx, tx, m.Model); err != nil {
-			return err
-		}
-		var one int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM model_versions WHERE model_name = $1 AND version = $2`, m.Model, m.Version).Scan(&one)
-		if errors.Is(err, sql.ErrNoRows) {
-			return errVersionNotFound(m.Model, m.Version)
-		}
-		if err != nil {
-			return err
-		}
-		cur, err := aliasRow(ctx, tx, m.Model, m.Alias)
-		if err != nil {
-			return err
-		}
-		if cur.set() && cur.version.Int64 == m.Version {
-			rev = cur.revision
-			return nil
-		}
-		if want := m.ExpectedRevision; want != nil && !cur.matches(*want) {
-			return errRevisionMismatch(m.Model, m.Alias, cur.revision, *want)
-		}
-		if rev, err = nextRevision(ctx, tx, 1); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO model_aliases (model_name, alias, version, revision) VALUES ($1, $2, $3, $4)
-			ON CONFLICT (model_name, alias) DO UPDATE SET version = excluded.version, revision = excluded.revision`,
-			m.Model, m.Alias, m.Version, int64(rev)); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE registered_models SET update_time = $2 WHERE name = $1`, m.Model, millis(m.Now))
+	err := s.db.InTx(ctx, func(tx *sql.Tx) (err error) {
+		rev, err = s.setAliasTx(ctx, tx, m)
 		return err
 	})
 	if err != nil {
 		return 0, s.err("set model alias", err)
 	}
 	return rev, nil
+}
+
+// setAliasTx moves an alias inside tx (see SetModelAlias), taking the
+// model's row lock, then the registry counter.
+func (s *SQLStore) setAliasTx(ctx context.Context, tx *sql.Tx, m AliasMove) (uint64, error) {
+	if err := s.lockModel(ctx, tx, m.Model); err != nil {
+		return 0, err
+	}
+	var one int
+	err := tx.QueryRowContext(ctx, `SELECT 1 FROM model_versions WHERE model_name = $1 AND version = $2`, m.Model, m.Version).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, errVersionNotFound(m.Model, m.Version)
+	}
+	if err != nil {
+		return 0, err
+	}
+	cur, err := aliasRow(ctx, tx, m.Model, m.Alias)
+	if err != nil {
+		return 0, err
+	}
+	if cur.set() && cur.version.Int64 == m.Version {
+		return cur.revision, nil
+	}
+	if want := m.ExpectedRevision; want != nil && !cur.matches(*want) {
+		return 0, errRevisionMismatch(m.Model, m.Alias, cur.revision, *want)
+	}
+	rev, err := nextRevision(ctx, tx, 1)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO model_aliases (model_name, alias, version, revision) VALUES ($1, $2, $3, $4)
+		ON CONFLICT (model_name, alias) DO UPDATE SET version = excluded.version, revision = excluded.revision`,
+		m.Model, m.Alias, m.Version, int64(rev)); err != nil {
+		return 0, err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE registered_models SET update_time = $2 WHERE name = $1`, m.Model, millis(m.Now))
+	return rev, err
 }
 
 func errRevisionMismatch(model, alias string, current, expected uint64) error {

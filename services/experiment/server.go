@@ -5,8 +5,8 @@
 // Built: experiments; runs with params, tags and metrics (LogBatch,
 // StreamMetrics through a group-committing writer, history, SearchRuns);
 // checkpoints and their retention policy; the model registry with
-// WatchModel. The A/B test RPCs return codes.Unimplemented until their
-// issue lands.
+// WatchModel; A/B tests (abtest*.go) with WatchABTests and the
+// abtest.observations consumer.
 package experiment
 
 import (
@@ -58,6 +58,8 @@ type Server struct {
 	ckpt  *checkpointInstruments
 
 	aliases aliasHub // wakes WatchModel streams
+	ab      abHub    // feeds WatchABTests streams
+	guard   guardrails
 }
 
 var _ experimentv1.ExperimentServiceServer = (*Server)(nil)

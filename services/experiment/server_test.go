@@ -405,8 +405,8 @@ func TestRESTRoutes(t *testing.T) {
 			t.Errorf("negative page size: %d, want 400", code)
 		}
 		code, _ = h.rest(t, http.MethodPost, "/v1/abtests", `{"name":"x"}`)
-		if code != http.StatusNotImplemented {
-			t.Errorf("unbuilt RPC over REST: %d, want 501", code)
+		if code != http.StatusBadRequest {
+			t.Errorf("A/B test without a model over REST: %d, want 400", code)
 		}
 	})
 }

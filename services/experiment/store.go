@@ -67,6 +67,7 @@ type Store interface {
 	RunStore
 	RegistryStore
 	CheckpointStore
+	ABTestStore
 }
 
 // ExperimentStore persists experiments.

@@ -48,6 +48,7 @@ type loaded struct {
 type served struct {
 	spec    ModelSpec
 	current atomic.Pointer[loaded]
+	ab      atomic.Pointer[abRoute] // the model's A/B test; nil when none
 
 	mu        sync.Mutex
 	state     inferencev1.ModelSourceState
@@ -178,6 +179,9 @@ func (m *served) status() *inferencev1.ModelStatus {
 	if lv := m.current.Load(); lv != nil {
 		st.LoadedVersion, st.AliasRevision, st.LoadTime = lv.version, lv.revision, timestamppb.New(lv.at)
 		st.FeatureCount, st.FeatureNames, st.Format, st.ChecksumSha256 = int32(lv.net.Inputs()), lv.names, lv.format, lv.checksum
+	}
+	if r := m.ab.Load(); r != nil {
+		st.AbTest = r.status()
 	}
 	return st
 }

@@ -79,11 +79,20 @@ func (s *Server) registerGauges(meter metric.Meter) error {
 // Predict implements InferenceServiceServer.
 func (s *Server) Predict(ctx context.Context, req *inferencev1.PredictRequest) (*inferencev1.PredictResponse, error) {
 	start := time.Now()
-	m, lv, pinned, err := s.prepare("", req)
+	tg, err := s.prepare("", req)
 	if err != nil {
 		return nil, err
 	}
-	return s.answer(ctx, req, m, lv, pinned, start)
+	return s.answer(ctx, req, tg, start)
+}
+
+// target is what answers a request: a version of a served model, pinned or
+// chosen by the alias or an A/B test.
+type target struct {
+	m      *served
+	lv     *loaded
+	pinned bool
+	rt     *routing // nil when not routed
 }
 
 // PredictBatch implements InferenceServiceServer: every request is
@@ -101,19 +110,14 @@ func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatch
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
-	type prepared struct {
-		m      *served
-		lv     *loaded
-		pinned bool
-	}
-	ready := make([]prepared, len(reqs))
+	ready := make([]target, len(reqs))
 	var firstErr error
 	for i, r := range reqs {
-		m, lv, pinned, err := s.prepare(fmt.Sprintf("requests[%d].", i), r)
+		tg, err := s.prepare(fmt.Sprintf("requests[%d].", i), r)
 		if err != nil && !v.Merge(err) && firstErr == nil {
 			firstErr = err
 		}
-		ready[i] = prepared{m, lv, pinned}
+		ready[i] = tg
 	}
 	if err := v.Err(); err != nil {
 		return nil, err
@@ -123,7 +127,7 @@ func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatch
 	}
 	out := &inferencev1.PredictBatchResponse{Responses: make([]*inferencev1.PredictResponse, len(reqs))}
 	for i, r := range reqs {
-		resp, err := s.answer(ctx, r, ready[i].m, ready[i].lv, ready[i].pinned, start)
+		resp, err := s.answer(ctx, r, ready[i], start)
 		if err != nil {
 			return nil, err
 		}
@@ -147,9 +151,9 @@ func (s *Server) StreamPredict(stream grpc.BidiStreamingServer[inferencev1.Strea
 		req := in.GetRequest()
 		out := &inferencev1.StreamPredictResponse{Sequence: seq, RequestId: req.GetRequestId()}
 		var resp *inferencev1.PredictResponse
-		m, lv, pinned, err := s.prepare("request.", req)
+		tg, err := s.prepare("request.", req)
 		if err == nil {
-			resp, err = s.answer(ctx, req, m, lv, pinned, start)
+			resp, err = s.answer(ctx, req, tg, start)
 		}
 		if err != nil {
 			out.Result = &inferencev1.StreamPredictResponse_Error{Error: predictError(err)}
@@ -184,13 +188,13 @@ func predictError(err error) *inferencev1.PredictError {
 }
 
 // prepare validates req (violations named with prefix) and resolves the
-// model version that answers it. Errors are InvalidArgument, NotFound,
-// FailedPrecondition or Unavailable.
-func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (*served, *loaded, bool, error) {
+// model version that answers it, routing it under the model's A/B test.
+// Errors are InvalidArgument, NotFound, FailedPrecondition or Unavailable.
+func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (target, error) {
 	var v apierr.Violations
 	if req == nil {
 		v.Add(strings.TrimSuffix(prefix, "."), "required")
-		return nil, nil, false, v.Err()
+		return target{}, v.Err()
 	}
 	name := req.GetModelName()
 	switch {
@@ -234,18 +238,18 @@ func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (*serve
 		v.Add(prefix+"model_version", "must be positive when set, got %d", req.GetModelVersion())
 	}
 	if err := v.Err(); err != nil {
-		return nil, nil, false, err
+		return target{}, err
 	}
 	m := s.models[name]
 	if m == nil {
-		return nil, nil, false, apierr.NotFound("model", name)
+		return target{}, apierr.NotFound("model", name)
 	}
 	lv := m.current.Load()
 	if lv == nil {
 		m.mu.Lock()
 		why := m.lastErr
 		m.mu.Unlock()
-		return nil, nil, false, &apierr.Error{
+		return target{}, &apierr.Error{
 			Kind:     apierr.ErrUnavailable,
 			Reason:   "MODEL_NOT_LOADED",
 			Message:  fmt.Sprintf("model %q has no loaded version yet: %s", name, why),
@@ -254,29 +258,43 @@ func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (*serve
 	}
 	pinned := false
 	if req.ModelVersion != nil {
-		if req.GetModelVersion() != lv.version {
-			return nil, nil, false, &apierr.Error{
+		if alv := armVersion(m, req.GetModelVersion()); req.GetModelVersion() != lv.version && alv != nil {
+			lv = alv
+		} else if req.GetModelVersion() != lv.version {
+			return target{}, &apierr.Error{
 				Kind:     apierr.ErrFailedPrecondition,
 				Reason:   "MODEL_VERSION_NOT_LOADED",
-				Message:  fmt.Sprintf("model %q version %d is not loaded here; the loaded version is %d", name, req.GetModelVersion(), lv.version),
+				Message:  fmt.Sprintf("model %q version %d is not loaded here; the loaded version is %d (or an arm of its A/B test)", name, req.GetModelVersion(), lv.version),
 				Metadata: map[string]string{"model": name},
 			}
 		}
 		pinned = true
 	}
+	rt := routeFor(m, req.GetUnitId(), pinned)
+	if rt != nil {
+		lv = rt.answer
+		if rt.shadowRun && rt.route.treatment.net.Inputs() != len(feats) {
+			rt.shadowRun = false // the treatment cannot read these features
+		}
+	}
 	if len(feats) != lv.net.Inputs() {
 		v.Add(prefix+"features", "model %q version %d takes %d features, got %d", name, lv.version, lv.net.Inputs(), len(feats))
-		return nil, nil, false, v.Err()
+		return target{}, v.Err()
 	}
-	return m, lv, pinned, nil
+	return target{m: m, lv: lv, pinned: pinned, rt: rt}, nil
 }
 
-// answer runs the forward pass of lv and records the decision.
-func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, m *served, lv *loaded, pinned bool, start time.Time) (*inferencev1.PredictResponse, error) {
+// answer runs the forward pass of the target's version, records the
+// decision and, under an A/B test, the observation (or queues the shadow
+// run that completes it).
+func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg target, start time.Time) (*inferencev1.PredictResponse, error) {
+	m, lv, pinned, rt := tg.m, tg.lv, tg.pinned, tg.rt
 	var out policy.Output
+	fwd := time.Now()
 	if err := lv.net.Predict(req.GetFeatures(), &out); err != nil {
 		return nil, apierr.Invalid("features", "%v", err)
 	}
+	fwdTook := time.Since(fwd)
 	id, err := uuid.NewV7()
 	if err != nil {
 		return nil, fmt.Errorf("decision id: %w", err)
@@ -285,14 +303,18 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, m 
 	probs := &inferencev1.ActionProbabilities{Buy: out.Probs[policy.ActionBuy], Hold: out.Probs[policy.ActionHold], Sell: out.Probs[policy.ActionSell]}
 	action := actionToProto(out.Action)
 	alias := m.spec.Alias
-	if pinned {
-		alias = ""
+	if cur := m.current.Load(); pinned || (rt != nil && (rt.arm == inferencev1.Arm_ARM_TREATMENT || cur == nil || cur.version != lv.version)) {
+		alias = "" // the alias's version did not answer
 	}
 	took := time.Since(start)
 	resp := &inferencev1.PredictResponse{
 		DecisionId: id.String(), RequestId: req.GetRequestId(), Action: action, Probabilities: probs, Confidence: out.Confidence,
 		ModelName: m.spec.Name, ModelVersion: lv.version, Alias: alias,
 		LatencyMs: float64(took.Microseconds()) / 1000, DecisionTime: timestamppb.New(now),
+	}
+	if rt != nil {
+		resp.AbTestId, resp.Arm, resp.Shadow = rt.route.testID, rt.arm, rt.route.mode == inferencev1.ABTestMode_AB_TEST_MODE_SHADOW
+		s.observeAB(req, resp, rt, &out, fwdTook)
 	}
 	s.ins.predictions.Add(ctx, 1, metric.WithAttributes(attribute.String("model", m.spec.Name), attribute.String("action", out.Action.String())))
 	s.ins.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("model", m.spec.Name)))
@@ -301,7 +323,7 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, m 
 			DecisionId: resp.DecisionId, DecisionTime: resp.DecisionTime, RequestId: req.GetRequestId(), ClientTime: req.GetClientTime(),
 			ModelName: m.spec.Name, ModelVersion: lv.version, Alias: alias, Symbol: req.GetSymbol(), UnitId: req.GetUnitId(),
 			Features: req.GetFeatures(), Action: action, Probabilities: probs, Confidence: out.Confidence, LatencyMs: resp.LatencyMs,
-			Pinned: pinned,
+			Pinned: pinned, AbTestId: resp.AbTestId, Arm: resp.Arm, Shadow: resp.Shadow,
 		})
 	}
 	return resp, nil

@@ -9,8 +9,12 @@
 // forensics consumer (forensics.go) stores them for GetDecision and
 // ListDecisions.
 //
-// A/B routing (WatchABTests) is not built yet: requests with a unit_id
-// are answered by the followed alias's version, unrouted.
+// A/B tests (abtest.go): the server follows ExperimentService.WatchABTests
+// and routes requests with a unit_id by pkg/abassign under the running test
+// of their model. Split: the assigned arm's version answers. Shadow:
+// control answers and the treatment runs on a bounded queue off the request
+// path (abtest_shadow.go); observations go to the bus topic
+// abtest.observations.
 package inference
 
 import (
@@ -73,7 +77,9 @@ type Deps struct {
 	Decisions DecisionStore
 	// Recorder publishes decisions.
 	Recorder Recorder
-	Log      *slog.Logger
+	// Observations publishes A/B observations; nil records none.
+	Observations ObservationRecorder
+	Log          *slog.Logger
 	// Meter may be nil.
 	Meter metric.Meter
 }
@@ -90,6 +96,8 @@ type Server struct {
 	names     []string // served model names, sorted
 	now       func() time.Time
 	ins       *instruments
+	observe   ObservationRecorder
+	shadow    *shadowRunner
 }
 
 var _ inferencev1.InferenceServiceServer = (*Server)(nil)
@@ -106,8 +114,12 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	shadow, err := newShadowRunner(deps.Meter)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, log: deps.Log, decisions: deps.Decisions, recorder: deps.Recorder,
-		models: map[string]*served{}, now: time.Now, ins: ins}
+		models: map[string]*served{}, now: time.Now, ins: ins, observe: deps.Observations, shadow: shadow}
 	for _, spec := range cfg.Models {
 		s.models[spec.Name] = newServed(spec, s.now())
 		s.names = append(s.names, spec.Name)
@@ -119,8 +131,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	return s, nil
 }
 
-// Run follows every served model's alias in registry (ExperimentService)
-// until ctx ends. A nil registry leaves every model unloaded.
+// Run follows every served model's alias and the A/B tests in registry
+// (ExperimentService), and runs shadow treatments, until ctx ends. A nil
+// registry leaves every model unloaded.
 func (s *Server) Run(ctx context.Context, registry experimentv1.ExperimentServiceClient) {
 	if registry == nil {
 		for _, m := range s.models {
@@ -133,6 +146,8 @@ func (s *Server) Run(ctx context.Context, registry experimentv1.ExperimentServic
 	for _, m := range s.models {
 		wg.Go(func() { m.follow(ctx, registry, s.now, s.log) })
 	}
+	wg.Go(func() { s.followABTests(ctx, registry) })
+	wg.Go(func() { s.shadow.run(ctx, s.observe) })
 	wg.Wait()
 }
 

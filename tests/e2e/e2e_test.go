@@ -293,9 +293,9 @@ func TestUpServesRESTAndGRPCAndSurvivesRestart(t *testing.T) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
-			// An RPC not built yet says so.
-			if _, err := experimentv1.NewExperimentServiceClient(p.conn(t)).GetABTest(ctx, &experimentv1.GetABTestRequest{AbTestId: id}); status.Code(err) != codes.Unimplemented {
-				t.Errorf("GetABTest: %v, want Unimplemented", err)
+			// A/B tests are served: an id that is not a test's is NotFound.
+			if _, err := experimentv1.NewExperimentServiceClient(p.conn(t)).GetABTest(ctx, &experimentv1.GetABTestRequest{AbTestId: id}); status.Code(err) != codes.NotFound {
+				t.Errorf("GetABTest: %v, want NotFound", err)
 			}
 
 			p.stop(t)
