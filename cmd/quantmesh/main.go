@@ -6,6 +6,7 @@
 //	quantmesh bench     load-test a scenario and print latency and ratios
 //	quantmesh cleanup   apply the checkpoint retention policy of a running mesh
 //	quantmesh train     train the trading policy network and register it
+//	quantmesh backtest  compare allocation policies walk-forward, offline
 //	quantmesh version   print the build version
 package main
 
@@ -54,6 +55,8 @@ Usage:
                                delete checkpoints outside the retention policy
   quantmesh train --data <csv|bundled> [--model policy] [--seed S] [--promote]
                                train the policy network, register the version
+  quantmesh backtest --data <csv|eustock> [--policy hrl|naive|proportional|equal|all] [--json]
+                               compare allocation policies walk-forward, offline
   quantmesh version            print the version
 
 Every flag can also be set as QUANTMESH_<FLAG> (for example
@@ -82,6 +85,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runCleanup(ctx, rest, stdout, stderr)
 	case "train":
 		err = runTrain(ctx, rest, stdout, stderr)
+	case "backtest":
+		err = runBacktest(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":

@@ -314,14 +314,16 @@ func StateDim(n int) int { return n + 1 }
 
 // StateVector is what the HRL policy sees of a bar: the regime-proportional
 // weights of the strategies, then the regime entropy divided by its maximum
-// ln(regimes) (0 with one regime).
+// ln(regimes) (0 with one regime). (Adding the regime features themselves
+// was tried and made held-out results worse: the policy overfitted them.)
 func StateVector(proportional []float64, entropy float64, regimes int) []float64 {
-	out := make([]float64, len(proportional)+1)
-	copy(out, proportional)
+	out := make([]float64, 0, len(proportional)+1)
+	out = append(out, proportional...)
+	h := 0.0
 	if regimes > 1 {
-		out[len(proportional)] = entropy / math.Log(float64(regimes))
+		h = entropy / math.Log(float64(regimes))
 	}
-	return out
+	return append(out, h)
 }
 
 // TrainingData returns the state vectors of the training bars after the
