@@ -375,3 +375,32 @@ func (p *Prepared) Weights(pk PolicyKind, hrl Policy, n int) ([][]float64, error
 	}
 	return W, nil
 }
+
+// Evaluate returns a policy's metrics over the returns of rows [from, to)
+// of the prepared series (from >= 2), with weights decided at the bar
+// before each; rets is strategy.ReturnMatrix of the same closes. It is what
+// Run computes for a single fold.
+func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, to int, costBps float64, periodsPerYear int) (Metrics, error) {
+	if from < 2 || to > len(p.States) || to <= from {
+		return Metrics{}, invalid("rows %d-%d of %d: need 2 <= from < to <= rows", from, to, len(p.States))
+	}
+	n := len(rets[0])
+	W, err := p.Weights(pk, pol, n)
+	if err != nil {
+		return Metrics{}, err
+	}
+	cost := costBps / 10000
+	var net, churn []float64
+	var weights [][]float64
+	for t := from - 1; t < to-1; t++ {
+		ch := Churn(W[t], W[t-1])
+		var r float64
+		for i, x := range W[t] {
+			r += x * rets[t+1][i]
+		}
+		net = append(net, r-cost*ch)
+		churn = append(churn, ch)
+		weights = append(weights, W[t])
+	}
+	return compute(net, churn, weights, cost, periodsPerYear), nil
+}
