@@ -30,9 +30,10 @@ const riskAversion = 0.15
 
 // The prior's strengths (see initPolicy).
 const (
-	initRoute = 4.0
-	initStay  = -6.0
-	initTerm  = 2.0
+	initFavour = 5.0
+	initRoute  = 4.0
+	initStay   = -6.0
+	initTerm   = 2.0
 )
 
 // EpochStats is one epoch's progress.
@@ -170,10 +171,12 @@ func initPolicy(cfg Config, strategies []string, d int, rng *rand.Rand) *Policy 
 		U: gauss(d*m, 0.1), UB: make([]float64, m),
 		Theta: gauss(m*n, 1),
 	}
-	// Option o starts favouring strategy o mod N, so that options begin
-	// distinct and each strategy has an option.
+	// Option o starts favouring strategy o mod N (about 0.9 of its
+	// allocation), so that options begin distinct and each strategy has an
+	// option: with the routing prior below, the untrained policy is close
+	// to a blended naive router.
 	for o := range m {
-		p.Theta[o*n+o%n] += 2
+		p.Theta[o*n+o%n] += initFavour
 	}
 	// A prior the training refines: the high-level policy starts leaning
 	// to option o in proportion to the regime-proportional weight of its
