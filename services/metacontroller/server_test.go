@@ -404,3 +404,32 @@ func TestWatchAllocations(t *testing.T) {
 		t.Fatalf("after the newest: %v, want OutOfRange", err)
 	}
 }
+
+func TestTrainPolicyInvalid(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name  string
+		req   *metacontrollerv1.TrainPolicyRequest
+		field string
+	}{
+		{"no dataset", &metacontrollerv1.TrainPolicyRequest{}, "dataset"},
+		{"bad fraction", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), TrainFraction: proto.Float64(0)}, "train_fraction"},
+		{"unknown strategy", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Strategies: []string{"x", "y"}}, "strategies"},
+		{"bad epochs", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{Epochs: proto.Int32(0)}}, "hrl.epochs"},
+		{"bad options", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{NumOptions: proto.Int32(17)}}, "hrl.num_options"},
+		{"nan learning rate", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{LearningRate: proto.Float64(math.NaN())}}, "hrl.learning_rate"},
+		{"long request id", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RequestId: string(make([]byte, 129))}, "request_id"},
+		{"regime model", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RegimeModelId: "m1"}, "regime_model_id"},
+	} {
+		_, err := s.TrainPolicy(ctx, tc.req)
+		t.Run(tc.name, func(t *testing.T) { wantInvalid(t, err, tc.field) })
+	}
+	// Valid, but ExperimentService is not reachable: Unavailable, nothing
+	// trained.
+	_, err := s.TrainPolicy(ctx, &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil)})
+	if st, _ := apierr.Status(err); st.Code() != codes.Unavailable {
+		t.Fatalf("without a registry: %v, want Unavailable", err)
+	}
+}
