@@ -126,3 +126,32 @@ func TestInvalid(t *testing.T) {
 		}
 	}
 }
+
+func TestFolds(t *testing.T) {
+	t.Parallel()
+	closes := eustock(t, "FTSE")
+	cfg := baseConfig(closes)
+	cfg.Folds = 3
+	rep, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Folds) != 3 {
+		t.Fatalf("%d folds", len(rep.Folds))
+	}
+	prevEnd := rep.Folds[0].TrainEnd
+	for i, f := range rep.Folds {
+		// Expanding window: each fold trains on every row before its test
+		// segment, and the segments tile the evaluated rows.
+		if f.TrainEnd != prevEnd || f.TestEnd <= f.TrainEnd {
+			t.Fatalf("fold %d: %+v after %d", i, f, prevEnd)
+		}
+		prevEnd = f.TestEnd
+	}
+	if prevEnd != len(closes) {
+		t.Fatalf("folds end at %d, want %d", prevEnd, len(closes))
+	}
+	if m := rep.Results[0].Metrics; m.Bars != len(closes)-rep.Folds[0].TrainEnd {
+		t.Fatalf("%d bars evaluated", m.Bars)
+	}
+}

@@ -85,8 +85,11 @@ func (s *Server) setRegimeDown(down bool, detail string) {
 	if s.alloc.regimeDown == down && s.alloc.regimeDetail == detail {
 		return
 	}
+	was := s.alloc.regimeDown
 	s.alloc.regimeDown, s.alloc.regimeDetail = down, detail
-	if down {
+	if down || was {
+		// Fallback entered (or its detail changed), or left: every
+		// symbol's allocation changes policy.
 		s.publish(s.alloc.reallocate())
 	}
 }

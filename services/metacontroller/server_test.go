@@ -302,6 +302,9 @@ func TestAllocationFallbacks(t *testing.T) {
 		t.Fatalf("regime down: %v", c)
 	}
 	s.setRegimeDown(false, "")
+	if r := latest(t, s, "DAX"); r.GetFallback() || r.GetPolicy() != metacontrollerv1.PolicyKind_POLICY_KIND_HRL || r.GetSequence() <= c.GetSequence() || r.GetRegime().GetStale() {
+		t.Fatalf("regime back: %v", r)
+	}
 
 	// An incompatible version falls back and says why.
 	bad := testPolicy(t)
