@@ -26,9 +26,14 @@
 // blend of capital. Because every step is differentiable, training
 // maximises the expected discounted reward directly by gradient ascent
 // through the recursion (truncated to windows of bars), with no sampling
-// variance; the per-bar reward is the portfolio's return minus the
+// variance. The per-bar net return is the portfolio's return minus the
 // switching cost switching_cost_bps/10000 times the turnover the bar causes
-// (1/2 sum_i |w_t,i - w_t-1,i|), exactly the cost the backtest charges.
+// (1/2 sum_i |w_t,i - w_t-1,i|), exactly the cost the backtest charges; the
+// reward is its mean-variance utility x - lambda/2 x^2 (x the net return
+// scaled by the training returns' root mean square, lambda = 0.15), since
+// with the net return alone the policy piles into the riskiest strategy.
+// Training starts from a prior (see initPolicy) under which the untrained
+// policy is close to a blended naive router.
 // An entropy bonus keeps the high-level policy from collapsing early, and a
 // termination regulariser (a penalty on the mean termination probability)
 // makes options last.
