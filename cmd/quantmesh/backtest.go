@@ -38,7 +38,7 @@ Flags:
 
 type backtestFlags struct {
 	data, column, policy, strategies string
-	asJSON                           bool
+	asJSON, pool                     bool
 	trainFraction, costBps           float64
 	folds, periods                   int
 	start, end                       int
@@ -54,6 +54,7 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&f.policy, "policy", "all", "hrl, naive, proportional, equal, or all")
 	fs.StringVar(&f.strategies, "strategies", "", "comma-separated strategies to allocate across; all when empty ("+strings.Join(strategy.Names(), ", ")+")")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object per policy instead of a table")
+	fs.BoolVar(&f.pool, "pool", false, "also train HRL on the same training rows of every other column of --data (evaluation stays on --column)")
 	fs.Float64Var(&f.trainFraction, "train-fraction", 0.7, "share of the range in the first training window, in (0, 1)")
 	fs.IntVar(&f.folds, "folds", 1, "test segments after the first training window (expanding-window refits), 1 to 20")
 	fs.IntVar(&f.start, "start", 0, "first row of the range, from 0")
@@ -116,13 +117,34 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usagef("empty range: --end %d is not after --start %d", end, f.start)
 	}
 	closes := series.Closes()[f.start:end]
+	var pool [][]float64
+	var pooled []string
+	if f.pool {
+		all, err := training.Load(f.data)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		for _, s := range all {
+			if s.Symbol == column {
+				continue
+			}
+			if len(s.Bars) != rows {
+				return usagef("--pool: column %s has %d rows, %s has %d", s.Symbol, len(s.Bars), column, rows)
+			}
+			pool = append(pool, s.Closes()[f.start:end])
+			pooled = append(pooled, s.Symbol)
+		}
+		if len(pool) == 0 {
+			return usagef("--pool: %s has no other column", f.data)
+		}
+	}
 	stratNames := make([]string, len(strats))
 	for i, s := range strats {
 		stratNames[i] = s.Name
 	}
 	cfg := backtest.Config{
 		Closes: closes, Strategies: strats, Policies: policies, TrainFraction: f.trainFraction, Folds: f.folds,
-		SwitchingCostBps: f.costBps, PeriodsPerYear: f.periods, Seed: f.hrl.Seed,
+		SwitchingCostBps: f.costBps, PeriodsPerYear: f.periods, Seed: f.hrl.Seed, Pool: pool,
 	}
 	if slices.Contains(policies, backtest.HRL) {
 		fold := 0
@@ -159,7 +181,7 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 				"bars_evaluated": m.Bars, "churn_rate": m.ChurnRate, "max_disruption": m.MaxDisruption, "sharpe": m.Sharpe,
 				"total_return": m.TotalReturn, "max_drawdown": m.MaxDrawdown, "turnover_cost": m.TurnoverCost,
 				"annualized_volatility": m.AnnualizedVolatility, "mean_weights": weights,
-				"switching_cost_bps": f.costBps, "periods_per_year": f.periods,
+				"switching_cost_bps": f.costBps, "periods_per_year": f.periods, "hrl_pooled_columns": pooled,
 			}); err != nil {
 				return err
 			}
@@ -169,6 +191,9 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fmt.Fprintf(stdout, "backtest %s column %s: rows %d-%d, trained on %d-%d, evaluated %d-%d (%d bars, %d fold(s)), switching cost %g bps, %s\n",
 		f.data, column, f.start, f.start+len(closes), f.start, f.start+first.TrainEnd, f.start+first.TrainEnd, f.start+len(closes),
 		rep.Results[0].Metrics.Bars, len(rep.Folds), f.costBps, took.Round(time.Millisecond))
+	if len(pooled) > 0 && slices.Contains(policies, backtest.HRL) {
+		fmt.Fprintf(stdout, "hrl also trained on the same rows of %s\n", strings.Join(pooled, ", "))
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "policy\tchurn rate\tmax disruption\tSharpe\ttotal return\tmax drawdown\tturnover cost\t")
 	for _, r := range rep.Results {

@@ -21,6 +21,7 @@ func TestBacktestUsageErrors(t *testing.T) {
 		{[]string{"--data", "eustock", "--column", "NIKKEI"}, "invalid --column"},
 		{[]string{"--data", "/nonexistent.csv"}, "--data"},
 		{[]string{"--data", "eustock", "--end", "80", "--policy", "naive"}, "training window too short"},
+		{[]string{"--data", "ttrc", "--pool", "--policy", "naive"}, "no other column"},
 	} {
 		var stdout, stderr bytes.Buffer
 		code := run(context.Background(), append([]string{"backtest"}, tc.args...), &stdout, &stderr)

@@ -104,6 +104,13 @@ type Config struct {
 	TrainHRL  Trainer
 	// Series asks for per-bar detail.
 	Series bool
+	// Pool holds other price series aligned row by row with Closes (same
+	// length, same bar times). A fresh HRL policy is trained on each
+	// fold's training rows of Closes and of every pooled series (each
+	// with its own regime model fitted on those rows), so it sees more
+	// market history without ever seeing an evaluated row. Only Closes is
+	// evaluated.
+	Pool [][]float64
 }
 
 // Fold is one training window and the test segment after it, as row
@@ -198,6 +205,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	for i, p := range cfg.Pool {
+		if len(p) != len(cfg.Closes) {
+			return nil, invalid("pooled series %d has %d rows, the evaluated one %d", i, len(p), len(cfg.Closes))
+		}
+		for _, c := range p {
+			if !(c > 0) || math.IsInf(c, 0) {
+				return nil, invalid("pooled series %d: close %v: prices must be positive and finite", i, c)
+			}
+		}
+	}
 	for _, p := range cfg.Policies {
 		if p == HRL && cfg.HRLPolicy == nil && cfg.TrainHRL == nil {
 			return nil, invalid("HRL needs a policy or a trainer")
@@ -233,6 +250,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				hrl = cfg.HRLPolicy
 				if hrl == nil {
 					states, rs := prep.TrainingData(rets, trainEnd)
+					ps, prs, err := poolData(ctx, cfg, trainEnd)
+					if err != nil {
+						return nil, err
+					}
+					states, rs = append(states, ps...), append(rs, prs...)
 					if hrl, err = cfg.TrainHRL(ctx, states, rs); err != nil {
 						return nil, err
 					}
@@ -403,4 +425,19 @@ func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, t
 		weights = append(weights, W[t])
 	}
 	return compute(net, churn, weights, cost, periodsPerYear), nil
+}
+
+// poolData returns the HRL training data of the pooled series' first
+// trainEnd rows, series after series.
+func poolData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+	for i, closes := range cfg.Pool {
+		train := closes[:trainEnd]
+		prep, err := Prepare(ctx, train, trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pooled series %d: %w", i, err)
+		}
+		s, n := prep.TrainingData(strategy.ReturnMatrix(cfg.Strategies, train), trainEnd)
+		states, next = append(states, s...), append(next, n...)
+	}
+	return states, next, nil
 }

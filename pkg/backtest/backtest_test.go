@@ -155,3 +155,43 @@ func TestFolds(t *testing.T) {
 		t.Fatalf("%d bars evaluated", m.Bars)
 	}
 }
+
+type fixedPolicy struct{}
+
+func (fixedPolicy) NewRunner() Runner { return fixedRunner{} }
+
+type fixedRunner struct{}
+
+func (fixedRunner) Step(_, w, target []float64) error {
+	Equal(w)
+	Equal(target)
+	return nil
+}
+
+// Pooled series add their training rows, and only those, to the HRL
+// training data.
+func TestPool(t *testing.T) {
+	t.Parallel()
+	dax, smi := eustock(t, "DAX"), eustock(t, "SMI")
+	var seen []int
+	cfg := baseConfig(dax)
+	cfg.Policies = []PolicyKind{HRL}
+	cfg.TrainHRL = func(_ context.Context, states, returns [][]float64) (Policy, error) {
+		seen = append(seen, len(states))
+		return fixedPolicy{}, nil
+	}
+	if _, err := Run(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Pool = [][]float64{smi}
+	if _, err := Run(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 2 || seen[1] != 2*seen[0] {
+		t.Fatalf("training bars without and with a pooled series: %v, want the second twice the first", seen)
+	}
+	cfg.Pool = [][]float64{smi[:100]}
+	if _, err := Run(context.Background(), cfg); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("short pooled series: err = %v, want ErrInvalid", err)
+	}
+}
