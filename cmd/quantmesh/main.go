@@ -7,6 +7,7 @@
 //	quantmesh cleanup   apply the checkpoint retention policy of a running mesh
 //	quantmesh train     train the trading policy network and register it
 //	quantmesh learn     online learning with EWC; the forgetting benchmark
+//	quantmesh backtest  compare allocation policies walk-forward, offline
 //	quantmesh version   print the build version
 package main
 
@@ -57,6 +58,8 @@ Usage:
                                train the policy network, register the version
   quantmesh learn --replay <data> | --kafka-brokers <brokers> | --forgetting-benchmark
                                online learning with EWC; the forgetting benchmark
+  quantmesh backtest --data <csv|eustock> [--policy hrl|naive|proportional|equal|all] [--json]
+                               compare allocation policies walk-forward, offline
   quantmesh version            print the version
 
 Every flag can also be set as QUANTMESH_<FLAG> (for example
@@ -87,6 +90,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runTrain(ctx, rest, stdout, stderr)
 	case "learn":
 		err = runLearn(ctx, rest, stdout, stderr)
+	case "backtest":
+		err = runBacktest(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, versionString())
 	case "help", "-h", "--help":

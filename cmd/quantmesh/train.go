@@ -33,6 +33,8 @@ type trainFlags struct {
 	threshold float64
 	holdOut   float64
 	timeout   time.Duration
+	column    string
+	set       map[string]bool
 }
 
 func (f *trainFlags) register(fs *flag.FlagSet) {
@@ -40,7 +42,7 @@ func (f *trainFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.target, "target", "127.0.0.1:50051", "host:port of the mesh's gRPC server (ExperimentService), plaintext")
 	fs.StringVar(&f.apiKey, "api-key", "", "API key of a researcher or admin, when the mesh requires one (prefer "+envName("api-key")+")")
 	fs.StringVar(&f.data, "data", "", "bars to train on: a CSV file (Date,Open,High,Low,Close[,Volume], or a day column and one close column per instrument), or a bundled set: bundled, eustock, ttrc")
-	fs.StringVar(&f.model, "model", "policy", "what to train: policy (the trading policy network)")
+	fs.StringVar(&f.model, "model", "policy", "what to train: policy (the trading policy network) or metacontroller (the HRL allocation policy, through MetaControllerService.TrainPolicy)")
 	fs.StringVar(&f.name, "name", d.Model, "registered model name of the new version")
 	fs.Int64Var(&f.seed, "seed", d.Train.Seed, "random seed: the same data, flags and seed give the same weights")
 	fs.BoolVar(&f.promote, "promote", false, "point the production alias at the new version")
@@ -52,6 +54,7 @@ func (f *trainFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&f.threshold, "threshold", d.Threshold, "HOLD band: forward returns within threshold x 20-bar volatility x sqrt(horizon) are HOLD")
 	fs.Float64Var(&f.holdOut, "hold-out", d.HoldOut, "last fraction of each series kept out of training for the test metrics")
 	fs.DurationVar(&f.timeout, "timeout", 30*time.Minute, "time limit of the whole command")
+	fs.StringVar(&f.column, "column", "", "metacontroller: price column of a multi-column file; the first when empty")
 }
 
 func trainUsage(w io.Writer, fs *flag.FlagSet) {
@@ -84,14 +87,17 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usagef("train takes no arguments, got %q (see 'quantmesh train -h')", fs.Args())
 	}
 	switch f.model {
-	case "policy":
-	case "metacontroller":
-		return usagef("--model metacontroller is not built yet (MetaControllerService's issue); --model policy trains the trading policy network")
+	case "policy", "metacontroller":
 	default:
-		return usagef("invalid --model %q: want policy", f.model)
+		return usagef("invalid --model %q: want policy or metacontroller", f.model)
 	}
 	if _, _, err := net.SplitHostPort(f.target); err != nil {
 		return usagef("invalid --target %q: want host:port", f.target)
+	}
+	if f.model == "metacontroller" {
+		f.set = map[string]bool{}
+		fs.Visit(func(fl *flag.Flag) { f.set[fl.Name] = true })
+		return runTrainMetaController(ctx, &f, stdout, stderr)
 	}
 	cfg := training.DefaultConfig()
 	cfg.Model, cfg.Promote, cfg.DataName = f.name, f.promote, f.data

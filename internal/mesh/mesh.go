@@ -37,7 +37,6 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
 	"github.com/quantmesh/quantmesh/services/inference"
-	"github.com/quantmesh/quantmesh/services/metacontroller"
 	"github.com/quantmesh/quantmesh/services/regime"
 	"github.com/quantmesh/quantmesh/services/risk"
 )
@@ -345,7 +344,11 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 			})
 			regs = append(regs, srv.Registration())
 		case MetaController:
-			regs = append(regs, metacontroller.New(log).Registration())
+			reg, err := m.metaController(log)
+			if err != nil {
+				return nil, err
+			}
+			regs = append(regs, reg)
 		case Inference:
 			reg, err := m.inference(log)
 			if err != nil {

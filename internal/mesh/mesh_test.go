@@ -140,6 +140,13 @@ var built = map[string]bool{
 }
 
 func init() {
+	// MetaControllerService is built in full.
+	for _, m := range metacontrollerv1.MetaControllerService_ServiceDesc.Methods {
+		built["/"+metacontrollerv1.MetaControllerService_ServiceDesc.ServiceName+"/"+m.MethodName] = true
+	}
+	for _, st := range metacontrollerv1.MetaControllerService_ServiceDesc.Streams {
+		built["/"+metacontrollerv1.MetaControllerService_ServiceDesc.ServiceName+"/"+st.StreamName] = true
+	}
 	// RiskService is built in full.
 	for _, m := range riskv1.RiskService_ServiceDesc.Methods {
 		built["/"+riskv1.RiskService_ServiceDesc.ServiceName+"/"+m.MethodName] = true

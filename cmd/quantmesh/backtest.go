@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/quantmesh/quantmesh/internal/training"
+	"github.com/quantmesh/quantmesh/pkg/backtest"
+	"github.com/quantmesh/quantmesh/pkg/hrl"
+	"github.com/quantmesh/quantmesh/pkg/marketdata"
+	"github.com/quantmesh/quantmesh/pkg/strategy"
+)
+
+func backtestUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprintf(w, `Usage: quantmesh backtest --data <csv|eustock|ttrc> [--column C] [--policy hrl|naive|proportional|equal|all] [--json] [flags]
+
+Backtests allocation policies over one price column, walk-forward: the
+regime model (and the HRL policy, trained here with gorgonia) is fitted on
+the first --train-fraction of the range and only the rest is evaluated.
+Prints a table of churn rate, max disruption, Sharpe, total return, max
+drawdown and turnover cost, policies side by side, or with --json one JSON
+object per policy per line. Runs offline: no mesh is needed.
+
+Flags:
+`)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+type backtestFlags struct {
+	data, column, policy, strategies string
+	asJSON, pool                     bool
+	trainFraction, costBps           float64
+	folds, periods                   int
+	start, end                       int
+	hrl                              hrl.Config
+}
+
+func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("quantmesh backtest", flag.ContinueOnError)
+	var f backtestFlags
+	f.hrl = hrl.DefaultConfig()
+	fs.StringVar(&f.data, "data", "", "prices: a CSV file (Date,Open,High,Low,Close[,Volume], or a day column and one close column per instrument) or a bundled set: eustock, ttrc")
+	fs.StringVar(&f.column, "column", "", "price column of a multi-column file; the first column when empty")
+	fs.StringVar(&f.policy, "policy", "all", "hrl, naive, proportional, equal, or all")
+	fs.StringVar(&f.strategies, "strategies", "", "comma-separated strategies to allocate across; all when empty ("+strings.Join(strategy.Names(), ", ")+")")
+	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object per policy instead of a table")
+	fs.BoolVar(&f.pool, "pool", false, "also train HRL on the same training rows of every other column of --data (evaluation stays on --column)")
+	fs.Float64Var(&f.trainFraction, "train-fraction", 0.7, "share of the range in the first training window, in (0, 1)")
+	fs.IntVar(&f.folds, "folds", 1, "test segments after the first training window (expanding-window refits), 1 to 20")
+	fs.IntVar(&f.start, "start", 0, "first row of the range, from 0")
+	fs.IntVar(&f.end, "end", 0, "first row after the range; 0 means the end of the data")
+	fs.Float64Var(&f.costBps, "switching-cost-bps", 10, "switching cost in basis points of capital per unit of churn, 0 to 10000")
+	fs.IntVar(&f.periods, "periods-per-year", 252, "bars per year for annualising")
+	fs.IntVar(&f.hrl.Epochs, "epochs", f.hrl.Epochs, "HRL training epochs")
+	fs.Float64Var(&f.hrl.LearningRate, "learning-rate", f.hrl.LearningRate, "HRL Adam learning rate")
+	fs.IntVar(&f.hrl.NumOptions, "options", f.hrl.NumOptions, "HRL options")
+	fs.Float64Var(&f.hrl.BlendRate, "blend-rate", f.hrl.BlendRate, "HRL blending rate toward the target weights, in (0, 1]")
+	fs.Int64Var(&f.hrl.Seed, "seed", f.hrl.Seed, "seed of the regime fit and the HRL training")
+	if err := parseFlags(fs, args, io.Discard); err != nil {
+		if errors.Is(err, errHelp) {
+			backtestUsage(stdout, fs)
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("backtest takes no arguments, got %q (see 'quantmesh backtest -h')", fs.Args())
+	}
+	policies, err := parsePolicies(f.policy)
+	if err != nil {
+		return err
+	}
+	var names []string
+	if f.strategies != "" {
+		names = strings.Split(f.strategies, ",")
+	}
+	strats, err := strategy.ByName(names)
+	if err != nil {
+		return usagef("invalid --strategies %q: %v", f.strategies, err)
+	}
+	f.hrl.SwitchingCostBps = f.costBps
+	if err := f.hrl.Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	switch {
+	case !(f.costBps >= 0 && f.costBps <= 10000):
+		return usagef("invalid --switching-cost-bps %v: want 0 to 10000", f.costBps)
+	case f.periods < 1 || f.periods > 1000000:
+		return usagef("invalid --periods-per-year %d: want 1 to 1000000", f.periods)
+	case f.folds < 1 || f.folds > 20:
+		return usagef("invalid --folds %d: want 1 to 20", f.folds)
+	}
+	series, column, err := loadColumn(f.data, f.column)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	rows := len(series.Bars)
+	end := f.end
+	if end == 0 {
+		end = rows
+	}
+	switch {
+	case f.start < 0:
+		return usagef("invalid --start %d: must not be negative", f.start)
+	case end > rows:
+		return usagef("invalid --end %d: the data has %d rows", end, rows)
+	case end <= f.start:
+		return usagef("empty range: --end %d is not after --start %d", end, f.start)
+	}
+	closes := series.Closes()[f.start:end]
+	var pool [][]float64
+	var pooled []string
+	if f.pool {
+		all, err := training.Load(f.data)
+		if err != nil {
+			return usagef("%v", err)
+		}
+		for _, s := range all {
+			if s.Symbol == column {
+				continue
+			}
+			if len(s.Bars) != rows {
+				return usagef("--pool: column %s has %d rows, %s has %d", s.Symbol, len(s.Bars), column, rows)
+			}
+			pool = append(pool, s.Closes()[f.start:end])
+			pooled = append(pooled, s.Symbol)
+		}
+		if len(pool) == 0 {
+			return usagef("--pool: %s has no other column", f.data)
+		}
+	}
+	stratNames := make([]string, len(strats))
+	for i, s := range strats {
+		stratNames[i] = s.Name
+	}
+	cfg := backtest.Config{
+		Closes: closes, Strategies: strats, Policies: policies, TrainFraction: f.trainFraction, Folds: f.folds,
+		SwitchingCostBps: f.costBps, PeriodsPerYear: f.periods, Seed: f.hrl.Seed, Pool: pool,
+	}
+	if slices.Contains(policies, backtest.HRL) {
+		fold := 0
+		cfg.TrainHRL = backtest.HRLTrainer(f.hrl, stratNames, func(s hrl.EpochStats) {
+			if s.Epoch == 1 {
+				fold++
+			}
+			if s.Epoch%50 == 0 || s.Epoch == f.hrl.Epochs {
+				fmt.Fprintf(stderr, "hrl fold %d epoch %d/%d  objective %.6f\n", fold, s.Epoch, f.hrl.Epochs, s.Objective)
+			}
+		})
+	}
+	began := time.Now()
+	rep, err := backtest.Run(ctx, cfg)
+	if errors.Is(err, backtest.ErrInvalid) {
+		return usagef("%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	took := time.Since(began)
+	first := rep.Folds[0]
+	if f.asJSON {
+		enc := json.NewEncoder(stdout)
+		for _, r := range rep.Results {
+			m := r.Metrics
+			weights := map[string]float64{}
+			for i, w := range m.MeanWeights {
+				weights[stratNames[i]] = w
+			}
+			if err := enc.Encode(map[string]any{
+				"policy": r.Policy.String(), "data": f.data, "column": column,
+				"train_rows": [2]int{f.start, f.start + first.TrainEnd}, "test_rows": [2]int{f.start + first.TrainEnd, f.start + len(closes)},
+				"bars_evaluated": m.Bars, "churn_rate": m.ChurnRate, "max_disruption": m.MaxDisruption, "sharpe": m.Sharpe,
+				"total_return": m.TotalReturn, "max_drawdown": m.MaxDrawdown, "turnover_cost": m.TurnoverCost,
+				"annualized_volatility": m.AnnualizedVolatility, "mean_weights": weights,
+				"switching_cost_bps": f.costBps, "periods_per_year": f.periods, "hrl_pooled_columns": pooled,
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	fmt.Fprintf(stdout, "backtest %s column %s: rows %d-%d, trained on %d-%d, evaluated %d-%d (%d bars, %d fold(s)), switching cost %g bps, %s\n",
+		f.data, column, f.start, f.start+len(closes), f.start, f.start+first.TrainEnd, f.start+first.TrainEnd, f.start+len(closes),
+		rep.Results[0].Metrics.Bars, len(rep.Folds), f.costBps, took.Round(time.Millisecond))
+	if len(pooled) > 0 && slices.Contains(policies, backtest.HRL) {
+		fmt.Fprintf(stdout, "hrl also trained on the same rows of %s\n", strings.Join(pooled, ", "))
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "policy\tchurn rate\tmax disruption\tSharpe\ttotal return\tmax drawdown\tturnover cost\t")
+	for _, r := range rep.Results {
+		m := r.Metrics
+		fmt.Fprintf(tw, "%s\t%.2f%%\t%.3f\t%.3f\t%.2f%%\t%.2f%%\t%.4f\t\n", r.Policy, 100*m.ChurnRate, m.MaxDisruption, m.Sharpe, 100*m.TotalReturn, 100*m.MaxDrawdown, m.TurnoverCost)
+	}
+	return tw.Flush()
+}
+
+func parsePolicies(s string) ([]backtest.PolicyKind, error) {
+	if s == "all" || s == "" {
+		return backtest.AllPolicies, nil
+	}
+	var out []backtest.PolicyKind
+	for _, part := range strings.Split(s, ",") {
+		k, ok := backtest.ParsePolicy(strings.TrimSpace(part))
+		if !ok {
+			return nil, usagef("invalid --policy %q: want hrl, naive, proportional, equal or all", part)
+		}
+		if slices.Contains(out, k) {
+			return nil, usagef("invalid --policy %q: %s appears twice", s, k)
+		}
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+// loadColumn reads --data and picks one column.
+func loadColumn(data, column string) (marketdata.Series, string, error) {
+	if data == training.Bundled {
+		return marketdata.Series{}, "", fmt.Errorf("--data %s is several data sets; name one: %s, %s, or a CSV file", data, marketdata.EuStock, marketdata.TTRC)
+	}
+	series, err := training.Load(data)
+	if err != nil {
+		return marketdata.Series{}, "", err
+	}
+	if column == "" {
+		var cols []string
+		switch data {
+		case marketdata.EuStock, marketdata.TTRC:
+			cols, err = marketdata.BundledColumns(data)
+		default:
+			var fh *os.File
+			if fh, err = os.Open(data); err == nil {
+				cols, err = marketdata.Columns(fh)
+				fh.Close()
+			}
+		}
+		if err != nil {
+			return marketdata.Series{}, "", err
+		}
+		if len(cols) > 0 {
+			column = cols[0]
+		} else {
+			column = series[0].Symbol
+		}
+	}
+	var have []string
+	for _, s := range series {
+		if s.Symbol == column {
+			return s, column, nil
+		}
+		have = append(have, s.Symbol)
+	}
+	return marketdata.Series{}, "", fmt.Errorf("invalid --column %q: have %s", column, strings.Join(have, ", "))
+}

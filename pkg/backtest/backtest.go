@@ -1,0 +1,443 @@
+// Package backtest evaluates allocation policies over a price series,
+// walk-forward: models (the regime mixture and, for HRL, the policy) are
+// fitted on a training window and evaluated only on the bars after it.
+//
+// Timing: the weights w_t are decided at the close of bar t from bars up to
+// t; the portfolio's return over bar t+1 is sum_i w_t,i * r_t+1,i minus the
+// switching cost of moving from w_t-1 to w_t, where r_t+1,i is strategy i's
+// return over bar t+1 (pkg/strategy). A policy runs causally from the first
+// bar of the range, so its state at the first evaluated bar is what it
+// would have been live; only bars after the training window count in the
+// metrics.
+package backtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/quantmesh/quantmesh/pkg/strategy"
+)
+
+// PolicyKind is an allocation policy (the contract's PolicyKind, same
+// numbering).
+type PolicyKind int
+
+// Policies.
+const (
+	HRL                PolicyKind = 1
+	NaiveRouter        PolicyKind = 2
+	RegimeProportional PolicyKind = 3
+	EqualWeight        PolicyKind = 4
+)
+
+// AllPolicies lists the policies in PolicyKind order.
+var AllPolicies = []PolicyKind{HRL, NaiveRouter, RegimeProportional, EqualWeight}
+
+func (k PolicyKind) String() string {
+	switch k {
+	case HRL:
+		return "hrl"
+	case NaiveRouter:
+		return "naive"
+	case RegimeProportional:
+		return "proportional"
+	case EqualWeight:
+		return "equal"
+	}
+	return fmt.Sprintf("policy_%d", int(k))
+}
+
+// ParsePolicy parses hrl, naive, proportional or equal.
+func ParsePolicy(s string) (PolicyKind, bool) {
+	for _, k := range AllPolicies {
+		if k.String() == s {
+			return k, true
+		}
+	}
+	return 0, false
+}
+
+// Runner is a trained allocation policy running over one series, bar by
+// bar. Step receives the bar's state vector (StateVector) and writes the
+// weights served (each in [0, 1], summing to 1) and the policy's target
+// before blending.
+type Runner interface {
+	Step(state, weights, target []float64) error
+}
+
+// Policy is a trained policy that can run over series.
+type Policy interface {
+	NewRunner() Runner
+}
+
+// Trainer trains a policy on a training window: states[t] is the state
+// vector of bar t and returns[t] the strategies' returns over bar t+1
+// (both the same length).
+type Trainer func(ctx context.Context, states, returns [][]float64) (Policy, error)
+
+// Config is a backtest.
+type Config struct {
+	// Closes is the range's closing prices, oldest first.
+	Closes []float64
+	// Strategies to allocate across, at least 2.
+	Strategies []strategy.Strategy
+	// Policies to evaluate.
+	Policies []PolicyKind
+	// TrainFraction is the share of the range in the first training
+	// window, in (0, 1).
+	TrainFraction float64
+	// Folds is the number of test segments (expanding window), >= 1.
+	Folds int
+	// SwitchingCostBps is the cost per unit of churn in basis points.
+	SwitchingCostBps float64
+	// PeriodsPerYear annualises Sharpe and volatility.
+	PeriodsPerYear int
+	// Seed seeds the regime fits.
+	Seed int64
+	// Smoothing is the forward filter's; DefaultSmoothing when zero.
+	Smoothing Smoothing
+	// HRLPolicy, when set, is evaluated as-is on every fold; otherwise
+	// TrainHRL trains one per fold. One of them is needed for HRL.
+	HRLPolicy Policy
+	TrainHRL  Trainer
+	// Series asks for per-bar detail.
+	Series bool
+	// Pool holds other price series aligned row by row with Closes (same
+	// length, same bar times). A fresh HRL policy is trained on each
+	// fold's training rows of Closes and of every pooled series (each
+	// with its own regime model fitted on those rows), so it sees more
+	// market history without ever seeing an evaluated row. Only Closes is
+	// evaluated.
+	Pool [][]float64
+}
+
+// Fold is one training window and the test segment after it, as row
+// indices into the range: [0, TrainEnd) trained, [TrainEnd, TestEnd)
+// evaluated.
+type Fold struct {
+	TrainEnd, TestEnd int
+	Regimes           []Regime
+	Mapping           []int
+}
+
+// Point is one evaluated bar of a policy.
+type Point struct {
+	// Index is the row of the bar whose return this is.
+	Index int
+	// Weights were decided at the close of the previous bar and earned
+	// this bar's return.
+	Weights   []float64
+	NetReturn float64
+	Equity    float64
+	Churn     float64
+}
+
+// Result is one policy's backtest.
+type Result struct {
+	Policy  PolicyKind
+	Metrics Metrics
+	Series  []Point
+}
+
+// Report is a backtest's outcome.
+type Report struct {
+	Results []Result
+	Folds   []Fold
+}
+
+// Input errors.
+var (
+	ErrInvalid = errors.New("invalid backtest")
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Splits returns the folds' [TrainEnd, TestEnd) boundaries of n rows.
+func Splits(n int, trainFraction float64, folds int) ([][2]int, error) {
+	if !(trainFraction > 0 && trainFraction < 1) {
+		return nil, invalid("train fraction %v: must be in (0, 1)", trainFraction)
+	}
+	if folds < 1 {
+		return nil, invalid("folds %d: must be at least 1", folds)
+	}
+	trainEnd := int(math.Floor(float64(n) * trainFraction))
+	test := n - trainEnd
+	if trainEnd < 2 || test < folds {
+		return nil, invalid("%d rows split %v: %d training and %d test rows, need at least 2 and %d", n, trainFraction, trainEnd, test, folds)
+	}
+	out := make([][2]int, folds)
+	seg := test / folds
+	for k := range out {
+		start := trainEnd + k*seg
+		end := start + seg
+		if k == folds-1 {
+			end = n
+		}
+		out[k] = [2]int{start, end}
+	}
+	return out, nil
+}
+
+// Run runs a backtest.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if len(cfg.Strategies) < 2 {
+		return nil, invalid("%d strategies: need at least 2", len(cfg.Strategies))
+	}
+	if len(cfg.Policies) == 0 {
+		return nil, invalid("no policies")
+	}
+	for _, c := range cfg.Closes {
+		if !(c > 0) || math.IsInf(c, 0) {
+			return nil, invalid("close %v: prices must be positive and finite", c)
+		}
+	}
+	if cfg.PeriodsPerYear < 1 {
+		return nil, invalid("periods per year %d: must be at least 1", cfg.PeriodsPerYear)
+	}
+	if cfg.Smoothing == (Smoothing{}) {
+		cfg.Smoothing = DefaultSmoothing()
+	}
+	splits, err := Splits(len(cfg.Closes), cfg.TrainFraction, cfg.Folds)
+	if err != nil {
+		return nil, err
+	}
+	for i, p := range cfg.Pool {
+		if len(p) != len(cfg.Closes) {
+			return nil, invalid("pooled series %d has %d rows, the evaluated one %d", i, len(p), len(cfg.Closes))
+		}
+		for _, c := range p {
+			if !(c > 0) || math.IsInf(c, 0) {
+				return nil, invalid("pooled series %d: close %v: prices must be positive and finite", i, c)
+			}
+		}
+	}
+	for _, p := range cfg.Policies {
+		if p == HRL && cfg.HRLPolicy == nil && cfg.TrainHRL == nil {
+			return nil, invalid("HRL needs a policy or a trainer")
+		}
+	}
+	n := len(cfg.Strategies)
+	cost := cfg.SwitchingCostBps / 10000
+	rets := strategy.ReturnMatrix(cfg.Strategies, cfg.Closes)
+	rep := &Report{Results: make([]Result, len(cfg.Policies))}
+	acc := make([]struct {
+		net, churn []float64
+		weights    [][]float64
+		prev       []float64
+		equity     float64
+	}, len(cfg.Policies))
+	for i := range acc {
+		acc[i].equity = 1
+		rep.Results[i].Policy = cfg.Policies[i]
+	}
+	for _, sp := range splits {
+		trainEnd, testEnd := sp[0], sp[1]
+		prep, err := Prepare(ctx, cfg.Closes[:testEnd], trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+		if err != nil {
+			return nil, err
+		}
+		rep.Folds = append(rep.Folds, Fold{TrainEnd: trainEnd, TestEnd: testEnd, Regimes: prep.Model.Regimes, Mapping: prep.Mapping})
+		for pi, pk := range cfg.Policies {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			var hrl Policy
+			if pk == HRL {
+				hrl = cfg.HRLPolicy
+				if hrl == nil {
+					states, rs := prep.TrainingData(rets, trainEnd)
+					ps, prs, err := poolData(ctx, cfg, trainEnd)
+					if err != nil {
+						return nil, err
+					}
+					states, rs = append(states, ps...), append(rs, prs...)
+					if hrl, err = cfg.TrainHRL(ctx, states, rs); err != nil {
+						return nil, err
+					}
+				}
+			}
+			W, err := prep.Weights(pk, hrl, n)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", pk, err)
+			}
+			a := &acc[pi]
+			if a.prev == nil {
+				a.prev = W[trainEnd-2]
+			}
+			for t := trainEnd - 1; t < testEnd-1; t++ {
+				w := W[t]
+				ch := Churn(w, a.prev)
+				var r float64
+				for i, x := range w {
+					r += x * rets[t+1][i]
+				}
+				r -= cost * ch
+				a.equity *= 1 + r
+				a.net = append(a.net, r)
+				a.churn = append(a.churn, ch)
+				a.weights = append(a.weights, w)
+				a.prev = w
+				if cfg.Series {
+					rep.Results[pi].Series = append(rep.Results[pi].Series, Point{Index: t + 1, Weights: w, NetReturn: r, Equity: a.equity, Churn: ch})
+				}
+			}
+		}
+	}
+	for pi := range rep.Results {
+		a := acc[pi]
+		rep.Results[pi].Metrics = compute(a.net, a.churn, a.weights, cost, cfg.PeriodsPerYear)
+	}
+	return rep, nil
+}
+
+// Prepared is a regime model fitted on a training window and the filtered
+// regime state of every bar of a series.
+type Prepared struct {
+	Model    *RegimeModel
+	Filtered *Filtered
+	Mapping  []int
+	// States[t] is bar t's state vector (StateVector); nil during the
+	// warm-up.
+	States [][]float64
+}
+
+// Prepare fits the regime model on closes[:trainEnd] and filters every bar
+// of closes.
+func Prepare(ctx context.Context, closes []float64, trainEnd int, strats []strategy.Strategy, seed int64, sm Smoothing) (*Prepared, error) {
+	m, err := FitRegimes(ctx, closes[:trainEnd], seed)
+	if err != nil {
+		if errors.Is(err, ErrTooShort) {
+			return nil, invalid("%v", err)
+		}
+		return nil, err
+	}
+	f, err := m.Filter(closes, sm)
+	if err != nil {
+		return nil, err
+	}
+	p := &Prepared{Model: m, Filtered: f, Mapping: RegimeStrategies(m.Regimes, strats), States: make([][]float64, len(closes))}
+	prop := make([]float64, len(strats))
+	for t, probs := range f.Probs {
+		if probs == nil {
+			continue
+		}
+		ProportionalWeights(probs, p.Mapping, prop)
+		p.States[t] = StateVector(prop, f.Entropy[t], len(probs))
+	}
+	return p, nil
+}
+
+// StateDim is the length of a state vector for n strategies.
+func StateDim(n int) int { return n + 1 }
+
+// StateVector is what the HRL policy sees of a bar: the regime-proportional
+// weights of the strategies, then the regime entropy divided by its maximum
+// ln(regimes) (0 with one regime). (Adding the regime features themselves
+// was tried and made held-out results worse: the policy overfitted them.)
+func StateVector(proportional []float64, entropy float64, regimes int) []float64 {
+	out := make([]float64, 0, len(proportional)+1)
+	out = append(out, proportional...)
+	h := 0.0
+	if regimes > 1 {
+		h = entropy / math.Log(float64(regimes))
+	}
+	return append(out, h)
+}
+
+// TrainingData returns the state vectors of the training bars after the
+// warm-up and, beside each, the strategies' returns over the next bar.
+func (p *Prepared) TrainingData(rets [][]float64, trainEnd int) (states, next [][]float64) {
+	for t := 0; t < trainEnd-1; t++ {
+		if p.States[t] == nil {
+			continue
+		}
+		states = append(states, p.States[t])
+		next = append(next, rets[t+1])
+	}
+	return states, next
+}
+
+// Weights runs a policy over every bar and returns the weights decided at
+// each; equal weights during the regime warm-up.
+func (p *Prepared) Weights(pk PolicyKind, hrl Policy, n int) ([][]float64, error) {
+	T := len(p.States)
+	flat := make([]float64, T*n)
+	W := make([][]float64, T)
+	var run Runner
+	if pk == HRL {
+		run = hrl.NewRunner()
+	}
+	target := make([]float64, n)
+	for t := range W {
+		w := flat[t*n : (t+1)*n]
+		W[t] = w
+		probs := p.Filtered.Probs[t]
+		if probs == nil {
+			Equal(w)
+			continue
+		}
+		switch pk {
+		case HRL:
+			if err := run.Step(p.States[t], w, target); err != nil {
+				return nil, fmt.Errorf("bar %d: %w", t, err)
+			}
+		case NaiveRouter:
+			Naive(p.Filtered.Dominant[t], p.Mapping, w)
+		case RegimeProportional:
+			ProportionalWeights(probs, p.Mapping, w)
+		case EqualWeight:
+			Equal(w)
+		default:
+			return nil, invalid("unknown policy %d", int(pk))
+		}
+	}
+	return W, nil
+}
+
+// Evaluate returns a policy's metrics over the returns of rows [from, to)
+// of the prepared series (from >= 2), with weights decided at the bar
+// before each; rets is strategy.ReturnMatrix of the same closes. It is what
+// Run computes for a single fold.
+func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, to int, costBps float64, periodsPerYear int) (Metrics, error) {
+	if from < 2 || to > len(p.States) || to <= from {
+		return Metrics{}, invalid("rows %d-%d of %d: need 2 <= from < to <= rows", from, to, len(p.States))
+	}
+	n := len(rets[0])
+	W, err := p.Weights(pk, pol, n)
+	if err != nil {
+		return Metrics{}, err
+	}
+	cost := costBps / 10000
+	var net, churn []float64
+	var weights [][]float64
+	for t := from - 1; t < to-1; t++ {
+		ch := Churn(W[t], W[t-1])
+		var r float64
+		for i, x := range W[t] {
+			r += x * rets[t+1][i]
+		}
+		net = append(net, r-cost*ch)
+		churn = append(churn, ch)
+		weights = append(weights, W[t])
+	}
+	return compute(net, churn, weights, cost, periodsPerYear), nil
+}
+
+// poolData returns the HRL training data of the pooled series' first
+// trainEnd rows, series after series.
+func poolData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+	for i, closes := range cfg.Pool {
+		train := closes[:trainEnd]
+		prep, err := Prepare(ctx, train, trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pooled series %d: %w", i, err)
+		}
+		s, n := prep.TrainingData(strategy.ReturnMatrix(cfg.Strategies, train), trainEnd)
+		states, next = append(states, s...), append(next, n...)
+	}
+	return states, next, nil
+}

@@ -1,0 +1,260 @@
+package backtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+
+	"github.com/quantmesh/quantmesh/pkg/dpgmm"
+	"github.com/quantmesh/quantmesh/pkg/features"
+)
+
+// Regime is one regime of a fitted model, described as RegimeService
+// describes its regimes: regimes are ordered by the volatility of the
+// training bars' one-bar log returns each is responsible for (0 is the
+// calmest).
+type Regime struct {
+	// Weight is the mixture weight of the regime's component.
+	Weight float64
+	// Volatility and MeanReturn are the responsibility-weighted standard
+	// deviation and mean of the one-bar log returns of the training bars.
+	Volatility, MeanReturn float64
+}
+
+// RegimeModel is a Dirichlet-process Gaussian mixture fitted on a training
+// window of closes with RegimeService's defaults (its default feature
+// vector, standardised; truncation 10; effective-weight threshold 0.01),
+// ready to classify and forward-filter a series causally.
+type RegimeModel struct {
+	Regimes []Regime
+	specs   []features.Spec
+	mean    []float64
+	std     []float64
+	mix     *dpgmm.Model
+	comps   []int // regime index -> mixture component
+	prior   []float64
+}
+
+// Smoothing is the forward filter's configuration, RegimeService's default:
+// a sticky transition matrix with Stickiness on the diagonal and the rest
+// spread evenly.
+type Smoothing struct {
+	Stickiness float64
+}
+
+// DefaultSmoothing is RegimeService's default stickiness.
+func DefaultSmoothing() Smoothing { return Smoothing{Stickiness: 0.95} }
+
+const effectiveThreshold = 0.01
+
+// ErrTooShort is returned when a training window has too few bars for the
+// feature windows and the fit.
+var ErrTooShort = errors.New("training window too short")
+
+// minFitSamples is the fewest feature vectors a regime fit accepts.
+const minFitSamples = 50
+
+// FitRegimes fits a regime model on closes (the training window only).
+func FitRegimes(ctx context.Context, closes []float64, seed int64) (*RegimeModel, error) {
+	specs := features.DefaultSpecs()
+	X, rets, err := featureRows(closes, specs)
+	if err != nil {
+		return nil, err
+	}
+	if len(X) < minFitSamples {
+		comp, _ := features.NewComputer(specs)
+		return nil, fmt.Errorf("%w: %d feature vectors after the %d-bar warm-up, need %d", ErrTooShort, len(X), comp.Warmup()-1, minFitSamples)
+	}
+	d := len(specs)
+	m := &RegimeModel{specs: specs, mean: make([]float64, d), std: make([]float64, d)}
+	n := float64(len(X))
+	for _, x := range X {
+		for j, v := range x {
+			m.mean[j] += v / n
+		}
+	}
+	for _, x := range X {
+		for j, v := range x {
+			m.std[j] += (v - m.mean[j]) * (v - m.mean[j]) / n
+		}
+	}
+	for j := range m.std {
+		m.std[j] = math.Sqrt(m.std[j])
+		if !(m.std[j] > 0) {
+			m.std[j] = 1
+		}
+	}
+	Z := make([][]float64, len(X))
+	for i, x := range X {
+		Z[i] = m.scale(x, make([]float64, d))
+	}
+	mix, _, err := dpgmm.Fit(ctx, Z, dpgmm.Config{Seed: seed, Workers: 1})
+	if err != nil {
+		return nil, fmt.Errorf("regime fit: %w", err)
+	}
+	m.mix = mix
+	k := mix.Components()
+	sumW, sumR, sumR2 := make([]float64, k), make([]float64, k), make([]float64, k)
+	resp := make([]float64, k)
+	for i, z := range Z {
+		mix.PredictProba(z, resp)
+		for c, p := range resp {
+			sumW[c] += p
+			sumR[c] += p * rets[i]
+			sumR2[c] += p * rets[i] * rets[i]
+		}
+	}
+	type reg struct {
+		comp    int
+		vol, mu float64
+	}
+	var regs []reg
+	for _, c := range mix.Effective(effectiveThreshold) {
+		mu, vol := 0.0, 0.0
+		if sumW[c] > 0 {
+			mu = sumR[c] / sumW[c]
+			vol = math.Sqrt(max(0, sumR2[c]/sumW[c]-mu*mu))
+		}
+		regs = append(regs, reg{c, vol, mu})
+	}
+	slices.SortStableFunc(regs, func(a, b reg) int {
+		switch {
+		case a.vol < b.vol:
+			return -1
+		case a.vol > b.vol:
+			return 1
+		}
+		return a.comp - b.comp
+	})
+	weights := mix.Weights()
+	var total float64
+	for _, r := range regs {
+		total += weights[r.comp]
+	}
+	for _, r := range regs {
+		m.comps = append(m.comps, r.comp)
+		m.Regimes = append(m.Regimes, Regime{Weight: weights[r.comp], Volatility: r.vol, MeanReturn: r.mu})
+		m.prior = append(m.prior, weights[r.comp]/total)
+	}
+	return m, nil
+}
+
+func (m *RegimeModel) scale(x, dst []float64) []float64 {
+	for j, v := range x {
+		dst[j] = (v - m.mean[j]) / m.std[j]
+	}
+	return dst
+}
+
+// featureRows computes the feature vectors of closes and, beside each, the
+// one-bar log return of its bar.
+func featureRows(closes []float64, specs []features.Spec) (X [][]float64, rets []float64, err error) {
+	comp, err := features.NewComputer(specs)
+	if err != nil {
+		return nil, nil, err
+	}
+	vec := make([]float64, comp.Len())
+	for i, c := range closes {
+		ready, err := comp.Update(features.Point{Close: c}, vec)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bar %d: %w", i, err)
+		}
+		if ready {
+			X = append(X, slices.Clone(vec))
+			rets = append(rets, math.Log(c/closes[i-1]))
+		}
+	}
+	return X, rets, nil
+}
+
+// Filtered is the regime state of every bar of a series.
+type Filtered struct {
+	// Probs[t] are the smoothed regime probabilities after bar t; nil
+	// during the feature warm-up.
+	Probs [][]float64
+	// Dominant[t] is the argmax of Probs[t]; -1 during the warm-up.
+	Dominant []int
+	// Entropy[t] is the entropy of Probs[t] in nats.
+	Entropy []float64
+}
+
+// Filter classifies every bar of closes and runs the forward filter over
+// them, causally: the state of bar t depends only on closes[0..t].
+func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) {
+	comp, err := features.NewComputer(m.specs)
+	if err != nil {
+		return nil, err
+	}
+	out := &Filtered{Probs: make([][]float64, len(closes)), Dominant: make([]int, len(closes)), Entropy: make([]float64, len(closes))}
+	vec := make([]float64, comp.Len())
+	z := make([]float64, comp.Len())
+	ll := make([]float64, m.mix.Components())
+	r := len(m.comps)
+	var prev []float64
+	for t, c := range closes {
+		out.Dominant[t] = -1
+		ready, err := comp.Update(features.Point{Close: c}, vec)
+		if err != nil {
+			return nil, fmt.Errorf("bar %d: %w", t, err)
+		}
+		if !ready {
+			continue
+		}
+		m.mix.LogProb(m.scale(vec, z), ll)
+		post := make([]float64, r)
+		for j, cj := range m.comps {
+			var pred float64
+			switch {
+			case prev == nil:
+				pred = m.prior[j]
+			case r == 1:
+				pred = 1
+			default:
+				pred = sm.Stickiness*prev[j] + (1-sm.Stickiness)/float64(r-1)*(1-prev[j])
+			}
+			post[j] = ll[cj] + math.Log(max(pred, 1e-300))
+		}
+		softmaxLog(post)
+		out.Probs[t], out.Dominant[t], out.Entropy[t] = post, argmax(post), entropy(post)
+		prev = post
+	}
+	return out, nil
+}
+
+// softmaxLog turns log weights into probabilities in place.
+func softmaxLog(v []float64) {
+	m := math.Inf(-1)
+	for _, x := range v {
+		m = math.Max(m, x)
+	}
+	var s float64
+	for i, x := range v {
+		v[i] = math.Exp(x - m)
+		s += v[i]
+	}
+	for i := range v {
+		v[i] /= s
+	}
+}
+
+func argmax(p []float64) int {
+	best := 0
+	for i, v := range p {
+		if v > p[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+func entropy(p []float64) float64 {
+	var h float64
+	for _, v := range p {
+		if v > 0 {
+			h -= v * math.Log(v)
+		}
+	}
+	return h
+}
