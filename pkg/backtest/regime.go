@@ -9,6 +9,7 @@ import (
 
 	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/features"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // Regime is one regime of a fitted model, described as RegimeService
@@ -37,15 +38,17 @@ type RegimeModel struct {
 	prior   []float64
 }
 
-// Smoothing is the forward filter's configuration, RegimeService's default:
-// a sticky transition matrix with Stickiness on the diagonal and the rest
-// spread evenly.
-type Smoothing struct {
-	Stickiness float64
-}
+// Smoothing is the forward filter's configuration (RegimeService's filter,
+// pkg/regimefilter).
+type Smoothing = regimefilter.Smoothing
 
-// DefaultSmoothing is RegimeService's default stickiness.
-func DefaultSmoothing() Smoothing { return Smoothing{Stickiness: 0.95} }
+// DefaultSmoothing is the backtests' filter: the plain sticky forward
+// filter (stickiness 0.95, no tempering, hysteresis or dwell), with which
+// the policies' results in README and the HRL's training were measured.
+// RegimeService's own default (regimefilter.Default) holds a regime longer
+// (a 30-bar dwell), which would delay every policy's response to a regime
+// change; whether allocation should follow it is open (issue 7's note).
+func DefaultSmoothing() Smoothing { return Smoothing{Stickiness: 0.95, MinDwell: 1, Tempering: 1} }
 
 const effectiveThreshold = 0.01
 
@@ -174,7 +177,7 @@ type Filtered struct {
 	// Probs[t] are the smoothed regime probabilities after bar t; nil
 	// during the feature warm-up.
 	Probs [][]float64
-	// Dominant[t] is the argmax of Probs[t]; -1 during the warm-up.
+	// Dominant[t] is the dominant regime after bar t (the argmax of Probs[t] unless hysteresis or a minimum dwell holds the previous one); -1 during the warm-up.
 	Dominant []int
 	// Entropy[t] is the entropy of Probs[t] in nats.
 	Entropy []float64
@@ -183,6 +186,9 @@ type Filtered struct {
 // Filter classifies every bar of closes and runs the forward filter over
 // them, causally: the state of bar t depends only on closes[0..t].
 func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) {
+	if err := sm.Validate(); err != nil {
+		return nil, fmt.Errorf("smoothing: %w", err)
+	}
 	comp, err := features.NewComputer(m.specs)
 	if err != nil {
 		return nil, err
@@ -191,8 +197,8 @@ func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) 
 	vec := make([]float64, comp.Len())
 	z := make([]float64, comp.Len())
 	ll := make([]float64, m.mix.Components())
-	r := len(m.comps)
-	var prev []float64
+	logLik := make([]float64, len(m.comps))
+	f := regimefilter.New(sm)
 	for t, c := range closes {
 		out.Dominant[t] = -1
 		ready, err := comp.Update(features.Point{Close: c}, vec)
@@ -203,58 +209,14 @@ func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) 
 			continue
 		}
 		m.mix.LogProb(m.scale(vec, z), ll)
-		post := make([]float64, r)
 		for j, cj := range m.comps {
-			var pred float64
-			switch {
-			case prev == nil:
-				pred = m.prior[j]
-			case r == 1:
-				pred = 1
-			default:
-				pred = sm.Stickiness*prev[j] + (1-sm.Stickiness)/float64(r-1)*(1-prev[j])
-			}
-			post[j] = ll[cj] + math.Log(max(pred, 1e-300))
+			logLik[j] = ll[cj]
 		}
-		softmaxLog(post)
-		out.Probs[t], out.Dominant[t], out.Entropy[t] = post, argmax(post), entropy(post)
-		prev = post
+		st, err := f.Next(logLik, m.prior)
+		if err != nil {
+			return nil, fmt.Errorf("bar %d: %w", t, err)
+		}
+		out.Probs[t], out.Dominant[t], out.Entropy[t] = st.Smoothed, st.Dominant, st.Entropy
 	}
 	return out, nil
-}
-
-// softmaxLog turns log weights into probabilities in place.
-func softmaxLog(v []float64) {
-	m := math.Inf(-1)
-	for _, x := range v {
-		m = math.Max(m, x)
-	}
-	var s float64
-	for i, x := range v {
-		v[i] = math.Exp(x - m)
-		s += v[i]
-	}
-	for i := range v {
-		v[i] /= s
-	}
-}
-
-func argmax(p []float64) int {
-	best := 0
-	for i, v := range p {
-		if v > p[best] {
-			best = i
-		}
-	}
-	return best
-}
-
-func entropy(p []float64) float64 {
-	var h float64
-	for _, v := range p {
-		if v > 0 {
-			h -= v * math.Log(v)
-		}
-	}
-	return h
 }

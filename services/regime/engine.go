@@ -16,6 +16,7 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/features"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 	"github.com/quantmesh/quantmesh/pkg/stream"
 )
 
@@ -64,7 +65,7 @@ type symbolState struct {
 	symbol   string
 	model    *loadedModel // nil when no model is active for the symbol
 	comp     *features.Computer
-	filter   filter
+	filter   regimefilter.Filter
 	lastBar  Bar
 	hasBar   bool
 	vec, buf []float64
@@ -171,10 +172,9 @@ func (e *Engine) state(ctx context.Context, symbol string) (*symbolState, error)
 		st.lastBar, st.hasBar = bars[n-1], true
 	}
 	if prev := e.latest[symbol]; prev != nil && st.model != nil && prev.GetModelId() == st.model.id {
-		st.filter = filter{cfg: st.model.smoothing, probs: append([]float64(nil), prev.GetSmoothedProbabilities()...),
-			dominant: int(prev.GetDominantRegime()), dwell: prev.GetDwellBars()}
+		st.filter = regimefilter.Resume(st.model.smoothing, prev.GetSmoothedProbabilities(), int(prev.GetDominantRegime()), prev.GetDwellBars())
 	} else if st.model != nil {
-		st.filter = filter{cfg: st.model.smoothing}
+		st.filter = regimefilter.New(st.model.smoothing)
 	}
 	e.symbols.Add(symbol, st)
 	return st, nil
@@ -363,7 +363,7 @@ func (e *Engine) apply(st *symbolState, b Bar) (*regimev1.RegimeState, error) {
 func (e *Engine) classify(st *symbolState, b Bar) (*regimev1.RegimeState, error) {
 	lm := st.model
 	logLik := lm.regimeLogLik(st.vec, st.buf)
-	step, err := st.filter.next(logLik, lm.prior)
+	step, err := st.filter.Next(logLik, lm.prior)
 	if err != nil {
 		return nil, err
 	}
@@ -371,13 +371,13 @@ func (e *Engine) classify(st *symbolState, b Bar) (*regimev1.RegimeState, error)
 	state := &regimev1.RegimeState{
 		Symbol: st.symbol, Sequence: e.seq, BarTime: timestamppb.New(b.Time), Close: b.Close, ModelId: lm.id,
 		Features:              append([]float64(nil), st.vec...),
-		RawProbabilities:      step.raw,
-		SmoothedProbabilities: step.smoothed,
-		DominantRegime:        int32(step.dominant),
-		RawDominantRegime:     int32(step.rawDominant),
-		Entropy:               step.entropy,
-		RawEntropy:            step.rawEntropy,
-		DwellBars:             step.dwell,
+		RawProbabilities:      step.Raw,
+		SmoothedProbabilities: step.Smoothed,
+		DominantRegime:        int32(step.Dominant),
+		RawDominantRegime:     int32(step.RawDominant),
+		Entropy:               step.Entropy,
+		RawEntropy:            step.RawEntropy,
+		DwellBars:             step.Dwell,
 	}
 	if prev := e.latest[st.symbol]; prev != nil && prev.GetModelId() == lm.id {
 		state.Flipped = prev.GetDominantRegime() != state.DominantRegime
@@ -504,7 +504,7 @@ func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string)
 		if !st.hasBar || st.comp.Bars() < st.comp.Warmup() || st.model != lm {
 			continue
 		}
-		st.filter = filter{cfg: lm.smoothing}
+		st.filter = regimefilter.New(lm.smoothing)
 		state, err := e.classify(st, st.lastBar)
 		if err != nil {
 			restore()

@@ -19,6 +19,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/features"
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // Fit limits.
@@ -228,7 +229,7 @@ func smoothingFromProto(v *apierr.Violations, sc *regimev1.SmoothingConfig) Smoo
 	if sc.EmissionTempering != nil {
 		s.Tempering = sc.GetEmissionTempering()
 	}
-	s.check(func(field, format string, args ...any) { v.Add("smoothing."+field, format, args...) })
+	s.Check(func(field, format string, args ...any) { v.Add("smoothing."+field, format, args...) })
 	return s
 }
 
@@ -640,7 +641,7 @@ func trainingFlips(mix *dpgmm.Model, comps []int, X [][]float64, runs [][2]int, 
 	comp := make([]float64, mix.Components())
 	var rawFlips, smoothFlips, pairs int
 	for _, run := range runs {
-		f := filter{cfg: sm}
+		f := regimefilter.New(sm)
 		prevRaw, prevDom := -1, -1
 		for i := run[0]; i < run[1]; i++ {
 			mix.LogProb(X[i], comp)
@@ -648,20 +649,20 @@ func trainingFlips(mix *dpgmm.Model, comps []int, X [][]float64, runs [][2]int, 
 			for r, c := range comps {
 				ll[r] = comp[c]
 			}
-			st, err := f.next(ll, prior)
+			st, err := f.Next(ll, prior)
 			if err != nil {
 				return 0, 0
 			}
 			if prevRaw >= 0 {
 				pairs++
-				if st.rawDominant != prevRaw {
+				if st.RawDominant != prevRaw {
 					rawFlips++
 				}
-				if st.dominant != prevDom {
+				if st.Dominant != prevDom {
 					smoothFlips++
 				}
 			}
-			prevRaw, prevDom = st.rawDominant, st.dominant
+			prevRaw, prevDom = st.RawDominant, st.Dominant
 		}
 	}
 	if pairs == 0 {

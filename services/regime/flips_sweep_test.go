@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // sweepRow is one smoothing configuration's outcome.
@@ -41,15 +43,15 @@ const noisyAccuracyBound = 0.8
 // noisyAccuracy is the fraction of TestFilterSmooths' series on which the
 // smoothed dominant regime is right.
 func noisyAccuracy(sm Smoothing) float64 {
-	f := filter{cfg: sm}
+	f := regimefilter.New(sm)
 	right := 0
 	lls := noisy(2000, 2)
 	for i, ll := range lls {
-		st, err := f.next(ll, []float64{0.5, 0.5})
+		st, err := f.Next(ll, []float64{0.5, 0.5})
 		if err != nil {
 			panic(err)
 		}
-		if (i >= len(lls)/2) == (st.dominant == 1) {
+		if (i >= len(lls)/2) == (st.Dominant == 1) {
 			right++
 		}
 	}
@@ -185,17 +187,17 @@ func cmpFloat(a, b float64) int {
 // smoothed probabilities (½ Σ|p_t − p_t−1|): how much a consumer weighting
 // by the probabilities would move per bar, raw and smoothed.
 func (fs fittedSeries) churn(run int, sm Smoothing) (raw, smoothed float64) {
-	f := filter{cfg: sm}
-	var prev step
+	f := regimefilter.New(sm)
+	var prev regimefilter.Step
 	for i, ll := range fs.logLik[run] {
-		st, err := f.next(ll, fs.prior)
+		st, err := f.Next(ll, fs.prior)
 		if err != nil {
 			panic(err)
 		}
 		if i > 0 {
-			for j := range st.raw {
-				raw += math.Abs(st.raw[j]-prev.raw[j]) / 2
-				smoothed += math.Abs(st.smoothed[j]-prev.smoothed[j]) / 2
+			for j := range st.Raw {
+				raw += math.Abs(st.Raw[j]-prev.Raw[j]) / 2
+				smoothed += math.Abs(st.Smoothed[j]-prev.Smoothed[j]) / 2
 			}
 		}
 		prev = st

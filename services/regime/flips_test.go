@@ -15,6 +15,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/features"
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // The flip-rate goal (issue 6) and how it is measured.
@@ -106,13 +107,13 @@ func fitDefault(t testing.TB, series []trainingSeries, seed int64) fittedSeries 
 
 // dominants runs one run's samples through a fresh filter.
 func (fs fittedSeries) dominants(run int, sm Smoothing) (raw, smoothed []int) {
-	f := filter{cfg: sm}
+	f := regimefilter.New(sm)
 	for _, ll := range fs.logLik[run] {
-		st, err := f.next(ll, fs.prior)
+		st, err := f.Next(ll, fs.prior)
 		if err != nil {
 			panic(err)
 		}
-		raw, smoothed = append(raw, st.rawDominant), append(smoothed, st.dominant)
+		raw, smoothed = append(raw, st.RawDominant), append(smoothed, st.Dominant)
 	}
 	return raw, smoothed
 }

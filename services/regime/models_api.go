@@ -12,6 +12,7 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/page"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // modelPages are ListModels' page sizes.
@@ -165,7 +166,7 @@ func (s *Server) ClassifyFeatures(ctx context.Context, req *regimev1.ClassifyFea
 		return nil, err
 	}
 	resp := &regimev1.ClassifyFeaturesResponse{ModelId: lm.id}
-	f := filter{cfg: lm.smoothing}
+	f := regimefilter.New(lm.smoothing)
 	buf := make([]float64, len(lm.specs))
 	comp := make([]float64, lm.mix.Components())
 	var raws, smooths []int
@@ -178,21 +179,21 @@ func (s *Server) ClassifyFeatures(ctx context.Context, req *regimev1.ClassifyFea
 		}
 		c := &regimev1.Classification{LogLikelihood: logSumExp(comp) - lm.logJacobian()}
 		if req.GetSequential() {
-			st, err := f.next(logLik, lm.prior)
+			st, err := f.Next(logLik, lm.prior)
 			if err != nil {
 				return nil, err
 			}
-			c.RawProbabilities, c.RawDominantRegime, c.RawEntropy = st.raw, int32(st.rawDominant), st.rawEntropy
-			c.SmoothedProbabilities, c.DominantRegime, c.Entropy = st.smoothed, int32(st.dominant), st.entropy
-			raws, smooths = append(raws, st.rawDominant), append(smooths, st.dominant)
+			c.RawProbabilities, c.RawDominantRegime, c.RawEntropy = st.Raw, int32(st.RawDominant), st.RawEntropy
+			c.SmoothedProbabilities, c.DominantRegime, c.Entropy = st.Smoothed, int32(st.Dominant), st.Entropy
+			raws, smooths = append(raws, st.RawDominant), append(smooths, st.Dominant)
 		} else {
-			raw := softmaxLog(logLik, logLik)
-			c.RawProbabilities, c.RawDominantRegime, c.RawEntropy = raw, int32(argmax(raw)), entropy(raw)
+			raw := regimefilter.SoftmaxLog(logLik, logLik)
+			c.RawProbabilities, c.RawDominantRegime, c.RawEntropy = raw, int32(regimefilter.Argmax(raw)), regimefilter.Entropy(raw)
 		}
 		resp.Classifications = append(resp.Classifications, c)
 	}
 	if req.GetSequential() {
-		resp.RawFlipsPer_100Bars, resp.SmoothedFlipsPer_100Bars = flipsPer100(raws), flipsPer100(smooths)
+		resp.RawFlipsPer_100Bars, resp.SmoothedFlipsPer_100Bars = regimefilter.FlipsPer100(raws), regimefilter.FlipsPer100(smooths)
 	}
 	return resp, nil
 }

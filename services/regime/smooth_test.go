@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/regimefilter"
 )
 
 // noisy returns log-likelihoods of two regimes: regime 0 for the first
@@ -32,12 +33,12 @@ func noisy(n int, seed uint64) [][]float64 {
 	return out
 }
 
-func run(t *testing.T, cfg Smoothing, lls [][]float64) []step {
+func run(t *testing.T, cfg Smoothing, lls [][]float64) []regimefilter.Step {
 	t.Helper()
-	f := filter{cfg: cfg}
-	var out []step
+	f := regimefilter.New(cfg)
+	var out []regimefilter.Step
 	for _, ll := range lls {
-		st, err := f.next(ll, []float64{0.5, 0.5})
+		st, err := f.Next(ll, []float64{0.5, 0.5})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -54,11 +55,11 @@ func TestFilterNoLookAhead(t *testing.T) {
 		for _, k := range []int{1, 57, 200, 399} {
 			prefix := run(t, cfg, lls[:k])
 			for i := range prefix {
-				if prefix[i].dominant != all[i].dominant || prefix[i].dwell != all[i].dwell {
+				if prefix[i].Dominant != all[i].Dominant || prefix[i].Dwell != all[i].Dwell {
 					t.Fatalf("%+v: bar %d changed when %d more bars arrived", cfg, i, 400-k)
 				}
-				for j := range prefix[i].smoothed {
-					if prefix[i].smoothed[j] != all[i].smoothed[j] {
+				for j := range prefix[i].Smoothed {
+					if prefix[i].Smoothed[j] != all[i].Smoothed[j] {
 						t.Fatalf("%+v: bar %d smoothed probabilities changed when %d more bars arrived", cfg, i, 400-k)
 					}
 				}
@@ -74,15 +75,15 @@ func TestFilterSmooths(t *testing.T) {
 	var raw, smooth []int
 	correct := 0
 	for i, st := range steps {
-		raw, smooth = append(raw, st.rawDominant), append(smooth, st.dominant)
-		if (i >= 1000) == (st.dominant == 1) {
+		raw, smooth = append(raw, st.RawDominant), append(smooth, st.Dominant)
+		if (i >= 1000) == (st.Dominant == 1) {
 			correct++
 		}
-		if s := st.smoothed[0] + st.smoothed[1]; math.Abs(s-1) > 1e-12 {
+		if s := st.Smoothed[0] + st.Smoothed[1]; math.Abs(s-1) > 1e-12 {
 			t.Fatalf("smoothed probabilities sum to %v", s)
 		}
 	}
-	rf, sf := flipsPer100(raw), flipsPer100(smooth)
+	rf, sf := regimefilter.FlipsPer100(raw), regimefilter.FlipsPer100(smooth)
 	if sf > rf/2 {
 		t.Errorf("smoothed flips %.2f per 100 bars, raw %.2f: want less than half", sf, rf)
 	}
@@ -92,9 +93,9 @@ func TestFilterSmooths(t *testing.T) {
 	// With a minimum dwell the flips fall further.
 	var dwelt []int
 	for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 20, Tempering: 1}, lls) {
-		dwelt = append(dwelt, st.dominant)
+		dwelt = append(dwelt, st.Dominant)
 	}
-	if df := flipsPer100(dwelt); df > rf/4 {
+	if df := regimefilter.FlipsPer100(dwelt); df > rf/4 {
 		t.Errorf("with a 20-bar dwell: %.2f flips per 100 bars, raw %.2f: want at most a quarter", df, rf)
 	}
 }
@@ -102,15 +103,15 @@ func TestFilterSmooths(t *testing.T) {
 func TestFilterMemorylessEqualsRaw(t *testing.T) {
 	t.Parallel()
 	lls := [][]float64{{-1, -3, -2}, {-5, 0, -1}, {0, 0, -9}}
-	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: 1}}
+	f := regimefilter.New(Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: 1})
 	for _, ll := range lls {
-		st, err := f.next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
+		st, err := f.Next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
 		if err != nil {
 			t.Fatal(err)
 		}
-		for j := range st.raw {
-			if math.Abs(st.raw[j]-st.smoothed[j]) > 1e-12 {
-				t.Fatalf("stickiness 1/R: smoothed %v, raw %v", st.smoothed, st.raw)
+		for j := range st.Raw {
+			if math.Abs(st.Raw[j]-st.Smoothed[j]) > 1e-12 {
+				t.Fatalf("stickiness 1/R: smoothed %v, raw %v", st.Smoothed, st.Raw)
 			}
 		}
 	}
@@ -127,7 +128,7 @@ func TestFilterHysteresisAndDwell(t *testing.T) {
 	dominants := func(cfg Smoothing) []int {
 		var out []int
 		for _, st := range run(t, cfg, lls) {
-			out = append(out, st.dominant)
+			out = append(out, st.Dominant)
 		}
 		return out
 	}
@@ -158,8 +159,8 @@ func TestFilterTempering(t *testing.T) {
 	t.Parallel()
 	const tau = 0.25
 	ll := []float64{-1, -5, -2}
-	f := filter{cfg: Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: tau}}
-	st, err := f.next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
+	f := regimefilter.New(Smoothing{Stickiness: 1.0 / 3, MinDwell: 1, Tempering: tau})
+	st, err := f.Next(ll, []float64{1.0 / 3, 1.0 / 3, 1.0 / 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,10 +168,10 @@ func TestFilterTempering(t *testing.T) {
 	for i, v := range ll {
 		scaled[i] = tau * v
 	}
-	wantSmoothed, wantRaw := softmaxLog(scaled, nil), softmaxLog(ll, nil)
+	wantSmoothed, wantRaw := regimefilter.SoftmaxLog(scaled, nil), regimefilter.SoftmaxLog(ll, nil)
 	for j := range ll {
-		if math.Abs(st.smoothed[j]-wantSmoothed[j]) > 1e-12 || math.Abs(st.raw[j]-wantRaw[j]) > 1e-12 {
-			t.Fatalf("tempering %v: smoothed %v raw %v, want %v and %v", tau, st.smoothed, st.raw, wantSmoothed, wantRaw)
+		if math.Abs(st.Smoothed[j]-wantSmoothed[j]) > 1e-12 || math.Abs(st.Raw[j]-wantRaw[j]) > 1e-12 {
+			t.Fatalf("tempering %v: smoothed %v raw %v, want %v and %v", tau, st.Smoothed, st.Raw, wantSmoothed, wantRaw)
 		}
 	}
 	// On the noisy series tempering alone (no dwell) cuts the flips.
@@ -178,9 +179,9 @@ func TestFilterTempering(t *testing.T) {
 	flips := func(tau float64) float64 {
 		var dom []int
 		for _, st := range run(t, Smoothing{Stickiness: 0.95, MinDwell: 1, Tempering: tau}, lls) {
-			dom = append(dom, st.dominant)
+			dom = append(dom, st.Dominant)
 		}
-		return flipsPer100(dom)
+		return regimefilter.FlipsPer100(dom)
 	}
 	if hot, cold := flips(1), flips(0.3); !(cold < hot) {
 		t.Errorf("tempering 0.3: %.2f flips per 100 bars, untempered %.2f", cold, hot)
