@@ -699,42 +699,13 @@ func (b *sqlBuilder) comparison(sb *strings.Builder, c *Comparison) {
 		return
 	}
 	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
-	if b.d == store.Postgres && !b.walkForm && c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In) {
-		b.pairPredicate(sb, c)
-	} else {
-		sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
-		b.predicate(sb, "f.value", c)
-	}
+	sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
+	b.predicate(sb, "f.value", c)
 	if b.walkForm && b.d == store.Postgres {
 		// OFFSET 0 keeps the test a per-row probe: PostgreSQL would
 		// otherwise hash the whole set of matching rows first, which
 		// costs more than the few probes of a walk that stops early.
 		sb.WriteString(" OFFSET 0")
-	}
-	sb.WriteString(")")
-}
-
-// pairExpr is a param or tag as one string, key and value joined by the
-// unit separator (keys hold no control characters). Its expression index
-// has statistics of key and value together, so PostgreSQL estimates
-// params.optimizer = 'adam' from how often that pair occurs, not from how
-// often the key and the value occur (independently, that underestimates
-// by about the number of keys).
-const pairExpr = `(f.key || E'\x1f' || f.value) COLLATE "C"`
-
-// pairPredicate writes an = or IN comparison of a param or tag on pairExpr.
-func (b *sqlBuilder) pairPredicate(sb *strings.Builder, c *Comparison) {
-	sb.WriteString(pairExpr)
-	if c.Op == Eq {
-		sb.WriteString(" = " + b.arg(c.Operand.Key+"\x1f"+c.Values[0].(string)))
-		return
-	}
-	sb.WriteString(" IN (")
-	for i, v := range c.Values {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		sb.WriteString(b.arg(c.Operand.Key + "\x1f" + v.(string)))
 	}
 	sb.WriteString(")")
 }

@@ -101,10 +101,10 @@
 //     order by another attribute, a cursor past the runs that have the
 //     first key) the plain query finds every matching run and sorts them,
 //     order keys LEFT JOINed; the planner starts from the most selective
-//     comparison. On PostgreSQL param and tag comparisons (= and IN) test
-//     key and value joined by the unit separator, whose expression index
-//     gives the planner statistics of the pair: key and value apart make
-//     params.optimizer = 'adam' look rarer by about the number of keys.
+//     comparison. On PostgreSQL extended statistics on (key, value) of
+//     params and tags give the planner how often a pair occurs: key and
+//     value apart make params.optimizer = 'adam' look rarer by about the
+//     number of keys.
 //
 // Both parts are in the one statement; the part not needed is cut off by a
 // one-time condition (LIMIT 0) and never runs. On PostgreSQL Build makes
