@@ -304,9 +304,26 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 			b.walkExpr(sb)
 			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " r), ")
 		} else {
-			sb.WriteString("r.run_key IS NOT NULL AND (")
-			b.walkExpr(sb)
-			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " o0 LEFT JOIN runs r ON r.run_key = o0.run_key AND " + b.runsWhere() + "), ")
+			// The comparisons of metrics, params and tags first, on the
+			// index entry, cheapest first; the run is read only for
+			// entries that pass them.
+			early, late := b.splitTerms()
+			b.walkForm = true
+			b.corr = "o0.run_key"
+			for _, t := range early {
+				sb.WriteString("(")
+				b.expr(sb, t)
+				sb.WriteString(") AND ")
+			}
+			b.corr = ""
+			sb.WriteString("EXISTS (SELECT 1 FROM runs r WHERE r.run_key = o0.run_key AND " + b.runsWhere())
+			for _, t := range late {
+				sb.WriteString(" AND (")
+				b.expr(sb, t)
+				sb.WriteString(")")
+			}
+			b.walkForm = false
+			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " o0), ")
 		}
 		// Walk when the sample holds every entry, or when at its density
 		// the page fills within the walk.
@@ -392,22 +409,7 @@ func (b *sqlBuilder) walkConds(sb *strings.Builder) {
 	if b.q.Filter == nil {
 		return
 	}
-	terms := []Expr{b.q.Filter}
-	if a, ok := b.q.Filter.(*And); ok {
-		terms = a.Terms
-	}
-	var early, late []Expr
-	for _, t := range terms {
-		if b.order[0].Operand.Kind != Attribute && onlyKV(t) {
-			early = append(early, t)
-		} else {
-			late = append(late, t)
-		}
-	}
-	// Params and tags first: their index answers alone, while a metric's
-	// value is read from the table.
-	slices.SortStableFunc(early, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
-	slices.SortStableFunc(late, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	early, late := b.splitTerms()
 	b.walkForm = true
 	for _, part := range []struct {
 		terms []Expr
@@ -429,6 +431,29 @@ func (b *sqlBuilder) walkConds(sb *strings.Builder) {
 	}
 	b.corr = ""
 	b.walkForm = false
+}
+
+// splitTerms splits the filter's top-level AND terms into those a walk over
+// a metric, param or tag tests on the index entry (early: only metrics,
+// params and tags) and those that need the run (late), each cheapest
+// first. In a walk over an attribute every term is late.
+func (b *sqlBuilder) splitTerms() (early, late []Expr) {
+	terms := []Expr{b.q.Filter}
+	if a, ok := b.q.Filter.(*And); ok {
+		terms = a.Terms
+	}
+	for _, t := range terms {
+		if b.order[0].Operand.Kind != Attribute && onlyKV(t) {
+			early = append(early, t)
+		} else {
+			late = append(late, t)
+		}
+	}
+	// Params and tags first: their index answers alone, while a metric's
+	// value is read from the table.
+	slices.SortStableFunc(early, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	slices.SortStableFunc(late, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	return early, late
 }
 
 // probeCost ranks how costly testing e on one run is: attributes (0) are
@@ -701,13 +726,28 @@ func (b *sqlBuilder) comparison(sb *strings.Builder, c *Comparison) {
 	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
 	sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
 	b.predicate(sb, "f.value", c)
-	if b.walkForm && b.d == store.Postgres {
+	if b.walkForm && b.d == store.Postgres && !hashable(c) {
 		// OFFSET 0 keeps the test a per-row probe: PostgreSQL would
 		// otherwise hash the whole set of matching rows first, which
 		// costs more than the few probes of a walk that stops early.
 		sb.WriteString(" OFFSET 0")
 	}
 	sb.WriteString(")")
+}
+
+// hashable reports whether a walk may test c on a hash of the runs that
+// match it: = and IN on a param or tag, whose matching runs the (key,
+// value, run_key) index lists alone and in order. Without OFFSET 0,
+// PostgreSQL chooses between that hash (built once, then a lookup per
+// entry walked) and a per-row probe by their estimated costs over the walk,
+// and keeps the probe when the hash would not fit in memory. Probing a
+// parameter with ten values cost a walk about three index pages per entry,
+// most of the walk's work; the hash of its runs, one index page per few
+// hundred runs. Ranges, != and metrics keep the probe: their sets can be
+// most of the experiment (metrics.loss > 0), read in full for a walk that
+// may stop after a few hundred entries.
+func hashable(c *Comparison) bool {
+	return c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In)
 }
 
 var sqlOps = map[Op]string{Eq: " = ", Ne: " <> ", Lt: " < ", Le: " <= ", Gt: " > ", Ge: " >= "}
