@@ -35,6 +35,10 @@ type Query struct {
 	// package doc); 0 means 100 entries per row of Limit, at least 2000
 	// and at most 20000. For tuning and tests.
 	WalkSize int
+	// ShortWalk is the longest walk (in entries, expected from the sample)
+	// that probes params and tags entry by entry instead of hashing their
+	// runs on PostgreSQL (see hashable); 0 means 2000. For tuning and tests.
+	ShortWalk int
 }
 
 // RunColumns is the number of run columns Build selects before the
@@ -273,6 +277,16 @@ func walkSize(q Query) int64 {
 // sampleSize is how many index entries the walk's sample tests.
 const sampleSize = 500
 
+// shortWalk is the most entries a walk may be expected to read (at the
+// sample's density) and still probe params and tags entry by entry rather
+// than hash their runs (Query.ShortWalk overrides it).
+func shortWalk(q Query) int64 {
+	if q.ShortWalk > 0 {
+		return int64(q.ShortWalk)
+	}
+	return 2000
+}
+
 // walk writes a query that reads the first order key's index in order and
 // tests each run against the filter, stopping when the page is full. That
 // is fast when matches are dense along the order, whatever the planner
@@ -328,6 +342,9 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 		// Walk when the sample holds every entry, or when at its density
 		// the page fills within the walk.
 		gate = "((SELECT e FROM s) < " + b.arg(ss) + " OR (SELECT m FROM s) * " + w + " >= " + b.arg(int64(b.q.Limit)*ss) + ") AND "
+		// A walk the sample says is long may test params and tags on
+		// hashes of their runs (see hashable); a short one probes.
+		b.longWalk = true
 	}
 
 	// h: the number of entries in the walk and the value of the last one.
@@ -349,6 +366,7 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 	sb.WriteString(" AND " + gate + "(" + b.keys[0].sort + before + "(SELECT v FROM h) OR (SELECT e FROM h) < " + w + ")")
 	b.afterCursor(sb, firstWalk)
 	b.walkConds(sb)
+	b.longWalk = false
 	b.orderLimit(sb, firstWalk, limit)
 	sb.WriteString(")")
 
@@ -611,7 +629,12 @@ type sqlBuilder struct {
 	// corr is the run_key column EXISTS tests correlate with; "" means
 	// r.run_key.
 	corr string
-	args []any
+	// longWalk says the walk's conditions are being written after a
+	// sample: hashable comparisons test hashGate, true when the sample
+	// expects a long walk, where they may hash their runs.
+	longWalk bool
+	hashGate string
+	args     []any
 }
 
 // arg binds v and returns its placeholder.
@@ -723,29 +746,54 @@ func (b *sqlBuilder) comparison(sb *strings.Builder, c *Comparison) {
 		sb.WriteString(")")
 		return
 	}
+	if !b.walkForm || b.d != store.Postgres {
+		b.exists(sb, c, corr, false)
+		return
+	}
+	if b.longWalk && hashable(c) {
+		if b.hashGate == "" {
+			// Bound on first use: PostgreSQL rejects unused parameters.
+			ss := min(int64(sampleSize), walkSize(b.q))
+			b.hashGate = "(SELECT e FROM s) >= " + b.arg(ss) + " AND (SELECT m FROM s) * " + b.arg(shortWalk(b.q)) + " < " + b.arg(int64(b.q.Limit)*ss)
+		}
+		sb.WriteString("CASE WHEN " + b.hashGate + " THEN ")
+		b.exists(sb, c, corr, false)
+		sb.WriteString(" ELSE ")
+		b.exists(sb, c, corr, true)
+		sb.WriteString(" END")
+		return
+	}
+	// OFFSET 0 keeps the test a per-row probe: PostgreSQL would otherwise
+	// hash the whole set of matching rows first, which costs more than the
+	// few probes of a walk that stops early.
+	b.exists(sb, c, corr, true)
+}
+
+// exists writes EXISTS (the run corr has a value of c's key that satisfies
+// c), with OFFSET 0 when probe (see comparison).
+func (b *sqlBuilder) exists(sb *strings.Builder, c *Comparison, corr string, probe bool) {
 	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
 	sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
 	b.predicate(sb, "f.value", c)
-	if b.walkForm && b.d == store.Postgres && !hashable(c) {
-		// OFFSET 0 keeps the test a per-row probe: PostgreSQL would
-		// otherwise hash the whole set of matching rows first, which
-		// costs more than the few probes of a walk that stops early.
+	if probe {
 		sb.WriteString(" OFFSET 0")
 	}
 	sb.WriteString(")")
 }
 
-// hashable reports whether a walk may test c on a hash of the runs that
-// match it: = and IN on a param or tag, whose matching runs the (key,
-// value, run_key) index lists alone and in order. Without OFFSET 0,
-// PostgreSQL chooses between that hash (built once, then a lookup per
-// entry walked) and a per-row probe by their estimated costs over the walk,
-// and keeps the probe when the hash would not fit in memory. Probing a
-// parameter with ten values cost a walk about three index pages per entry,
-// most of the walk's work; the hash of its runs, one index page per few
-// hundred runs. Ranges, != and metrics keep the probe: their sets can be
-// most of the experiment (metrics.loss > 0), read in full for a walk that
-// may stop after a few hundred entries.
+// hashable reports whether a long walk may test c on a hash of the runs
+// that match it: = and IN on a param or tag, whose matching runs the (key,
+// value, run_key) index lists alone. Without OFFSET 0, PostgreSQL chooses
+// between that hash (built once, then a lookup per entry walked) and a
+// per-row probe by their estimated costs over the whole walk, and keeps
+// the probe when the hash would not fit in memory. Probing a parameter
+// with ten values cost a walk about three index pages per entry, most of
+// the walk's work; the hash of its runs, one index page per few hundred
+// runs. But the hash is built in full however early the walk stops, so
+// only a walk the sample expects to read more than shortWalk entries may
+// use it: hashing the 55,000 runs of params.batch_size IN ('64', '128')
+// for a walk of 458 entries took 20 ms. Ranges, != and metrics always
+// probe: their sets can be most of the experiment (metrics.loss > 0).
 func hashable(c *Comparison) bool {
 	return c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In)
 }

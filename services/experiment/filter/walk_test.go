@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -17,7 +18,8 @@ import (
 
 // TestWalkSetTests pages through walks whose filter compares params and
 // tags with = and IN (which PostgreSQL may test on a hash of the matching
-// runs rather than a probe per entry) next to metric, != and attribute
+// runs rather than a probe per entry, in a walk the sample expects to be
+// long: ShortWalk 1 makes every walk long) next to metric, != and attribute
 // comparisons (per-entry probes, and the run read last), on enough runs
 // that the walk, its sample and the fallback all take part. Some runs lack
 // the order key (they sort last, in both directions), the param or the
@@ -86,13 +88,14 @@ func TestWalkSetTests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, walk := range []int{0, 60} {
-				q := filter.Query{ExperimentIDs: []string{"exp-1"}, Stages: []string{"active"}, Filter: e, Order: order, WalkSize: walk}
+			// ShortWalk 1: every walk the sample lets run may hash.
+			for _, w := range []struct{ walk, short int }{{0, 0}, {0, 1}, {60, 1}} {
+				q := filter.Query{ExperimentIDs: []string{"exp-1"}, Stages: []string{"active"}, Filter: e, Order: order, WalkSize: w.walk, ShortWalk: w.short}
 				want := evaluate(runs, q)
 				for _, limit := range []int{9, 50} {
 					got := search(t, db, q, limit)
 					if diff := cmp.Diff(want, got, cmpopts.EquateEmpty()); diff != "" {
-						t.Fatalf("%s order %v walk %d page size %d (-want +got):\n%s", tc.filter, tc.order, walk, limit, diff)
+						t.Fatalf("%s order %v walk %d short walk %d page size %d (-want +got):\n%s", tc.filter, tc.order, w.walk, w.short, limit, diff)
 					}
 				}
 			}
@@ -100,15 +103,15 @@ func TestWalkSetTests(t *testing.T) {
 		if db.Dialect() != store.Postgres {
 			return
 		}
-		// The first query's walk tests the param on a hash of its runs,
-		// the shape this test is for.
+		// With ShortWalk 1 the first query's walk tests the param on a
+		// hash of its runs, the shape this test is for.
 		e, _ := filter.Parse("params.p = 'v1' AND tags.team != 't0' AND metrics.x > 0.2")
 		order, _ := filter.ParseOrderBy([]string{"metrics.m DESC"})
-		text, args, err := filter.Build(filter.Query{ExperimentIDs: []string{"exp-1"}, Stages: []string{"active"}, Filter: e, Order: order, Limit: 51}, db.Dialect())
+		text, args, err := filter.Build(filter.Query{ExperimentIDs: []string{"exp-1"}, Stages: []string{"active"}, Filter: e, Order: order, Limit: 51, ShortWalk: 1}, db.Dialect())
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows, err := db.Reader().QueryContext(context.Background(), "EXPLAIN "+text, args...)
+		rows, err := db.Reader().QueryContext(context.Background(), "EXPLAIN (ANALYZE) "+text, args...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,8 +124,19 @@ func TestWalkSetTests(t *testing.T) {
 			}
 			plan.WriteString(line + "\n")
 		}
-		if !strings.Contains(plan.String(), "hashed SubPlan") {
-			t.Errorf("the walk probes the param per entry; want a hashed subplan:\n%s", plan.String())
+		// Run, not only planned: the hashed subplan's scan of the param's
+		// index executed.
+		lines := strings.Split(plan.String(), "\n")
+		ran := false
+		for _, m := range regexp.MustCompile(`hashed SubPlan (\d+)`).FindAllStringSubmatch(plan.String(), -1) {
+			for i, l := range lines[:len(lines)-1] {
+				if strings.TrimSpace(l) == "SubPlan "+m[1] && strings.Contains(lines[i+1], "run_params_search") && !strings.Contains(lines[i+1], "never executed") {
+					ran = true
+				}
+			}
+		}
+		if !ran {
+			t.Errorf("the walk did not hash the param's runs:\n%s", plan.String())
 		}
 	})
 }
