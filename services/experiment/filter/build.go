@@ -371,6 +371,11 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 	sb.WriteString(")")
 
 	full := "(SELECT count(*) FROM a) = " + limit
+	if len(b.bounds()) > 0 {
+		// The walk read every entry its bounds allow (fewer than w):
+		// it holds every matching run, however few.
+		full = "(" + full + " OR (" + strings.TrimSuffix(gate, " AND ") + " AND (SELECT e FROM h) < " + w + "))"
+	}
 	sb.WriteString(" SELECT * FROM (SELECT * FROM a WHERE " + full + " UNION ALL SELECT * FROM (")
 	// LIMIT 0 keeps PostgreSQL from even starting this part.
 	b.plain(sb, "CASE WHEN "+full+" THEN 0 ELSE "+limit+" END")
@@ -406,8 +411,43 @@ func (b *sqlBuilder) walkSource(limit string) string {
 	if b.q.After != nil {
 		sb.WriteString(" AND " + col + b.startBound(k) + b.arg(b.q.After.Values[0]))
 	}
+	raw := "o0.value"
+	if k.Operand.Kind == Attribute {
+		raw = attrColumns[k.Operand.Key]
+	}
+	for _, c := range b.bounds() {
+		sb.WriteString(" AND ")
+		b.predicate(&sb, raw, c)
+	}
 	sb.WriteString(" ORDER BY " + col + plainDirection(k.Desc) + " LIMIT " + limit + ")")
 	return sb.String()
+}
+
+// bounds returns the filter's top-level AND comparisons of the first order
+// key (metrics.loss < 0.5 AND ... ORDER BY metrics.loss): the walk reads
+// only the part of the index they allow, and as a run that lacks the key
+// matches none of them, a walk that reads all of that part has found every
+// matching run.
+func (b *sqlBuilder) bounds() []*Comparison {
+	if b.q.Filter == nil {
+		return nil
+	}
+	terms := []Expr{b.q.Filter}
+	if a, ok := b.q.Filter.(*And); ok {
+		terms = a.Terms
+	}
+	var out []*Comparison
+	for _, t := range terms {
+		c, ok := t.(*Comparison)
+		if !ok || c.Operand != b.order[0].Operand {
+			continue
+		}
+		switch c.Op {
+		case Eq, Lt, Le, Gt, Ge:
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // walkExpr writes the filter as the walk tests it: comparisons of params

@@ -96,7 +96,12 @@
 //     500 entries and walks only when, at that density, the page fills
 //     within 100 entries per row asked for (2,000 to 20,000). The walk
 //     stops before the last entry it may read, so a full page from it is
-//     exactly the first of all matching runs.
+//     exactly the first of all matching runs. The sample tests metrics,
+//     params and tags on the index entry and reads the run last. On
+//     PostgreSQL a walk the sample expects to read more than 2,000
+//     entries may test a param or tag compared with = or IN on a hash of
+//     its runs, built once from its (key, value, run_key) index, instead
+//     of a probe per entry; PostgreSQL chooses by its estimates.
 //   - Otherwise (a sparse filter, a walk that did not fill the page, an
 //     order by another attribute, a cursor past the runs that have the
 //     first key) the plain query finds every matching run and sorts them,

@@ -23,7 +23,8 @@ import (
 // comparisons (per-entry probes, and the run read last), on enough runs
 // that the walk, its sample and the fallback all take part. Some runs lack
 // the order key (they sort last, in both directions), the param or the
-// tag; others belong to another experiment or are deleted. Every page
+// tag; others belong to another experiment or are deleted. Filters that
+// bound the first order key let the walk stop at the bound. Every page
 // sequence must equal the reference evaluator's.
 func TestWalkSetTests(t *testing.T) {
 	t.Parallel()
@@ -79,6 +80,14 @@ func TestWalkSetTests(t *testing.T) {
 			{"params.p = 'v2' AND metrics.x < 0.5", []string{"params.q DESC", "metrics.m"}},
 			{"params.p = 'nope' AND tags.team = 't1'", []string{"metrics.m DESC"}},
 			{"params.q = 'w0'", []string{"tags.team DESC", "metrics.m"}},
+			// Bounds on the first order key: the walk reads only the
+			// index range they allow, and may end it with a short page.
+			{"metrics.m > 15 AND params.p = 'v1'", []string{"metrics.m DESC"}},
+			{"metrics.m <= 3 AND tags.team != 't1'", []string{"metrics.m"}},
+			{"metrics.m = 7 AND params.q = 'w2'", []string{"metrics.m DESC", "metrics.x"}},
+			{"metrics.m >= 19.5", []string{"metrics.m DESC"}},
+			{"params.p >= 'v3' AND params.p < 'v4' AND tags.team = 't0'", []string{"params.p DESC"}},
+			{"start_time > 1200 AND params.p = 'v2'", []string{"start_time"}},
 		} {
 			e, err := filter.Parse(tc.filter)
 			if err != nil {
