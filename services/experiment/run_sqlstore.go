@@ -71,7 +71,8 @@ func (s *SQLStore) GetRun(ctx context.Context, id string) (*Run, error) {
 	return r, nil
 }
 
-// loadRunData fills the params, tags and latest metrics of runs.
+// loadRunData fills the params, tags and latest metrics of runs, in one
+// statement (one round trip; SearchRuns calls it for every page).
 func (s *SQLStore) loadRunData(ctx context.Context, runs []*Run) error {
 	if len(runs) == 0 {
 		return nil
@@ -86,45 +87,35 @@ func (s *SQLStore) loadRunData(ctx context.Context, runs []*Run) error {
 		args[i] = r.Key
 	}
 	set := strings.Join(in, ", ")
-	for _, table := range []string{"run_params", "run_tags"} {
-		rows, err := s.db.Reader().QueryContext(ctx, `SELECT run_key, key, value FROM `+table+` WHERE run_key IN (`+set+`)`, args...)
-		if err != nil {
-			return err
-		}
-		for rows.Next() {
-			var (
-				k          int64
-				key, value string
-			)
-			if err := rows.Scan(&k, &key, &value); err != nil {
-				rows.Close()
-				return err
-			}
-			if table == "run_params" {
-				byKey[k].Params[key] = value
-			} else {
-				byKey[k].Tags[key] = value
-			}
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-	}
-	rows, err := s.db.Reader().QueryContext(ctx, `SELECT run_key, key, value, step, ts FROM latest_metrics WHERE run_key IN (`+set+`) ORDER BY run_key, key`, args...)
+	// kind: 0 a param, 1 a tag, 2 a latest metric. Metrics come by run and
+	// key, as GetRun lists them.
+	rows, err := s.db.Reader().QueryContext(ctx,
+		`SELECT 0, run_key, key, value, 0, 0, 0 FROM run_params WHERE run_key IN (`+set+`)`+
+			` UNION ALL SELECT 1, run_key, key, value, 0, 0, 0 FROM run_tags WHERE run_key IN (`+set+`)`+
+			` UNION ALL SELECT 2, run_key, key, '', value, step, ts FROM latest_metrics WHERE run_key IN (`+set+`)`+
+			` ORDER BY 1, 2, 3`, args...)
 	if err != nil {
 		return err
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var (
-			k int64
-			p Point
+			kind, k int64
+			key, v  string
+			p       Point
 		)
-		if err := rows.Scan(&k, &p.Key, &p.Value, &p.Step, &p.Time); err != nil {
+		if err := rows.Scan(&kind, &k, &key, &v, &p.Value, &p.Step, &p.Time); err != nil {
 			return err
 		}
-		byKey[k].Latest = append(byKey[k].Latest, p)
+		switch kind {
+		case 0:
+			byKey[k].Params[key] = v
+		case 1:
+			byKey[k].Tags[key] = v
+		default:
+			p.Key = key
+			byKey[k].Latest = append(byKey[k].Latest, p)
+		}
 	}
 	return rows.Err()
 }

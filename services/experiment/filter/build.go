@@ -35,6 +35,10 @@ type Query struct {
 	// package doc); 0 means 100 entries per row of Limit, at least 2000
 	// and at most 20000. For tuning and tests.
 	WalkSize int
+	// ShortWalk is the longest walk (in entries, expected from the sample)
+	// that probes params and tags entry by entry instead of hashing their
+	// runs on PostgreSQL (see hashable); 0 means 2000. For tuning and tests.
+	ShortWalk int
 }
 
 // RunColumns is the number of run columns Build selects before the
@@ -273,6 +277,16 @@ func walkSize(q Query) int64 {
 // sampleSize is how many index entries the walk's sample tests.
 const sampleSize = 500
 
+// shortWalk is the most entries a walk may be expected to read (at the
+// sample's density) and still probe params and tags entry by entry rather
+// than hash their runs (Query.ShortWalk overrides it).
+func shortWalk(q Query) int64 {
+	if q.ShortWalk > 0 {
+		return int64(q.ShortWalk)
+	}
+	return 2000
+}
+
 // walk writes a query that reads the first order key's index in order and
 // tests each run against the filter, stopping when the page is full. That
 // is fast when matches are dense along the order, whatever the planner
@@ -304,13 +318,33 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 			b.walkExpr(sb)
 			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " r), ")
 		} else {
-			sb.WriteString("r.run_key IS NOT NULL AND (")
-			b.walkExpr(sb)
-			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " o0 LEFT JOIN runs r ON r.run_key = o0.run_key AND " + b.runsWhere() + "), ")
+			// The comparisons of metrics, params and tags first, on the
+			// index entry, cheapest first; the run is read only for
+			// entries that pass them.
+			early, late := b.splitTerms()
+			b.walkForm = true
+			b.corr = "o0.run_key"
+			for _, t := range early {
+				sb.WriteString("(")
+				b.expr(sb, t)
+				sb.WriteString(") AND ")
+			}
+			b.corr = ""
+			sb.WriteString("EXISTS (SELECT 1 FROM runs r WHERE r.run_key = o0.run_key AND " + b.runsWhere())
+			for _, t := range late {
+				sb.WriteString(" AND (")
+				b.expr(sb, t)
+				sb.WriteString(")")
+			}
+			b.walkForm = false
+			sb.WriteString(") THEN 1 ELSE 0 END) AS m FROM " + b.walkSource(b.arg(ss)) + " o0), ")
 		}
 		// Walk when the sample holds every entry, or when at its density
 		// the page fills within the walk.
 		gate = "((SELECT e FROM s) < " + b.arg(ss) + " OR (SELECT m FROM s) * " + w + " >= " + b.arg(int64(b.q.Limit)*ss) + ") AND "
+		// A walk the sample says is long may test params and tags on
+		// hashes of their runs (see hashable); a short one probes.
+		b.longWalk = true
 	}
 
 	// h: the number of entries in the walk and the value of the last one.
@@ -332,10 +366,16 @@ func (b *sqlBuilder) walk(sb *strings.Builder) {
 	sb.WriteString(" AND " + gate + "(" + b.keys[0].sort + before + "(SELECT v FROM h) OR (SELECT e FROM h) < " + w + ")")
 	b.afterCursor(sb, firstWalk)
 	b.walkConds(sb)
+	b.longWalk = false
 	b.orderLimit(sb, firstWalk, limit)
 	sb.WriteString(")")
 
 	full := "(SELECT count(*) FROM a) = " + limit
+	if len(b.bounds()) > 0 {
+		// The walk read every entry its bounds allow (fewer than w):
+		// it holds every matching run, however few.
+		full = "(" + full + " OR (" + strings.TrimSuffix(gate, " AND ") + " AND (SELECT e FROM h) < " + w + "))"
+	}
 	sb.WriteString(" SELECT * FROM (SELECT * FROM a WHERE " + full + " UNION ALL SELECT * FROM (")
 	// LIMIT 0 keeps PostgreSQL from even starting this part.
 	b.plain(sb, "CASE WHEN "+full+" THEN 0 ELSE "+limit+" END")
@@ -371,8 +411,43 @@ func (b *sqlBuilder) walkSource(limit string) string {
 	if b.q.After != nil {
 		sb.WriteString(" AND " + col + b.startBound(k) + b.arg(b.q.After.Values[0]))
 	}
+	raw := "o0.value"
+	if k.Operand.Kind == Attribute {
+		raw = attrColumns[k.Operand.Key]
+	}
+	for _, c := range b.bounds() {
+		sb.WriteString(" AND ")
+		b.predicate(&sb, raw, c)
+	}
 	sb.WriteString(" ORDER BY " + col + plainDirection(k.Desc) + " LIMIT " + limit + ")")
 	return sb.String()
+}
+
+// bounds returns the filter's top-level AND comparisons of the first order
+// key (metrics.loss < 0.5 AND ... ORDER BY metrics.loss): the walk reads
+// only the part of the index they allow, and as a run that lacks the key
+// matches none of them, a walk that reads all of that part has found every
+// matching run.
+func (b *sqlBuilder) bounds() []*Comparison {
+	if b.q.Filter == nil {
+		return nil
+	}
+	terms := []Expr{b.q.Filter}
+	if a, ok := b.q.Filter.(*And); ok {
+		terms = a.Terms
+	}
+	var out []*Comparison
+	for _, t := range terms {
+		c, ok := t.(*Comparison)
+		if !ok || c.Operand != b.order[0].Operand {
+			continue
+		}
+		switch c.Op {
+		case Eq, Lt, Le, Gt, Ge:
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // walkExpr writes the filter as the walk tests it: comparisons of params
@@ -392,22 +467,7 @@ func (b *sqlBuilder) walkConds(sb *strings.Builder) {
 	if b.q.Filter == nil {
 		return
 	}
-	terms := []Expr{b.q.Filter}
-	if a, ok := b.q.Filter.(*And); ok {
-		terms = a.Terms
-	}
-	var early, late []Expr
-	for _, t := range terms {
-		if b.order[0].Operand.Kind != Attribute && onlyKV(t) {
-			early = append(early, t)
-		} else {
-			late = append(late, t)
-		}
-	}
-	// Params and tags first: their index answers alone, while a metric's
-	// value is read from the table.
-	slices.SortStableFunc(early, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
-	slices.SortStableFunc(late, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	early, late := b.splitTerms()
 	b.walkForm = true
 	for _, part := range []struct {
 		terms []Expr
@@ -429,6 +489,29 @@ func (b *sqlBuilder) walkConds(sb *strings.Builder) {
 	}
 	b.corr = ""
 	b.walkForm = false
+}
+
+// splitTerms splits the filter's top-level AND terms into those a walk over
+// a metric, param or tag tests on the index entry (early: only metrics,
+// params and tags) and those that need the run (late), each cheapest
+// first. In a walk over an attribute every term is late.
+func (b *sqlBuilder) splitTerms() (early, late []Expr) {
+	terms := []Expr{b.q.Filter}
+	if a, ok := b.q.Filter.(*And); ok {
+		terms = a.Terms
+	}
+	for _, t := range terms {
+		if b.order[0].Operand.Kind != Attribute && onlyKV(t) {
+			early = append(early, t)
+		} else {
+			late = append(late, t)
+		}
+	}
+	// Params and tags first: their index answers alone, while a metric's
+	// value is read from the table.
+	slices.SortStableFunc(early, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	slices.SortStableFunc(late, func(x, y Expr) int { return probeCost(x) - probeCost(y) })
+	return early, late
 }
 
 // probeCost ranks how costly testing e on one run is: attributes (0) are
@@ -586,7 +669,12 @@ type sqlBuilder struct {
 	// corr is the run_key column EXISTS tests correlate with; "" means
 	// r.run_key.
 	corr string
-	args []any
+	// longWalk says the walk's conditions are being written after a
+	// sample: hashable comparisons test hashGate, true when the sample
+	// expects a long walk, where they may hash their runs.
+	longWalk bool
+	hashGate string
+	args     []any
 }
 
 // arg binds v and returns its placeholder.
@@ -698,45 +786,56 @@ func (b *sqlBuilder) comparison(sb *strings.Builder, c *Comparison) {
 		sb.WriteString(")")
 		return
 	}
-	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
-	if b.d == store.Postgres && !b.walkForm && c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In) {
-		b.pairPredicate(sb, c)
-	} else {
-		sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
-		b.predicate(sb, "f.value", c)
+	if !b.walkForm || b.d != store.Postgres {
+		b.exists(sb, c, corr, false)
+		return
 	}
-	if b.walkForm && b.d == store.Postgres {
-		// OFFSET 0 keeps the test a per-row probe: PostgreSQL would
-		// otherwise hash the whole set of matching rows first, which
-		// costs more than the few probes of a walk that stops early.
+	if b.longWalk && hashable(c) {
+		if b.hashGate == "" {
+			// Bound on first use: PostgreSQL rejects unused parameters.
+			ss := min(int64(sampleSize), walkSize(b.q))
+			b.hashGate = "(SELECT e FROM s) >= " + b.arg(ss) + " AND (SELECT m FROM s) * " + b.arg(shortWalk(b.q)) + " < " + b.arg(int64(b.q.Limit)*ss)
+		}
+		sb.WriteString("CASE WHEN " + b.hashGate + " THEN ")
+		b.exists(sb, c, corr, false)
+		sb.WriteString(" ELSE ")
+		b.exists(sb, c, corr, true)
+		sb.WriteString(" END")
+		return
+	}
+	// OFFSET 0 keeps the test a per-row probe: PostgreSQL would otherwise
+	// hash the whole set of matching rows first, which costs more than the
+	// few probes of a walk that stops early.
+	b.exists(sb, c, corr, true)
+}
+
+// exists writes EXISTS (the run corr has a value of c's key that satisfies
+// c), with OFFSET 0 when probe (see comparison).
+func (b *sqlBuilder) exists(sb *strings.Builder, c *Comparison, corr string, probe bool) {
+	sb.WriteString("EXISTS (SELECT 1 FROM " + kvTables[c.Operand.Kind] + " f WHERE f.run_key = " + corr + " AND ")
+	sb.WriteString("f.key = " + b.arg(c.Operand.Key) + " AND ")
+	b.predicate(sb, "f.value", c)
+	if probe {
 		sb.WriteString(" OFFSET 0")
 	}
 	sb.WriteString(")")
 }
 
-// pairExpr is a param or tag as one string, key and value joined by the
-// unit separator (keys hold no control characters). Its expression index
-// has statistics of key and value together, so PostgreSQL estimates
-// params.optimizer = 'adam' from how often that pair occurs, not from how
-// often the key and the value occur (independently, that underestimates
-// by about the number of keys).
-const pairExpr = `(f.key || E'\x1f' || f.value) COLLATE "C"`
-
-// pairPredicate writes an = or IN comparison of a param or tag on pairExpr.
-func (b *sqlBuilder) pairPredicate(sb *strings.Builder, c *Comparison) {
-	sb.WriteString(pairExpr)
-	if c.Op == Eq {
-		sb.WriteString(" = " + b.arg(c.Operand.Key+"\x1f"+c.Values[0].(string)))
-		return
-	}
-	sb.WriteString(" IN (")
-	for i, v := range c.Values {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		sb.WriteString(b.arg(c.Operand.Key + "\x1f" + v.(string)))
-	}
-	sb.WriteString(")")
+// hashable reports whether a long walk may test c on a hash of the runs
+// that match it: = and IN on a param or tag, whose matching runs the (key,
+// value, run_key) index lists alone. Without OFFSET 0, PostgreSQL chooses
+// between that hash (built once, then a lookup per entry walked) and a
+// per-row probe by their estimated costs over the whole walk, and keeps
+// the probe when the hash would not fit in memory. Probing a parameter
+// with ten values cost a walk about three index pages per entry, most of
+// the walk's work; the hash of its runs, one index page per few hundred
+// runs. But the hash is built in full however early the walk stops, so
+// only a walk the sample expects to read more than shortWalk entries may
+// use it: hashing the 55,000 runs of params.batch_size IN ('64', '128')
+// for a walk of 458 entries took 20 ms. Ranges, != and metrics always
+// probe: their sets can be most of the experiment (metrics.loss > 0).
+func hashable(c *Comparison) bool {
+	return c.Operand.Kind != Metric && (c.Op == Eq || c.Op == In)
 }
 
 var sqlOps = map[Op]string{Eq: " = ", Ne: " <> ", Lt: " < ", Le: " <= ", Gt: " > ", Ge: " >= "}

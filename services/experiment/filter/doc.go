@@ -96,15 +96,20 @@
 //     500 entries and walks only when, at that density, the page fills
 //     within 100 entries per row asked for (2,000 to 20,000). The walk
 //     stops before the last entry it may read, so a full page from it is
-//     exactly the first of all matching runs.
+//     exactly the first of all matching runs. The sample tests metrics,
+//     params and tags on the index entry and reads the run last. On
+//     PostgreSQL a walk the sample expects to read more than 2,000
+//     entries may test a param or tag compared with = or IN on a hash of
+//     its runs, built once from its (key, value, run_key) index, instead
+//     of a probe per entry; PostgreSQL chooses by its estimates.
 //   - Otherwise (a sparse filter, a walk that did not fill the page, an
 //     order by another attribute, a cursor past the runs that have the
 //     first key) the plain query finds every matching run and sorts them,
 //     order keys LEFT JOINed; the planner starts from the most selective
-//     comparison. On PostgreSQL param and tag comparisons (= and IN) test
-//     key and value joined by the unit separator, whose expression index
-//     gives the planner statistics of the pair: key and value apart make
-//     params.optimizer = 'adam' look rarer by about the number of keys.
+//     comparison. On PostgreSQL extended statistics on (key, value) of
+//     params and tags give the planner how often a pair occurs: key and
+//     value apart make params.optimizer = 'adam' look rarer by about the
+//     number of keys.
 //
 // Both parts are in the one statement; the part not needed is cut off by a
 // one-time condition (LIMIT 0) and never runs. On PostgreSQL Build makes
