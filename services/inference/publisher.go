@@ -2,7 +2,9 @@ package inference
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -26,9 +28,46 @@ import (
 //	quantmesh_inference_decisions_dropped_total      decisions lost because the queue was full
 //	quantmesh_inference_decisions_queued             decisions waiting to be published
 type DecisionPublisher struct {
+	q *queuedPublisher[*inferencev1.Decision]
+}
+
+// NewDecisionPublisher starts a publisher on pub. meter may be nil. Close
+// it to publish what is queued.
+func NewDecisionPublisher(pub bus.Publisher, log *slog.Logger, meter metric.Meter) (*DecisionPublisher, error) {
+	q, err := newQueuedPublisher(pub, log, meter, queuedTopic[*inferencev1.Decision]{
+		topic: bus.TopicDecisions, what: "decisions", metric: "quantmesh.inference.decisions",
+		key: func(d *inferencev1.Decision) string { return d.GetDecisionId() },
+		id:  func(d *inferencev1.Decision) slog.Attr { return slog.String("decision_id", d.GetDecisionId()) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &DecisionPublisher{q: q}, nil
+}
+
+// Record queues d for publishing; it never blocks. It reports false when
+// d was dropped (queue full or publisher closed).
+func (p *DecisionPublisher) Record(d *inferencev1.Decision) bool { return p.q.record(d) }
+
+// Close publishes what is queued (giving up when ctx ends) and stops.
+func (p *DecisionPublisher) Close(ctx context.Context) { p.q.close(ctx) }
+
+// queuedTopic describes what a queuedPublisher publishes.
+type queuedTopic[T proto.Message] struct {
+	topic  string            // the bus topic
+	what   string            // the messages' name in logs and metric descriptions
+	metric string            // the metrics' prefix: <metric>.published, .dropped, .queued
+	key    func(T) string    // the bus message key
+	id     func(T) slog.Attr // the message's id in logs
+}
+
+// queuedPublisher is the bounded queue and batching publisher behind
+// DecisionPublisher and ObservationPublisher.
+type queuedPublisher[T proto.Message] struct {
 	pub   bus.Publisher
 	log   *slog.Logger
-	queue chan *inferencev1.Decision
+	t     queuedTopic[T]
+	queue chan T
 
 	published, dropped metric.Int64Counter
 
@@ -37,7 +76,7 @@ type DecisionPublisher struct {
 	closeMu sync.RWMutex
 	closed  bool
 
-	lastDropLog time.Time // owned by Record under dropMu
+	lastDropLog time.Time // owned by record under dropMu
 	dropMu      sync.Mutex
 }
 
@@ -48,24 +87,22 @@ const (
 	publishWait  = 2 * time.Millisecond
 )
 
-// NewDecisionPublisher starts a publisher on pub. meter may be nil. Close
-// it to publish what is queued.
-func NewDecisionPublisher(pub bus.Publisher, log *slog.Logger, meter metric.Meter) (*DecisionPublisher, error) {
+func newQueuedPublisher[T proto.Message](pub bus.Publisher, log *slog.Logger, meter metric.Meter, t queuedTopic[T]) (*queuedPublisher[T], error) {
 	if meter == nil {
 		meter = noop.NewMeterProvider().Meter("")
 	}
-	p := &DecisionPublisher{pub: pub, log: log, queue: make(chan *inferencev1.Decision, publishQueue), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &queuedPublisher[T]{pub: pub, log: log, t: t, queue: make(chan T, publishQueue), stop: make(chan struct{}), done: make(chan struct{})}
 	var err error
-	if p.published, err = meter.Int64Counter("quantmesh.inference.decisions.published",
-		metric.WithDescription("Decisions accepted by the bus (topic decisions).")); err != nil {
+	if p.published, err = meter.Int64Counter(t.metric+".published",
+		metric.WithDescription(fmt.Sprintf("%s accepted by the bus (topic %s).", capitalise(t.what), t.topic))); err != nil {
 		return nil, err
 	}
-	if p.dropped, err = meter.Int64Counter("quantmesh.inference.decisions.dropped",
-		metric.WithDescription("Decisions not published because the publish queue was full. Should stay 0.")); err != nil {
+	if p.dropped, err = meter.Int64Counter(t.metric+".dropped",
+		metric.WithDescription(fmt.Sprintf("%s not published because the publish queue was full. Should stay 0.", capitalise(t.what)))); err != nil {
 		return nil, err
 	}
-	queued, err := meter.Int64ObservableGauge("quantmesh.inference.decisions.queued",
-		metric.WithDescription("Decisions waiting to be published."))
+	queued, err := meter.Int64ObservableGauge(t.metric+".queued",
+		metric.WithDescription(fmt.Sprintf("%s waiting to be published.", capitalise(t.what))))
 	if err != nil {
 		return nil, err
 	}
@@ -80,14 +117,14 @@ func NewDecisionPublisher(pub bus.Publisher, log *slog.Logger, meter metric.Mete
 	return p, nil
 }
 
-// Record queues d for publishing; it never blocks. It reports false when
-// d was dropped (queue full or publisher closed).
-func (p *DecisionPublisher) Record(d *inferencev1.Decision) bool {
+func capitalise(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
+
+func (p *queuedPublisher[T]) record(m T) bool {
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
 	if !p.closed {
 		select {
-		case p.queue <- d:
+		case p.queue <- m:
 			return true
 		default:
 		}
@@ -96,14 +133,13 @@ func (p *DecisionPublisher) Record(d *inferencev1.Decision) bool {
 	p.dropMu.Lock()
 	if time.Since(p.lastDropLog) > 10*time.Second {
 		p.lastDropLog = time.Now()
-		p.log.Error("decision dropped: the publish queue is full", "queue", publishQueue, "decision_id", d.GetDecisionId())
+		p.log.Error(p.t.what+" dropped: the publish queue is full", "queue", publishQueue, p.t.id(m))
 	}
 	p.dropMu.Unlock()
 	return false
 }
 
-// Close publishes what is queued (giving up when ctx ends) and stops.
-func (p *DecisionPublisher) Close(ctx context.Context) {
+func (p *queuedPublisher[T]) close(ctx context.Context) {
 	p.closeMu.Lock()
 	if !p.closed {
 		p.closed = true
@@ -116,7 +152,7 @@ func (p *DecisionPublisher) Close(ctx context.Context) {
 	}
 }
 
-func (p *DecisionPublisher) run() {
+func (p *queuedPublisher[T]) run() {
 	defer close(p.done)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -126,14 +162,14 @@ func (p *DecisionPublisher) run() {
 	for {
 		batch = batch[:0]
 		select {
-		case d := <-p.queue:
-			batch = p.add(batch, d)
+		case m := <-p.queue:
+			batch = p.add(batch, m)
 		case <-p.stop:
 			// Publish what is left, then stop.
 			for {
 				select {
-				case d := <-p.queue:
-					batch = p.add(batch, d)
+				case m := <-p.queue:
+					batch = p.add(batch, m)
 					if len(batch) == publishBatch {
 						p.publish(ctx, batch)
 						batch = batch[:0]
@@ -148,8 +184,8 @@ func (p *DecisionPublisher) run() {
 	fill:
 		for len(batch) < publishBatch {
 			select {
-			case d := <-p.queue:
-				batch = p.add(batch, d)
+			case m := <-p.queue:
+				batch = p.add(batch, m)
 			case <-timer.C:
 				break fill
 			}
@@ -159,18 +195,18 @@ func (p *DecisionPublisher) run() {
 	}
 }
 
-func (p *DecisionPublisher) add(batch []bus.Message, d *inferencev1.Decision) []bus.Message {
-	v, err := proto.Marshal(d)
+func (p *queuedPublisher[T]) add(batch []bus.Message, m T) []bus.Message {
+	v, err := proto.Marshal(m)
 	if err != nil {
-		p.log.Error("decision not encodable", "decision_id", d.GetDecisionId(), "err", err)
+		p.log.Error(p.t.what+" not encodable", p.t.id(m), "err", err)
 		return batch
 	}
-	return append(batch, bus.Message{Topic: bus.TopicDecisions, Key: []byte(d.GetDecisionId()), Value: v})
+	return append(batch, bus.Message{Topic: p.t.topic, Key: []byte(p.t.key(m)), Value: v})
 }
 
 // publish retries until the bus accepts the batch or the publisher is
 // stopped for good (a closing bus answers ErrClosed).
-func (p *DecisionPublisher) publish(ctx context.Context, batch []bus.Message) {
+func (p *queuedPublisher[T]) publish(ctx context.Context, batch []bus.Message) {
 	if len(batch) == 0 {
 		return
 	}
@@ -180,12 +216,12 @@ func (p *DecisionPublisher) publish(ctx context.Context, batch []bus.Message) {
 			p.published.Add(ctx, int64(len(batch)))
 			return
 		}
-		p.log.Warn("decisions not published; retrying", "decisions", len(batch), "attempt", attempt+1, "err", err)
+		p.log.Warn(p.t.what+" not published; retrying", "messages", len(batch), "attempt", attempt+1, "err", err)
 		if attempt >= 2 {
 			select {
 			case <-p.stop:
 				p.dropped.Add(ctx, int64(len(batch)))
-				p.log.Error("decisions dropped at shutdown: the bus did not accept them", "decisions", len(batch), "err", err)
+				p.log.Error(p.t.what+" dropped at shutdown: the bus did not accept them", "messages", len(batch), "err", err)
 				return
 			default:
 			}
