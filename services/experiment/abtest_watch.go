@@ -53,10 +53,7 @@ type abHub struct {
 	broker *stream.Broker[abEvent]
 	kickc  chan struct{}
 
-	mu      sync.Mutex
-	streams int
-	stop    context.CancelFunc
-	stopped chan struct{}
+	loop sharedLoop
 }
 
 func (h *abHub) init() {
@@ -83,38 +80,11 @@ type abChangeReader interface {
 // leave when the stream ends.
 func (h *abHub) join(st abChangeReader, log *slog.Logger) (leave func()) {
 	h.init()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.streams++
-	if h.streams == 1 {
-		ctx, cancel := context.WithCancel(context.Background())
-		stopped := make(chan struct{})
-		h.stop, h.stopped = cancel, stopped
-		interval := h.interval
-		if interval <= 0 {
-			interval = DefaultABPollInterval
-		}
-		go func() {
-			defer close(stopped)
-			h.feed(ctx, st, log, interval)
-		}()
+	interval := h.interval
+	if interval <= 0 {
+		interval = DefaultABPollInterval
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			h.mu.Lock()
-			h.streams--
-			if h.streams > 0 {
-				h.mu.Unlock()
-				return
-			}
-			stop, stopped := h.stop, h.stopped
-			h.stop, h.stopped = nil, nil
-			h.mu.Unlock()
-			stop()
-			<-stopped
-		})
-	}
+	return h.loop.join(func(ctx context.Context) { h.feed(ctx, st, log, interval) })
 }
 
 func (h *abHub) feed(ctx context.Context, st abChangeReader, log *slog.Logger, interval time.Duration) {

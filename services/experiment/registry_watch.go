@@ -39,11 +39,9 @@ type revisionReader interface {
 type aliasHub struct {
 	interval time.Duration // 0: DefaultAliasPollInterval
 
-	mu      sync.Mutex
-	wake    chan struct{} // closed by the next change; nil until asked for
-	streams int
-	stop    context.CancelFunc // stops the running poller
-	stopped chan struct{}      // closed when the running poller returns
+	mu   sync.Mutex
+	wake chan struct{} // closed by the next change; nil until asked for
+	loop sharedLoop
 }
 
 // wait returns a channel closed at the next change. Take it before reading
@@ -72,38 +70,11 @@ func (h *aliasHub) changed() {
 // the returned function when the stream ends: the last one out stops the
 // poller and waits for it to return.
 func (h *aliasHub) join(st revisionReader, log *slog.Logger) (leave func()) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.streams++
-	if h.streams == 1 {
-		ctx, cancel := context.WithCancel(context.Background())
-		stopped := make(chan struct{})
-		h.stop, h.stopped = cancel, stopped
-		interval := h.interval
-		if interval <= 0 {
-			interval = DefaultAliasPollInterval
-		}
-		go func() {
-			defer close(stopped)
-			h.poll(ctx, st, log, interval)
-		}()
+	interval := h.interval
+	if interval <= 0 {
+		interval = DefaultAliasPollInterval
 	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			h.mu.Lock()
-			h.streams--
-			if h.streams > 0 {
-				h.mu.Unlock()
-				return
-			}
-			stop, stopped := h.stop, h.stopped
-			h.stop, h.stopped = nil, nil
-			h.mu.Unlock()
-			stop()
-			<-stopped
-		})
-	}
+	return h.loop.join(func(ctx context.Context) { h.poll(ctx, st, log, interval) })
 }
 
 // poll reads the revision counter every interval and wakes the streams
