@@ -71,24 +71,8 @@ func FitRegimes(ctx context.Context, closes []float64, seed int64) (*RegimeModel
 		return nil, fmt.Errorf("%w: %d feature vectors after the %d-bar warm-up, need %d", ErrTooShort, len(X), comp.Warmup()-1, minFitSamples)
 	}
 	d := len(specs)
-	m := &RegimeModel{specs: specs, mean: make([]float64, d), std: make([]float64, d)}
-	n := float64(len(X))
-	for _, x := range X {
-		for j, v := range x {
-			m.mean[j] += v / n
-		}
-	}
-	for _, x := range X {
-		for j, v := range x {
-			m.std[j] += (v - m.mean[j]) * (v - m.mean[j]) / n
-		}
-	}
-	for j := range m.std {
-		m.std[j] = math.Sqrt(m.std[j])
-		if !(m.std[j] > 0) {
-			m.std[j] = 1
-		}
-	}
+	m := &RegimeModel{specs: specs}
+	m.mean, m.std = features.Standardiser(X)
 	Z := make([][]float64, len(X))
 	for i, x := range X {
 		Z[i] = m.scale(x, make([]float64, d))

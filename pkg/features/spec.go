@@ -229,3 +229,32 @@ func (c *Computer) Update(p Point, dst []float64) (ready bool, err error) {
 	}
 	return true, nil
 }
+
+// Standardiser returns each column's mean and population standard
+// deviation over the rows of X (a constant column gets deviation 1), the
+// scaling that turns features into z-scores: (x − mean) / std.
+func Standardiser(X [][]float64) (mean, std []float64) {
+	if len(X) == 0 {
+		return nil, nil
+	}
+	d := len(X[0])
+	mean, std = make([]float64, d), make([]float64, d)
+	n := float64(len(X))
+	for _, x := range X {
+		for j, v := range x {
+			mean[j] += v / n
+		}
+	}
+	for _, x := range X {
+		for j, v := range x {
+			std[j] += (v - mean[j]) * (v - mean[j]) / n
+		}
+	}
+	for j := range std {
+		std[j] = math.Sqrt(std[j])
+		if !(std[j] > 0) {
+			std[j] = 1
+		}
+	}
+	return mean, std
+}

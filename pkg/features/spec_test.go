@@ -97,3 +97,18 @@ func TestComputerWindowedDrawdownAndErrors(t *testing.T) {
 		t.Errorf("names %v", names)
 	}
 }
+
+func TestStandardiser(t *testing.T) {
+	t.Parallel()
+	mean, std := Standardiser([][]float64{{1, 5}, {3, 5}, {5, 5}})
+	if mean[0] != 3 || mean[1] != 5 {
+		t.Errorf("mean %v, want [3 5]", mean)
+	}
+	// Population deviation of 1, 3, 5 is sqrt(8/3); a constant column gets 1.
+	if math.Abs(std[0]-math.Sqrt(8.0/3)) > 1e-15 || std[1] != 1 {
+		t.Errorf("std %v, want [%v 1]", std, math.Sqrt(8.0/3))
+	}
+	if m, s := Standardiser(nil); m != nil || s != nil {
+		t.Errorf("no rows: %v %v", m, s)
+	}
+}

@@ -518,26 +518,8 @@ func buildTraining(series []trainingSeries, specs []features.Spec) (*trainingDat
 // fitScaler returns each feature's mean and standard deviation (1 for a
 // constant feature).
 func fitScaler(X [][]float64) *Scaler {
-	d := len(X[0])
-	sc := &Scaler{Mean: make([]float64, d), Std: make([]float64, d)}
-	n := float64(len(X))
-	for _, x := range X {
-		for j, v := range x {
-			sc.Mean[j] += v / n
-		}
-	}
-	for _, x := range X {
-		for j, v := range x {
-			sc.Std[j] += (v - sc.Mean[j]) * (v - sc.Mean[j]) / n
-		}
-	}
-	for j := range sc.Std {
-		sc.Std[j] = math.Sqrt(sc.Std[j])
-		if !(sc.Std[j] > 0) {
-			sc.Std[j] = 1
-		}
-	}
-	return sc
+	mean, std := features.Standardiser(X)
+	return &Scaler{Mean: mean, Std: std}
 }
 
 func (sc *Scaler) apply(X [][]float64) [][]float64 {
