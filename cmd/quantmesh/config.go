@@ -242,6 +242,7 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		Risk:           riskCfg,
 		Inference:      inf,
 		BootstrapModel: f.bootstrapModel,
+		DataDir:        f.dataDir,
 	}
 	if f.learn {
 		lc, err := f.learner.config("learn-")

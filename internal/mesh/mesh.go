@@ -95,6 +95,10 @@ type Config struct {
 	// Learner, when set, runs the online learner in this process: it
 	// consumes the bus and needs ExperimentService reachable.
 	Learner *learner.Config
+	// DataDir, when set, is the directory whose filesystem
+	// quantmesh.store.disk.used_ratio reports (the SQLite database and the
+	// default artifact root live there).
+	DataDir string
 }
 
 // Validate reports the first problem, naming the setting.
@@ -526,6 +530,25 @@ func (m *Mesh) storeMetrics() error {
 		o.ObserveInt64(up, v, metric.WithAttributes(mode))
 		return nil
 	}, up)
+	if err != nil {
+		return err
+	}
+	m.closers = append(m.closers, reg.Unregister)
+	if m.cfg.DataDir == "" {
+		return nil
+	}
+	disk, err := meter.Float64ObservableGauge("quantmesh.store.disk.used_ratio",
+		metric.WithDescription("Used fraction (0-1) of the filesystem holding the data directory, as df counts it; absent when it cannot be read."))
+	if err != nil {
+		return err
+	}
+	dir := m.cfg.DataDir
+	reg, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		if r, err := DiskUsedRatio(dir); err == nil {
+			o.ObserveFloat64(disk, r)
+		}
+		return nil
+	}, disk)
 	if err != nil {
 		return err
 	}

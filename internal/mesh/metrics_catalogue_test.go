@@ -203,6 +203,7 @@ func TestMetricsCatalogue(t *testing.T) {
 	cfg := config(t, mesh.Runnable()...)
 	lc := learner.DefaultConfig()
 	cfg.Learner = &lc
+	cfg.DataDir = t.TempDir() // so quantmesh_store_disk_used_ratio is exported
 	m, conn := serve(t, cfg)
 
 	// The learner registers its instruments when it starts, a moment after
