@@ -130,7 +130,9 @@ result=""
 for _ in $(seq 1 "$((TIMEOUT * 2))"); do
   result="$(curl -fs --get "http://$prom/api/v1/query" --data-urlencode "query=$QUERY")" \
     || fail "query failed: $(curl -s --get "http://$prom/api/v1/query" --data-urlencode "query=$QUERY")"
-  # non-empty vector with a value above zero: traffic was scraped at least twice
+  # non-empty vector with a value above zero: traffic was scraped at least twice.
+  # The first values are low (~0.5/s for ~8 calls/s): rate() divides the
+  # increase between the first samples by the whole 30 s range.
   if jq -e '.status == "success" and (.data.result | length > 0) and ([.data.result[].value[1] | tonumber] | max > 0)' \
     <<<"$result" >/dev/null; then
     log "result: $(jq -c '.data.result' <<<"$result")"
