@@ -3,17 +3,12 @@ package learner_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -22,13 +17,9 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/bus"
-	"github.com/quantmesh/quantmesh/pkg/server"
-	"github.com/quantmesh/quantmesh/pkg/store"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
-	"github.com/quantmesh/quantmesh/services/experiment"
 	"github.com/quantmesh/quantmesh/services/inference"
-	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 // TestLearnerInMesh closes the loop in one mesh process, as `quantmesh up
@@ -56,41 +47,17 @@ func testLearnerInMesh(t *testing.T, kafka []string) {
 	lc.Cadence, lc.MinNewOutcomes, lc.ReplaySize, lc.Epochs, lc.Horizon = 50*time.Millisecond, 40, 200, 2, 2
 	// The test is about the swap: any candidate may be published.
 	lc.DegradationThreshold = 1
-	cfg := mesh.Config{
-		Server:       server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
-		Store:        store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
-		Services:     []string{mesh.Experiment, mesh.Inference},
-		Experiment:   experiment.DefaultConfig(),
-		Risk:         risk.DefaultConfig(),
-		Inference:    inference.DefaultConfig(),
-		Learner:      &lc,
-		KafkaBrokers: kafka,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), telemetry.Noop())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	cfg := meshtest.Config(t, mesh.Experiment, mesh.Inference)
+	cfg.Inference = inference.DefaultConfig()
+	cfg.Learner = &lc
+	cfg.KafkaBrokers = kafka
+	m, conn := meshtest.Serve(t, cfg)
 	client := experimentv1.NewExperimentServiceClient(conn)
 	inf := inferencev1.NewInferenceServiceClient(conn)
 	v1 := registerInitial(t, client)
 
 	waitServed(t, inf, v1)
-	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
+	tctx, tcancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer tcancel()
 
 	// The client: one Predict per bar, until it has seen a newer version.
@@ -139,7 +106,7 @@ func testLearnerInMesh(t *testing.T, kafka []string) {
 	if served == v1 || versions[served] == 0 {
 		t.Errorf("production at version %d; versions answered %v", served, versions)
 	}
-	mv, err := client.GetModelVersion(ctx, &experimentv1.GetModelVersionRequest{ModelName: "policy", Version: served})
+	mv, err := client.GetModelVersion(tctx, &experimentv1.GetModelVersionRequest{ModelName: "policy", Version: served})
 	if err != nil {
 		t.Fatal(err)
 	}

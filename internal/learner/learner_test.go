@@ -3,27 +3,19 @@ package learner_test
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
 	"math/rand/v2"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/policy"
-	"github.com/quantmesh/quantmesh/pkg/server"
-	"github.com/quantmesh/quantmesh/pkg/store"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
-	"github.com/quantmesh/quantmesh/services/experiment"
-	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 const inputs = 4
@@ -66,33 +58,7 @@ func xy(os []learner.Outcome) ([][]float64, []policy.Action) {
 // connection to it.
 func startMesh(t *testing.T, services ...string) (*mesh.Mesh, *grpc.ClientConn) {
 	t.Helper()
-	cfg := mesh.Config{
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
-		Store:      store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
-		Services:   services,
-		Experiment: experiment.DefaultConfig(),
-		Risk:       risk.DefaultConfig(),
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), telemetry.Noop())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return m, conn
+	return meshtest.Serve(t, meshtest.Config(t, services...))
 }
 
 // registerInitial trains a network on the synthetic rule and points

@@ -14,6 +14,7 @@ import (
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -61,7 +62,7 @@ func features(i int) []float64 {
 // them, and a promotion reaches inference through WatchModel.
 func TestABTestAcrossTheMesh(t *testing.T) {
 	t.Parallel()
-	_, conn := serve(t, config(t, mesh.Experiment, mesh.Inference))
+	_, conn := meshtest.Serve(t, meshtest.Config(t, mesh.Experiment, mesh.Inference))
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	exp := experimentv1.NewExperimentServiceClient(conn)
@@ -217,9 +218,9 @@ func TestABObservationsOverKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close)
-	cfg := config(t, mesh.Experiment, mesh.Inference)
+	cfg := meshtest.Config(t, mesh.Experiment, mesh.Inference)
 	cfg.KafkaBrokers = cluster.ListenAddrs()
-	_, conn := serve(t, cfg)
+	_, conn := meshtest.Serve(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	exp := experimentv1.NewExperimentServiceClient(conn)

@@ -10,6 +10,7 @@ import (
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -23,9 +24,9 @@ func TestDecisionsOverKafka(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close)
-	cfg := config(t, mesh.Experiment, mesh.Inference, mesh.Forensics)
+	cfg := meshtest.Config(t, mesh.Experiment, mesh.Inference, mesh.Forensics)
 	cfg.KafkaBrokers = cluster.ListenAddrs()
-	m, conn := serve(t, cfg)
+	m, conn := meshtest.Serve(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

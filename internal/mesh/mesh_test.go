@@ -2,9 +2,6 @@ package mesh_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -13,7 +10,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
@@ -23,50 +19,9 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/bus"
-	"github.com/quantmesh/quantmesh/pkg/server"
-	"github.com/quantmesh/quantmesh/pkg/store"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
-	"github.com/quantmesh/quantmesh/services/experiment"
-	"github.com/quantmesh/quantmesh/services/risk"
 )
-
-func config(t *testing.T, services ...string) mesh.Config {
-	t.Helper()
-	return mesh.Config{
-		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
-		Store:      store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
-		Services:   services,
-		Experiment: experiment.DefaultConfig(),
-		Risk:       risk.DefaultConfig(),
-	}
-}
-
-// serve starts a mesh and returns a client connection to it.
-func serve(t *testing.T, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
-	t.Helper()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return m, conn
-}
 
 // built lists the RPCs that are implemented; every other RPC of the mesh
 // must answer Unimplemented until its issue lands.
@@ -158,7 +113,7 @@ func init() {
 
 func TestUnbuiltRPCsAnswerUnimplemented(t *testing.T) {
 	t.Parallel()
-	_, conn := serve(t, config(t, mesh.AllServices...))
+	_, conn := meshtest.Serve(t, meshtest.Config(t, mesh.AllServices...))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var unbuilt []string
@@ -212,9 +167,9 @@ func TestKafkaBus(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(cluster.Close) // registered first, so it runs after the mesh stops
-	cfg := config(t, mesh.Experiment)
+	cfg := meshtest.Config(t, mesh.Experiment)
 	cfg.KafkaBrokers = cluster.ListenAddrs()
-	m, _ := serve(t, cfg)
+	m, _ := meshtest.Serve(t, cfg)
 	if _, ok := m.Bus.(interface {
 		EnsureTopics(context.Context, []string, int32) error
 	}); !ok {
@@ -226,9 +181,9 @@ func TestPeersAndSubsets(t *testing.T) {
 	t.Parallel()
 	// A process running experiment only reaches risk through its peer
 	// address, and itself for experiment.
-	cfg := config(t, mesh.Experiment)
+	cfg := meshtest.Config(t, mesh.Experiment)
 	cfg.Peers = map[string]string{mesh.Risk: "127.0.0.1:1"}
-	m, _ := serve(t, cfg)
+	m, _ := meshtest.Serve(t, cfg)
 	if m.Peer(mesh.Experiment) == nil || m.Peer(mesh.Risk) == nil {
 		t.Error("missing peer connections")
 	}
@@ -261,7 +216,7 @@ func TestConfigValidation(t *testing.T) {
 		{"no artifact root", func(c *mesh.Config) { c.Experiment.ArtifactRoot = "" }, "artifact-root"},
 	}
 	for _, tt := range tests {
-		cfg := config(t, mesh.Risk)
+		cfg := meshtest.Config(t, mesh.Risk)
 		tt.mutate(&cfg)
 		err := cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
@@ -272,7 +227,7 @@ func TestConfigValidation(t *testing.T) {
 
 func TestPublishGoesThroughTheBusPolicy(t *testing.T) {
 	t.Parallel()
-	m, _ := serve(t, config(t, mesh.Experiment))
+	m, _ := meshtest.Serve(t, meshtest.Config(t, mesh.Experiment))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	msg := bus.Message{Topic: bus.TopicDecisions, Key: []byte("k"), Value: []byte("v")}

@@ -13,6 +13,7 @@ import (
 	metacontrollerv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/metacontroller/v1"
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
 )
 
@@ -22,7 +23,7 @@ import (
 // updates are allocated by HRL.
 func TestMetaControllerServesTrainedPolicy(t *testing.T) {
 	t.Parallel()
-	_, conn := serve(t, config(t, mesh.Experiment, mesh.Regime, mesh.MetaController))
+	_, conn := meshtest.Serve(t, meshtest.Config(t, mesh.Experiment, mesh.Regime, mesh.MetaController))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	regime := regimev1.NewRegimeServiceClient(conn)

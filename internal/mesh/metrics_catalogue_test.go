@@ -29,6 +29,7 @@ import (
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -200,11 +201,11 @@ func waitFamilies(t *testing.T, m *mesh.Mesh, cat map[string]documented, deadlin
 func TestMetricsCatalogue(t *testing.T) {
 	t.Parallel()
 	cat := catalogue(t)
-	cfg := config(t, mesh.Runnable()...)
+	cfg := meshtest.Config(t, mesh.Runnable()...)
 	lc := learner.DefaultConfig()
 	cfg.Learner = &lc
 	cfg.DataDir = t.TempDir() // so quantmesh_store_disk_used_ratio is exported
-	m, conn := serve(t, cfg)
+	m, conn := meshtest.Serve(t, cfg)
 
 	// The learner registers its instruments when it starts, a moment after
 	// the mesh serves.

@@ -1,0 +1,62 @@
+// Package meshtest starts in-process meshes for tests.
+package meshtest
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/pkg/server"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/telemetry"
+	"github.com/quantmesh/quantmesh/services/experiment"
+	"github.com/quantmesh/quantmesh/services/risk"
+)
+
+// Config is a mesh of the given services on loopback with free ports and
+// SQLite in the test's temporary directory, with the services' defaults.
+func Config(t testing.TB, services ...string) mesh.Config {
+	t.Helper()
+	return mesh.Config{
+		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
+		Store:      store.Config{URL: filepath.Join(t.TempDir(), "q.db")},
+		Services:   services,
+		Experiment: experiment.DefaultConfig(),
+		Risk:       risk.DefaultConfig(),
+	}
+}
+
+// Serve starts a mesh for the rest of the test and returns it with a client
+// connection to it; both are closed when the test ends, and a failed
+// shutdown fails the test.
+func Serve(t testing.TB, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
+	t.Helper()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Serve(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return m, conn
+}
