@@ -14,11 +14,11 @@ import (
 	"testing"
 
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
 	"github.com/quantmesh/quantmesh/services/risk"
 )
@@ -172,23 +172,7 @@ func startTargetMesh(t *testing.T, keys auth.Keys) string {
 		Experiment: experiment.Config{ArtifactRoot: "file://" + filepath.Join(dir, "artifacts")},
 		Risk:       risk.DefaultConfig(),
 	}
-	log, err := telemetry.NewLogger(io.Discard, telemetry.LogConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mesh shutdown: %v", err)
-		}
-	})
+	m := meshtest.Start(t, cfg)
 	return m.Server.GRPCTarget()
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,11 +18,11 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
 	"github.com/quantmesh/quantmesh/services/experiment"
 	"github.com/quantmesh/quantmesh/services/risk"
 )
@@ -94,23 +93,7 @@ func startCleanupMesh(t *testing.T, backend string, keys auth.Keys, clientKey st
 		Experiment: experiment.Config{ArtifactRoot: "file://" + root},
 		Risk:       risk.DefaultConfig(),
 	}
-	log, err := telemetry.NewLogger(io.Discard, telemetry.LogConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("mesh shutdown: %v", err)
-		}
-	})
+	m := meshtest.Start(t, cfg)
 	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	if clientKey != "" {
 		opts = append(opts, auth.PerRPCKey(clientKey))

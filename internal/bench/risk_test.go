@@ -10,16 +10,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
-	"github.com/quantmesh/quantmesh/pkg/server"
-	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
-	"github.com/quantmesh/quantmesh/pkg/telemetry"
-	"github.com/quantmesh/quantmesh/services/experiment"
-	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 // riskMesh serves RiskService in process on databaseURL (empty: SQLite in
@@ -29,34 +24,9 @@ func riskMesh(t *testing.T, databaseURL string) (*grpc.ClientConn, string) {
 	if databaseURL == "" {
 		databaseURL = filepath.Join(t.TempDir(), "q.db")
 	}
-	cfg := mesh.Config{
-		Server:   server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 5 * time.Second},
-		Store:    store.Config{URL: databaseURL},
-		Services: []string{mesh.Risk},
-		Risk:     risk.DefaultConfig(),
-		// Validated even when ExperimentService does not run here.
-		Experiment: experiment.DefaultConfig(),
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- m.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	cfg := meshtest.Config(t, mesh.Risk)
+	cfg.Store.URL = databaseURL
+	m, conn := meshtest.Serve(t, cfg)
 	return conn, m.DB.Mode()
 }
 

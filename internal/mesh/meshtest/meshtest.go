@@ -33,10 +33,9 @@ func Config(t testing.TB, services ...string) mesh.Config {
 	}
 }
 
-// Serve starts a mesh for the rest of the test and returns it with a client
-// connection to it; both are closed when the test ends, and a failed
-// shutdown fails the test.
-func Serve(t testing.TB, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
+// Start starts a mesh for the rest of the test; it is shut down when the
+// test ends, and a failed shutdown fails the test.
+func Start(t testing.TB, cfg mesh.Config) *mesh.Mesh {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -53,6 +52,14 @@ func Serve(t testing.TB, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
 			t.Errorf("serve: %v", err)
 		}
 	})
+	return m
+}
+
+// Serve starts a mesh as Start does and returns it with a plaintext client
+// connection to it, closed when the test ends.
+func Serve(t testing.TB, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
+	t.Helper()
+	m := Start(t, cfg)
 	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
