@@ -31,20 +31,7 @@ func TestDecisionsOverKafka(t *testing.T) {
 	defer cancel()
 
 	exp := experimentv1.NewExperimentServiceClient(conn)
-	net, err := policy.New(policy.DefaultConfig(4), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, _ := net.MarshalBinary()
-	if _, err := exp.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "policy"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := exp.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format, Weights: w}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := exp.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: 1}); err != nil {
-		t.Fatal(err)
-	}
+	promoteFourInputPolicy(ctx, t, exp)
 	inf := inferencev1.NewInferenceServiceClient(conn)
 	const n = 300
 	ids := map[string]bool{}
@@ -78,5 +65,25 @@ func TestDecisionsOverKafka(t *testing.T) {
 			t.Fatalf("GetDecision(%s): %v %v", id, d, err)
 		}
 		break
+	}
+}
+
+// promoteFourInputPolicy registers version 1 of model "policy", an untrained
+// network of four inputs, and points its production alias at it.
+func promoteFourInputPolicy(ctx context.Context, t *testing.T, exp experimentv1.ExperimentServiceClient) {
+	t.Helper()
+	net, err := policy.New(policy.DefaultConfig(4), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := net.MarshalBinary()
+	if _, err := exp.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "policy"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exp.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format, Weights: w}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exp.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: 1}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -30,7 +30,6 @@ import (
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
-	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
 // scrape reads /metrics in the Prometheus text format (what a scraper gets
@@ -263,20 +262,7 @@ func driveAll(ctx context.Context, t *testing.T, m *mesh.Mesh, conn grpc.ClientC
 		t.Fatal(err)
 	}
 
-	net, err := policy.New(policy.DefaultConfig(4), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, _ := net.MarshalBinary()
-	if _, err := exp.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "policy"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := exp.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format, Weights: w}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := exp.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: 1}); err != nil {
-		t.Fatal(err)
-	}
+	promoteFourInputPolicy(ctx, t, exp)
 	inf := inferencev1.NewInferenceServiceClient(conn)
 	for served := 0; served < 3; {
 		_, err := inf.Predict(ctx, &inferencev1.PredictRequest{ModelName: "policy", Symbol: "CAT", Features: []float64{1, 2, 3, 4}})
