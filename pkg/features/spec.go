@@ -231,8 +231,10 @@ func (c *Computer) Update(p Point, dst []float64) (ready bool, err error) {
 }
 
 // Standardiser returns each column's mean and population standard
-// deviation over the rows of X (a constant column gets deviation 1), the
-// scaling that turns features into z-scores: (x − mean) / std.
+// deviation over the rows of X, the scaling that turns features into
+// z-scores: (x − mean) / std. A constant column gets deviation 1, also when
+// rounding in the mean leaves it a deviation of a few ulps (≤ 1e-12), which
+// would otherwise blow rounding noise up into large z-scores.
 func Standardiser(X [][]float64) (mean, std []float64) {
 	if len(X) == 0 {
 		return nil, nil
@@ -252,7 +254,7 @@ func Standardiser(X [][]float64) (mean, std []float64) {
 	}
 	for j := range std {
 		std[j] = math.Sqrt(std[j])
-		if !(std[j] > 0) {
+		if !(std[j] > 1e-12) {
 			std[j] = 1
 		}
 	}

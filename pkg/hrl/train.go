@@ -9,6 +9,7 @@ import (
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
+	"github.com/quantmesh/quantmesh/pkg/features"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -74,7 +75,7 @@ func Train(ctx context.Context, cfg Config, strategies []string, states, returns
 	}
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x68726c))
 	p := initPolicy(cfg, strategies, d, rng)
-	p.InMean, p.InStd = standardiser(states)
+	p.InMean, p.InStd = features.Standardiser(states)
 	z := make([][]float64, len(states))
 	for t, s := range states {
 		z[t] = make([]float64, d)
@@ -127,31 +128,6 @@ func Train(ctx context.Context, cfg Config, strategies []string, states, returns
 		return nil, stats, fmt.Errorf("hrl: training diverged: %w", err)
 	}
 	return p, stats, nil
-}
-
-// standardiser returns each column's mean and standard deviation (1 for a
-// constant column).
-func standardiser(X [][]float64) (mean, std []float64) {
-	d := len(X[0])
-	mean, std = make([]float64, d), make([]float64, d)
-	n := float64(len(X))
-	for _, x := range X {
-		for i, v := range x {
-			mean[i] += v / n
-		}
-	}
-	for _, x := range X {
-		for i, v := range x {
-			std[i] += (v - mean[i]) * (v - mean[i]) / n
-		}
-	}
-	for i := range std {
-		std[i] = math.Sqrt(std[i])
-		if !(std[i] > 1e-12) {
-			std[i] = 1
-		}
-	}
-	return mean, std
 }
 
 func initPolicy(cfg Config, strategies []string, d int, rng *rand.Rand) *Policy {
