@@ -53,7 +53,7 @@ const noTxMarker = "-- quantmesh:no-transaction"
 func (db *DB) Plan(sets ...MigrationSet) ([]Migration, error) {
 	var out []Migration
 	for _, set := range sets {
-		ms, err := resolve(set, db.dialect, db.timescale)
+		ms, err := set.Resolve(db.dialect, db.timescale)
 		if err != nil {
 			return nil, err
 		}
@@ -62,7 +62,9 @@ func (db *DB) Plan(sets ...MigrationSet) ([]Migration, error) {
 	return out, nil
 }
 
-func resolve(set MigrationSet, d Dialect, timescale bool) ([]Migration, error) {
+// Resolve lists the migrations of the set that apply to a database of
+// dialect d, with or without TimescaleDB, in order.
+func (set MigrationSet) Resolve(d Dialect, timescale bool) ([]Migration, error) {
 	dir := string(d)
 	entries, err := fs.ReadDir(set.FS, dir)
 	if err != nil {

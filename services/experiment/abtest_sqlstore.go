@@ -318,7 +318,13 @@ func insertObservationsEach(ctx context.Context, tx *sql.Tx, obs []*ABObservatio
 
 // insertObservationsChunked inserts many rows per statement (PostgreSQL:
 // one round trip per chunk), calling stored for each new row.
-func insertObservationsChunked(ctx context.Context, tx *sql.Tx, obs []*ABObservation, stored func(*ABObservation)) error {
+// With TimescaleDB the observations' key also holds observe_time (a
+// hypertable's unique keys must hold its time column; see migration 0009).
+func insertObservationsChunked(ctx context.Context, tx *sql.Tx, timescale bool, obs []*ABObservation, stored func(*ABObservation)) error {
+	conflict := ` ON CONFLICT (ab_test_id, observation_id) DO NOTHING RETURNING ab_test_id, observation_id`
+	if timescale {
+		conflict = ` ON CONFLICT (ab_test_id, observation_id, observe_time) DO NOTHING RETURNING ab_test_id, observation_id`
+	}
 	for start := 0; start < len(obs); start += observationChunk {
 		chunk := obs[start:min(start+observationChunk, len(obs))]
 		var (
@@ -337,7 +343,7 @@ func insertObservationsChunked(ctx context.Context, tx *sql.Tx, obs []*ABObserva
 			args = append(args, observationArgs(o)...)
 			byID[[2]string{o.TestID, o.ID}] = o
 		}
-		b.WriteString(` ON CONFLICT (ab_test_id, observation_id) DO NOTHING RETURNING ab_test_id, observation_id`)
+		b.WriteString(conflict)
 		rows, err := tx.QueryContext(ctx, b.String(), args...)
 		if err != nil {
 			return err
@@ -400,6 +406,9 @@ func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservatio
 		rollups := map[rollupKey]*rollup{}
 		add := func(o *ABObservation) {
 			stored++
+			if s.db.Timescale() {
+				return // the continuous aggregate ab_rollups_cagg rolls them up
+			}
 			key := rollupKey{o.TestID, o.Time.Truncate(time.Minute).UnixMilli(), o.Arm}
 			r := rollups[key]
 			if r == nil {
@@ -410,7 +419,7 @@ func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservatio
 		}
 		var err error
 		if s.db.Dialect() == store.Postgres {
-			err = insertObservationsChunked(ctx, tx, obs, add)
+			err = insertObservationsChunked(ctx, tx, s.db.Timescale(), obs, add)
 		} else {
 			err = insertObservationsEach(ctx, tx, obs, add)
 		}
@@ -450,6 +459,16 @@ func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservatio
 	return stored, nil
 }
 
+// rollupsTable names the per-minute rollups ABStats reads: the continuous
+// aggregate with TimescaleDB (migrations 0009–0011), else the table
+// RecordABObservations maintains. Both have the same columns.
+func (s *SQLStore) rollupsTable() string {
+	if s.db.Timescale() {
+		return "ab_rollups_cagg"
+	}
+	return "ab_rollups"
+}
+
 // ABStats implements ABTestStore.
 func (s *SQLStore) ABStats(ctx context.Context, testID string) (*ABStats, error) {
 	var out *ABStats
@@ -458,7 +477,7 @@ func (s *SQLStore) ABStats(ctx context.Context, testID string) (*ABStats, error)
 		rows, err := tx.QueryContext(ctx, `SELECT arm, SUM(requests), SUM(buy), SUM(hold), SUM(sell), SUM(confidence_sum),
 			SUM(paired), SUM(agreements), SUM(shadow_buy), SUM(shadow_hold), SUM(shadow_sell), SUM(shadow_confidence_sum),
 			SUM(paired_confidence_sum)
-			FROM ab_rollups WHERE ab_test_id = $1 GROUP BY arm`, testID)
+			FROM `+s.rollupsTable()+` WHERE ab_test_id = $1 GROUP BY arm`, testID)
 		if err != nil {
 			return err
 		}
