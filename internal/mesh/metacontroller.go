@@ -13,7 +13,7 @@ import (
 // metaController builds MetaControllerService and its runner, which follows
 // RegimeService's regime stream and the policy's registry alias.
 func (m *Mesh) metaController(log *slog.Logger) (server.Registration, error) {
-	srv, err := metacontroller.New(metacontroller.DefaultConfig(), log)
+	srv, err := metacontroller.New(metacontroller.DefaultConfig(), log, metacontroller.WithMeter(m.tel.Meter("quantmesh/metacontroller")))
 	if err != nil {
 		return server.Registration{}, err
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net/http"
 	"os"
 	"regexp"
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -30,6 +32,7 @@ import (
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
+	"github.com/quantmesh/quantmesh/services/metacontroller"
 )
 
 // scrape reads /metrics in the Prometheus text format (what a scraper gets
@@ -214,7 +217,8 @@ func TestMetricsCatalogue(t *testing.T) {
 	}
 	compare(t, "at start", cat, fams)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	// The training is the slow part (seconds under the race detector).
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	driveAll(ctx, t, m, conn)
 	// Forensics stores the decisions asynchronously.
@@ -223,6 +227,15 @@ func TestMetricsCatalogue(t *testing.T) {
 		t.Errorf("metric %s is documented as appearing at start or on first use but is not on /metrics after traffic through every service", name)
 	}
 	compare(t, "after traffic", cat, fams)
+
+	// The training's episodes were counted, one per epoch.
+	var episodes float64
+	for _, m := range fams["quantmesh_metacontroller_training_episodes_total"].GetMetric() {
+		episodes += m.GetCounter().GetValue()
+	}
+	if episodes != float64(catalogueEpisodes) {
+		t.Errorf("quantmesh_metacontroller_training_episodes_total adds up to %v after a %d-epoch training", episodes, catalogueEpisodes)
+	}
 }
 
 // driveAll sends a little traffic through all five services: a run with a
@@ -276,22 +289,31 @@ func driveAll(ctx context.Context, t *testing.T, m *mesh.Mesh, conn grpc.ClientC
 		served++
 	}
 
+	// A regime model active for CAT and enough bars past its feature
+	// windows' warm-up for regime states (and so regime probabilities).
 	reg := regimev1.NewRegimeServiceClient(conn)
+	if _, err := reg.FitModel(ctx, &regimev1.FitModelRequest{
+		Source:          &regimev1.TrainingSource{Source: &regimev1.TrainingSource_Dataset{Dataset: &regimev1.DatasetSlice{DatasetId: "eustock", Columns: []string{"DAX"}, EndIndex: 400}}},
+		Mixture:         &regimev1.MixtureConfig{Seed: proto.Int64(1)},
+		ActivateSymbols: []string{"CAT"},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	st, err := reg.IngestBars(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var bars []*regimev1.Bar
 	start := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
-	for i := range 5 {
-		p := 100 + float64(i)
+	for i := range 40 {
+		p := 100 * math.Exp(0.01*math.Sin(float64(i)))
 		bars = append(bars, &regimev1.Bar{Symbol: "CAT", Time: timestamppb.New(start.Add(time.Duration(i) * 24 * time.Hour)), Open: p, High: p, Low: p, Close: p})
 	}
 	if err := st.Send(&regimev1.IngestBarsRequest{Bars: bars}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.CloseAndRecv(); err != nil {
-		t.Fatal(err)
+	if resp, err := st.CloseAndRecv(); err != nil || resp.GetRegimesUpdated() == 0 {
+		t.Fatalf("IngestBars: %v, %v; want regime states", resp, err)
 	}
 
 	risk := riskv1.NewRiskServiceClient(conn)
@@ -303,10 +325,19 @@ func driveAll(ctx context.Context, t *testing.T, m *mesh.Mesh, conn grpc.ClientC
 		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"max_order_quantity"}}, CashBalance: &cash}); err != nil {
 		t.Fatal(err)
 	}
-	// One order within the limit and one beyond it, so rejections count too.
+	// One order within the limit and one beyond it, so rejections count
+	// too; the approved one is filled.
 	for i, qty := range []float64{1, 100} {
-		if _, err := risk.CheckOrder(ctx, &riskv1.CheckOrderRequest{Order: &riskv1.Order{AccountId: "catalogue", ClientOrderId: fmt.Sprintf("c-%d", i), Symbol: "CAT",
-			Side: riskv1.OrderSide_ORDER_SIDE_BUY, Type: riskv1.OrderType_ORDER_TYPE_MARKET, Quantity: qty}}); err != nil {
+		res, err := risk.CheckOrder(ctx, &riskv1.CheckOrderRequest{Order: &riskv1.Order{AccountId: "catalogue", ClientOrderId: fmt.Sprintf("c-%d", i), Symbol: "CAT",
+			Side: riskv1.OrderSide_ORDER_SIDE_BUY, Type: riskv1.OrderType_ORDER_TYPE_MARKET, Quantity: qty}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.GetResult().GetDecision() != riskv1.Decision_DECISION_APPROVED {
+			continue
+		}
+		if _, err := risk.ApplyFill(ctx, &riskv1.ApplyFillRequest{AccountId: "catalogue", Fill: &riskv1.Fill{
+			FillId: fmt.Sprintf("f-%d", i), ReservationId: res.GetResult().GetReservation().GetReservationId(), Quantity: qty, Price: 100}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -315,4 +346,17 @@ func driveAll(ctx context.Context, t *testing.T, m *mesh.Mesh, conn grpc.ClientC
 	if _, err := meta.ListStrategies(ctx, &metacontrollerv1.ListStrategiesRequest{}); err != nil {
 		t.Fatal(err)
 	}
+	// A small training: as many epochs (episodes) as the shortest rolling
+	// window, so the training gauges have a full window.
+	if _, err := meta.TrainPolicy(ctx, &metacontrollerv1.TrainPolicyRequest{
+		Dataset: &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "eustock", Column: "DAX"}},
+			Range: &metacontrollerv1.Dataset_IndexRange{IndexRange: &metacontrollerv1.IndexRange{Start: 0, End: 400}}},
+		TrainFraction: proto.Float64(0.5),
+		Hrl:           &metacontrollerv1.HrlConfig{Epochs: proto.Int32(int32(catalogueEpisodes)), HiddenUnits: proto.Int32(4), Seed: proto.Int64(1)},
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
+
+// catalogueEpisodes is the epochs, and so episodes, of driveAll's training.
+var catalogueEpisodes = metacontroller.RollingWindows[0]

@@ -43,6 +43,27 @@ type EpochStats struct {
 	// Objective is the mean net reward per bar (portfolio return minus
 	// switching cost, unscaled) over the epoch's windows.
 	Objective float64
+	// Episode is the epoch's episode; Train plays it only when it is given
+	// a progress callback.
+	Episode Episode
+}
+
+// Episode is one pass of the policy, as it stands at the end of an epoch,
+// over the whole training window: the policy allocates bar by bar as it is
+// served (Runner), and each bar's reward is what training counts for it,
+// the portfolio's return over the next bar minus the switching cost of the
+// bar's turnover. The first bar only sets the starting weights and earns
+// nothing, as in training. Training itself learns from random windows of
+// windowLen bars, not from this pass: the episode measures how the policy
+// being trained would have done on its own training data.
+type Episode struct {
+	// Return is the sum of the rewarded bars' net returns: undiscounted,
+	// simple (not compounded), without the mean-variance utility training
+	// maximises.
+	Return float64
+	// Bars is the number of rewarded bars, one fewer than the training
+	// window's.
+	Bars int
 }
 
 // Train trains a policy on states[t] (the state vector of bar t) and
@@ -76,6 +97,7 @@ func Train(ctx context.Context, cfg Config, strategies []string, states, returns
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x68726c))
 	p := initPolicy(cfg, strategies, d, rng)
 	p.InMean, p.InStd = features.Standardiser(states)
+	raw := states
 	z := make([][]float64, len(states))
 	for t, s := range states {
 		z[t] = make([]float64, d)
@@ -118,6 +140,12 @@ func Train(ctx context.Context, cfg Config, strategies []string, states, returns
 			obj += o / scale
 		}
 		st := EpochStats{Epoch: epoch, Objective: obj / float64(perEpoch)}
+		if progress != nil {
+			tr.read(p)
+			if st.Episode, err = p.Play(raw, returns); err != nil {
+				return nil, stats, err
+			}
+		}
 		stats = append(stats, st)
 		if progress != nil {
 			progress(st)
@@ -128,6 +156,41 @@ func Train(ctx context.Context, cfg Config, strategies []string, states, returns
 		return nil, stats, fmt.Errorf("hrl: training diverged: %w", err)
 	}
 	return p, stats, nil
+}
+
+// Play runs the policy over states[t] (bar t's state vector) and returns[t]
+// (the strategies' returns over bar t+1) from a fresh start, and returns the
+// episode: the sum of the net returns of bars 1 to len(states)-1, each the
+// served weights' return minus SwitchingCostBps/10000 times the turnover
+// the bar causes (1/2 sum_i |w_t,i - w_t-1,i|).
+func (p *Policy) Play(states, returns [][]float64) (Episode, error) {
+	if len(states) != len(returns) {
+		return Episode{}, fmt.Errorf("%w: %d states and %d returns", ErrInvalidInput, len(states), len(returns))
+	}
+	n := p.NumStrategies()
+	r := p.NewRunner()
+	w, prev, target := make([]float64, n), make([]float64, n), make([]float64, n)
+	cost := p.Config.SwitchingCostBps / 10000
+	var ep Episode
+	for t := range states {
+		if len(returns[t]) != n {
+			return Episode{}, fmt.Errorf("%w: bar %d has %d returns, the policy has %d strategies", ErrInvalidInput, t, len(returns[t]), n)
+		}
+		if err := r.Step(states[t], w, target); err != nil {
+			return Episode{}, fmt.Errorf("bar %d: %w", t, err)
+		}
+		if t > 0 {
+			var ret, churn float64
+			for i := range w {
+				ret += w[i] * returns[t][i]
+				churn += math.Abs(w[i] - prev[i])
+			}
+			ep.Return += ret - cost*churn/2
+			ep.Bars++
+		}
+		copy(prev, w)
+	}
+	return ep, nil
 }
 
 func initPolicy(cfg Config, strategies []string, d int, rng *rand.Rand) *Policy {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
@@ -94,15 +95,33 @@ type Server struct {
 	broker   *stream.Broker[*metacontrollerv1.Allocation]
 	training chan struct{}
 	requests sync.Map // request_id -> *trainCall
+	ins      *instruments
 }
+
+// Option configures a Server.
+type Option func(*options)
+
+type options struct{ meter metric.Meter }
+
+// WithMeter records the service's metrics (see instruments) with meter;
+// without it they go nowhere.
+func WithMeter(m metric.Meter) Option { return func(o *options) { o.meter = m } }
 
 var _ metacontrollerv1.MetaControllerServiceServer = (*Server)(nil)
 
 // New returns a server. The sequence of allocations starts from the
 // current time in microseconds, so sequences keep growing across restarts
 // without a store.
-func New(cfg Config, log *slog.Logger) (*Server, error) {
+func New(cfg Config, log *slog.Logger, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	ins, err := newInstruments(o.meter)
+	if err != nil {
 		return nil, err
 	}
 	base := uint64(time.Now().UnixMicro())
@@ -111,6 +130,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		latest: map[string]*metacontrollerv1.Allocation{}, seq: base,
 		broker:   stream.NewBroker[*metacontrollerv1.Allocation](base, cfg.History),
 		training: make(chan struct{}, cfg.MaxTrainings),
+		ins:      ins,
 	}
 	s.alloc = newAllocator(s.strats)
 	return s, nil

@@ -211,7 +211,9 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		return err
 	}
 	var logErr error
+	episodes := s.ins.startTraining()
 	p, stats, err := hrl.Train(ctx, cfg, job.names, states, next, func(st hrl.EpochStats) {
+		s.ins.episode(ctx, episodes, st.Episode)
 		pending = append(pending, &experimentv1.Metric{Key: "objective", Value: st.Objective, Step: int64(st.Epoch)})
 		if st.Epoch%progressEvery == 0 && logErr == nil {
 			logErr = flush(ctx)

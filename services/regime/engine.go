@@ -104,6 +104,9 @@ func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger
 		return nil, err
 	}
 	e.broker = stream.NewBroker[*regimev1.RegimeState](e.seq, cfg.Retained)
+	if err := ins.observeStates(meter, e); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 

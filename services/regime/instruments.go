@@ -2,6 +2,7 @@ package regime
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 //	quantmesh_regime_feature_cache_requests_total{result}  symbol feature windows found in memory (hit) or rebuilt from stored bars (miss)
 //	quantmesh_regime_feature_cache_hit_ratio               hits / requests since start
 //	quantmesh_regime_flips_total{kind}                     dominant-regime changes: raw (argmax) and smoothed
+//	quantmesh_regime_probability{symbol,regime}            latest smoothed regime probabilities of the first maxSymbolSeries symbols
+//	quantmesh_regime_symbols                               symbols with a regime state
 type instruments struct {
 	bars, states, flips metric.Int64Counter
 	commit              metric.Float64Histogram
@@ -72,6 +75,38 @@ func newInstruments(meter metric.Meter) (*instruments, error) {
 	ins.flips.Add(ctx, 0, ins.raw)
 	ins.flips.Add(ctx, 0, ins.smoothed)
 	return ins, nil
+}
+
+// maxSymbolSeries bounds quantmesh_regime_probability: only the first
+// maxSymbolSeries symbols with a state, in name order, are exported.
+const maxSymbolSeries = 100
+
+// observeStates exports the latest regime state of each symbol e holds.
+func (ins *instruments) observeStates(meter metric.Meter, e *Engine) error {
+	if meter == nil {
+		return nil
+	}
+	prob, err := meter.Float64ObservableGauge("quantmesh.regime.probability",
+		metric.WithDescription("Smoothed probability of each regime (the index in the symbol's active model) in the symbol's latest state, the posterior its dominant regime is chosen from; for the first 100 symbols in name order."))
+	if err != nil {
+		return err
+	}
+	symbols, err := meter.Int64ObservableGauge("quantmesh.regime.symbols", metric.WithDescription("Symbols with a regime state."))
+	if err != nil {
+		return err
+	}
+	_, err = meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		states, _ := e.Snapshot(nil) // in symbol order
+		o.ObserveInt64(symbols, int64(len(states)))
+		for _, st := range states[:min(len(states), maxSymbolSeries)] {
+			sym := attribute.String("symbol", st.GetSymbol())
+			for k, p := range st.GetSmoothedProbabilities() {
+				o.ObserveFloat64(prob, p, metric.WithAttributes(sym, attribute.String("regime", strconv.Itoa(k))))
+			}
+		}
+		return nil
+	}, prob, symbols)
+	return err
 }
 
 func (ins *instruments) cache(ctx context.Context, hit bool) {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -104,6 +106,9 @@ type Engine struct {
 type observer struct {
 	breach    func(rule riskv1.RiskRule)
 	eventDrop func()
+	// fill gets each fill applied: its side, its realised P&L (fee
+	// included) and whether it closed any quantity.
+	fill func(side sign, pnl float64, closed bool)
 }
 
 // NewEngine loads the state from st and starts the reservation sweeper and
@@ -339,6 +344,38 @@ func (e *Engine) counts() (killed, open int) {
 		a.mu.Unlock()
 	}
 	return killed, open
+}
+
+// accountEquities are the equities of the accounts.
+type accountEquities struct {
+	n     int // accounts
+	first []accountEquity
+}
+
+type accountEquity struct {
+	id     string
+	equity float64
+}
+
+// equities returns the equity of all accounts together and of the first
+// limit accounts in id order.
+func (e *Engine) equities(limit int) (float64, accountEquities) {
+	accounts := e.allAccounts()
+	slices.SortFunc(accounts, func(a, b *account) int { return strings.Compare(a.id, b.id) })
+	out := accountEquities{n: len(accounts)}
+	var total float64
+	for i, a := range accounts {
+		a.mu.Lock()
+		e.pricesMu.RLock()
+		eq, _ := a.valuation(e.prices)
+		e.pricesMu.RUnlock()
+		a.mu.Unlock()
+		total += eq
+		if i < limit {
+			out.first = append(out.first, accountEquity{id: a.id, equity: eq})
+		}
+	}
+	return total, out
 }
 
 // recordRejection writes the rejection event of a check without waiting:

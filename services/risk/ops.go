@@ -181,7 +181,8 @@ func (e *Engine) ApplyFill(ctx context.Context, accountID string, f fillInput) (
 			a.closeReservation(r, riskv1.ReservationState_RESERVATION_STATE_RELEASED, now)
 		}
 	}
-	pos.applyFill(r.side, f.quantity, f.price)
+	closed := pos.qty != 0 && (pos.qty > 0) != (r.side == buy)
+	pnl := pos.applyFill(r.side, f.quantity, f.price) - f.fee
 	pos.realized -= f.fee
 	pos.updated = now
 	a.cash -= float64(r.side)*f.quantity*f.price + f.fee
@@ -219,6 +220,9 @@ func (e *Engine) ApplyFill(ctx context.Context, accountID string, f fillInput) (
 		if e.obs.breach != nil {
 			e.obs.breach(b.rule)
 		}
+	}
+	if e.obs.fill != nil {
+		e.obs.fill(r.side, pnl, closed)
 	}
 	return res, nil
 }
