@@ -32,9 +32,11 @@ const (
 type dataset struct {
 	// name identifies the rows for the walk-forward check: "eustock/DAX"
 	// or "inline/<symbol>".
-	name   string
-	closes []float64
-	times  []time.Time // nil without timestamps
+	name string
+	// datasetID is the bundled dataset's id; empty for inline bars.
+	datasetID string
+	closes    []float64
+	times     []time.Time // nil without timestamps
 	// start is the row of closes[0] in the whole series.
 	start int
 }
@@ -87,6 +89,7 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 			return nil, apierr.Invalid(field+".bundled.column", "unknown column %q of %s (have %s)", truncate(b.GetColumn()), b.GetDatasetId(), strings.Join(names, ", "))
 		}
 		out.name = b.GetDatasetId() + "/" + b.GetColumn()
+		out.datasetID = b.GetDatasetId()
 		// Bundled series of closes number their days: no timestamps.
 		if b.GetDatasetId() == marketdata.TTRC {
 			for _, s := range series {
@@ -326,9 +329,6 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 			return nil, apierr.Invalid("periods_per_year", "must be 1 to %d, got %d", maxPeriods, periods)
 		}
 	}
-	if req.GetRegimeModelId() != "" {
-		return nil, apierr.Invalid("regime_model_id", "not supported yet: leave it empty and a regime model is fitted on each fold's training window")
-	}
 	hc, err := hrlConfig("hrl", req.GetHrl(), &cost)
 	if err != nil {
 		return nil, err
@@ -340,6 +340,13 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 	cfg := backtest.Config{
 		Closes: ds.closes, Strategies: strats, Policies: policies, TrainFraction: frac, Folds: folds,
 		SwitchingCostBps: cost, PeriodsPerYear: periods, Seed: hc.Seed, Series: req.GetIncludeSeries(),
+	}
+	if id := req.GetRegimeModelId(); id != "" {
+		// One stored model for every fold: it must predate the first
+		// evaluated row.
+		if cfg.Regime, err = s.storedRegimeModel(ctx, "regime_model_id", id, ds, ds.start+splits[0][0]); err != nil {
+			return nil, err
+		}
 	}
 	var fixed *metacontrollerv1.PolicyModel
 	if slices.Contains(policies, backtest.HRL) {
@@ -375,7 +382,7 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 		fold := &metacontrollerv1.Fold{
 			Train:         &metacontrollerv1.IndexRange{Start: int64(ds.start), End: int64(ds.start + f.TrainEnd)},
 			Test:          &metacontrollerv1.IndexRange{Start: int64(ds.start + f.TrainEnd), End: int64(ds.start + f.TestEnd)},
-			RegimeModelId: "",
+			RegimeModelId: req.GetRegimeModelId(),
 		}
 		if slices.Contains(policies, backtest.HRL) {
 			fold.HrlModel = &metacontrollerv1.PolicyModel{ModelName: s.cfg.ModelName}

@@ -424,7 +424,6 @@ func TestTrainPolicyInvalid(t *testing.T) {
 		{"bad options", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{NumOptions: proto.Int32(17)}}, "hrl.num_options"},
 		{"nan learning rate", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{LearningRate: proto.Float64(math.NaN())}}, "hrl.learning_rate"},
 		{"long request id", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RequestId: string(make([]byte, 129))}, "request_id"},
-		{"regime model", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RegimeModelId: "m1"}, "regime_model_id"},
 	} {
 		_, err := s.TrainPolicy(ctx, tc.req)
 		t.Run(tc.name, func(t *testing.T) { wantInvalid(t, err, tc.field) })
