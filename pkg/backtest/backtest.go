@@ -255,7 +255,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				hrl = cfg.HRLPolicy
 				if hrl == nil {
 					states, rs := prep.TrainingData(rets, trainEnd)
-					ps, prs, err := poolData(ctx, cfg, trainEnd)
+					ps, prs, err := PooledTrainingData(ctx, cfg, trainEnd)
 					if err != nil {
 						return nil, err
 					}
@@ -447,10 +447,18 @@ func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, t
 	return compute(net, churn, weights, cost, periodsPerYear), nil
 }
 
-// poolData returns the HRL training data of the pooled series' first
-// trainEnd rows, series after series.
-func poolData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+// PooledTrainingData returns the HRL training data of the first trainEnd
+// rows of every series of cfg.Pool, series after series: each series gets
+// its own regime model fitted on those rows (or cfg.Regime), as the
+// evaluated series does.
+func PooledTrainingData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+	if cfg.Smoothing == (Smoothing{}) {
+		cfg.Smoothing = DefaultSmoothing()
+	}
 	for i, closes := range cfg.Pool {
+		if trainEnd > len(closes) {
+			return nil, nil, invalid("pooled series %d has %d rows, training needs %d", i, len(closes), trainEnd)
+		}
 		train := closes[:trainEnd]
 		prep, err := cfg.prepare(ctx, train, trainEnd)
 		if err != nil {

@@ -36,6 +36,11 @@ type dataset struct {
 	// datasetID is the bundled dataset's id; empty for inline bars.
 	datasetID string
 	closes    []float64
+	// pool holds the same rows of the bundled dataset's other columns
+	// (those with as many rows), named by poolNames: HRL is also trained
+	// on their training rows.
+	pool      [][]float64
+	poolNames []string
 	times     []time.Time // nil without timestamps
 	// start is the row of closes[0] in the whole series.
 	start int
@@ -90,6 +95,12 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 		}
 		out.name = b.GetDatasetId() + "/" + b.GetColumn()
 		out.datasetID = b.GetDatasetId()
+		for _, s := range series {
+			if s.Symbol != b.GetColumn() && len(s.Bars) == len(out.closes) {
+				out.pool = append(out.pool, s.Closes())
+				out.poolNames = append(out.poolNames, s.Symbol)
+			}
+		}
 		// Bundled series of closes number their days: no timestamps.
 		if b.GetDatasetId() == marketdata.TTRC {
 			for _, s := range series {
@@ -181,6 +192,9 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 		}
 	}
 	out.closes = out.closes[start:end]
+	for i, p := range out.pool {
+		out.pool[i] = p[start:end]
+	}
 	if out.times != nil {
 		out.times = out.times[start:end]
 	}
@@ -359,15 +373,18 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on strategies %v, the backtest allocates across %v", pm.GetVersion(), p.Strategies, names)
 			}
 			// Walk-forward: the version must not have been trained on an
-			// evaluated row of this series.
+			// evaluated row of this series (a version trained on every
+			// column of a dataset names the dataset).
 			firstTest := ds.start + splits[0][0]
-			if p.TrainDataset == ds.name && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes) {
+			same := p.TrainDataset == ds.name || (ds.datasetID != "" && p.TrainDataset == ds.datasetID)
+			if same && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes) {
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, which this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, ds.name, firstTest)
 			}
 			cfg.HRLPolicy = backtest.HRLPolicy(p)
 			fixed = pm
 		} else {
 			cfg.TrainHRL = backtest.HRLTrainer(hc, names, nil)
+			cfg.Pool = ds.pool
 		}
 	}
 	rep, err := backtest.Run(ctx, cfg)

@@ -195,6 +195,9 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	if id := req.GetRegimeModelId(); id != "" {
 		params["regime_model_id"] = id
 	}
+	if len(ds.poolNames) > 0 {
+		params["pooled_columns"] = strings.Join(ds.poolNames, ",")
+	}
 	batch := &experimentv1.LogBatchRequest{RunId: runID}
 	for k, v := range params {
 		batch.Params = append(batch.Params, &experimentv1.Param{Key: k, Value: v})
@@ -216,6 +219,16 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	}
 	rets := strategy.ReturnMatrix(job.strats, ds.closes)
 	states, next := prep.TrainingData(rets, job.trainEnd)
+	// The same training rows of the dataset's other columns, each with
+	// its own regime model: more history, no evaluated row.
+	ps, pn, err := backtest.PooledTrainingData(ctx, backtest.Config{Pool: ds.pool, Strategies: job.strats, Seed: cfg.Seed, Regime: job.regime}, job.trainEnd)
+	if err != nil {
+		if errors.Is(err, backtest.ErrInvalid) {
+			return fail(apierr.Invalid("dataset", "%v", err))
+		}
+		return fail(err)
+	}
+	states, next = append(states, ps...), append(next, pn...)
 	var pending []*experimentv1.Metric
 	flush := func(c context.Context) error {
 		if len(pending) == 0 {
@@ -245,6 +258,10 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		return fail(err)
 	}
 	p.TrainDataset, p.TrainStart, p.TrainEnd = ds.name, ds.start, ds.start+job.trainEnd
+	if len(ds.pool) > 0 {
+		// Trained on these rows of every column.
+		p.TrainDataset = ds.datasetID
+	}
 	summary := &metacontrollerv1.TrainingSummary{
 		Hrl: hrlConfigToProto(cfg), TrainRange: &metacontrollerv1.IndexRange{Start: int64(ds.start), End: int64(ds.start + job.trainEnd)},
 		TestRange:  &metacontrollerv1.IndexRange{Start: int64(ds.start + job.trainEnd), End: int64(ds.start + len(ds.closes))},
