@@ -54,7 +54,7 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.StringVar(&f.policy, "policy", "all", "hrl, naive, proportional, equal, or all")
 	fs.StringVar(&f.strategies, "strategies", "", "comma-separated strategies to allocate across; all when empty ("+strings.Join(strategy.Names(), ", ")+")")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object per policy instead of a table")
-	fs.BoolVar(&f.pool, "pool", false, "also train HRL on the same training rows of every other column of --data (evaluation stays on --column)")
+	fs.BoolVar(&f.pool, "pool", true, "also train HRL on the same training rows of every other column of --data (evaluation stays on --column); --pool=false trains on --column only")
 	fs.Float64Var(&f.trainFraction, "train-fraction", 0.7, "share of the range in the first training window, in (0, 1)")
 	fs.IntVar(&f.folds, "folds", 1, "test segments after the first training window (expanding-window refits), 1 to 20")
 	fs.IntVar(&f.start, "start", 0, "first row of the range, from 0")
@@ -117,9 +117,13 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return usagef("empty range: --end %d is not after --start %d", end, f.start)
 	}
 	closes := series.Closes()[f.start:end]
+	// Pooling is on by default; asked for explicitly, it needs another
+	// column.
+	poolSet := false
+	fs.Visit(func(fl *flag.Flag) { poolSet = poolSet || fl.Name == "pool" })
 	var pool [][]float64
 	var pooled []string
-	if f.pool {
+	if f.pool && (poolSet || slices.Contains(policies, backtest.HRL)) {
 		all, err := training.Load(f.data)
 		if err != nil {
 			return usagef("%v", err)
@@ -134,7 +138,7 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 			pool = append(pool, s.Closes()[f.start:end])
 			pooled = append(pooled, s.Symbol)
 		}
-		if len(pool) == 0 {
+		if len(pool) == 0 && poolSet {
 			return usagef("--pool: %s has no other column", f.data)
 		}
 	}

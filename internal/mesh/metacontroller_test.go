@@ -127,6 +127,15 @@ func TestMetaControllerServesTrainedPolicy(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("backtest on training rows: %v, want InvalidArgument", err)
 	}
+	// TrainPolicy pooled the same rows of the other eustock columns, so
+	// those rows of SMI are refused too.
+	_, err = meta.RunBacktest(ctx, &metacontrollerv1.RunBacktestRequest{
+		Dataset:  &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "eustock", Column: "SMI"}}, Range: &metacontrollerv1.Dataset_IndexRange{IndexRange: &metacontrollerv1.IndexRange{Start: 0, End: 1000}}},
+		HrlModel: &metacontrollerv1.PolicyModel{Version: 1},
+	})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("backtest on pooled training rows: %v, want InvalidArgument", err)
+	}
 	// On held-out rows it runs.
 	bt, err := meta.RunBacktest(ctx, &metacontrollerv1.RunBacktestRequest{
 		Dataset:     &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "eustock", Column: "DAX"}}, Range: &metacontrollerv1.Dataset_IndexRange{IndexRange: &metacontrollerv1.IndexRange{Start: 1302}}},

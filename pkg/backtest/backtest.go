@@ -96,6 +96,11 @@ type Config struct {
 	PeriodsPerYear int
 	// Seed seeds the regime fits.
 	Seed int64
+	// Regime, when set, is the regime model of every fold (and of the
+	// pooled series) instead of one fitted on each fold's training window:
+	// a model fitted elsewhere (NewRegimeModel). The caller makes sure it
+	// was not fitted on evaluated rows.
+	Regime *RegimeModel
 	// Smoothing is the forward filter's; DefaultSmoothing when zero.
 	Smoothing Smoothing
 	// HRLPolicy, when set, is evaluated as-is on every fold; otherwise
@@ -236,7 +241,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	for _, sp := range splits {
 		trainEnd, testEnd := sp[0], sp[1]
-		prep, err := Prepare(ctx, cfg.Closes[:testEnd], trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+		prep, err := cfg.prepare(ctx, cfg.Closes[:testEnd], trainEnd)
 		if err != nil {
 			return nil, err
 		}
@@ -250,7 +255,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				hrl = cfg.HRLPolicy
 				if hrl == nil {
 					states, rs := prep.TrainingData(rets, trainEnd)
-					ps, prs, err := poolData(ctx, cfg, trainEnd)
+					ps, prs, err := PooledTrainingData(ctx, cfg, trainEnd)
 					if err != nil {
 						return nil, err
 					}
@@ -305,6 +310,15 @@ type Prepared struct {
 	States [][]float64
 }
 
+// prepare is Prepare with the configured regime model, or PrepareWith
+// with the fixed one.
+func (cfg Config) prepare(ctx context.Context, closes []float64, trainEnd int) (*Prepared, error) {
+	if cfg.Regime != nil {
+		return PrepareWith(ctx, closes, cfg.Regime, cfg.Strategies, cfg.Smoothing)
+	}
+	return Prepare(ctx, closes, trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+}
+
 // Prepare fits the regime model on closes[:trainEnd] and filters every bar
 // of closes.
 func Prepare(ctx context.Context, closes []float64, trainEnd int, strats []strategy.Strategy, seed int64, sm Smoothing) (*Prepared, error) {
@@ -315,7 +329,13 @@ func Prepare(ctx context.Context, closes []float64, trainEnd int, strats []strat
 		}
 		return nil, err
 	}
-	f, err := m.Filter(closes, sm)
+	return PrepareWith(ctx, closes, m, strats, sm)
+}
+
+// PrepareWith filters every bar of closes with a regime model fitted
+// beforehand.
+func PrepareWith(ctx context.Context, closes []float64, m *RegimeModel, strats []strategy.Strategy, sm Smoothing) (*Prepared, error) {
+	f, err := m.Filter(ctx, closes, sm)
 	if err != nil {
 		return nil, err
 	}
@@ -427,12 +447,20 @@ func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, t
 	return compute(net, churn, weights, cost, periodsPerYear), nil
 }
 
-// poolData returns the HRL training data of the pooled series' first
-// trainEnd rows, series after series.
-func poolData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+// PooledTrainingData returns the HRL training data of the first trainEnd
+// rows of every series of cfg.Pool, series after series: each series gets
+// its own regime model fitted on those rows (or cfg.Regime), as the
+// evaluated series does.
+func PooledTrainingData(ctx context.Context, cfg Config, trainEnd int) (states, next [][]float64, err error) {
+	if cfg.Smoothing == (Smoothing{}) {
+		cfg.Smoothing = DefaultSmoothing()
+	}
 	for i, closes := range cfg.Pool {
+		if trainEnd > len(closes) {
+			return nil, nil, invalid("pooled series %d has %d rows, training needs %d", i, len(closes), trainEnd)
+		}
 		train := closes[:trainEnd]
-		prep, err := Prepare(ctx, train, trainEnd, cfg.Strategies, cfg.Seed, cfg.Smoothing)
+		prep, err := cfg.prepare(ctx, train, trainEnd)
 		if err != nil {
 			return nil, nil, fmt.Errorf("pooled series %d: %w", i, err)
 		}

@@ -195,3 +195,66 @@ func TestPool(t *testing.T) {
 		t.Fatalf("short pooled series: err = %v, want ErrInvalid", err)
 	}
 }
+
+// A regime model fitted elsewhere and passed in Config.Regime gives the
+// same backtest as fitting it per fold, and it is what every fold uses.
+func TestFixedRegimeModel(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	closes := eustock(t, "SMI")
+	cfg := baseConfig(closes)
+	want, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trainEnd := want.Folds[0].TrainEnd
+	fitted, err := FitRegimes(ctx, closes[:trainEnd], cfg.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	fixed, err := NewRegimeModel(fitted.Regimes, func(ctx context.Context, c []float64) ([][]float64, error) {
+		calls++
+		ll, err := fitted.logLikelihoods(ctx, c)
+		// A per-bar constant must not matter: the filter normalises.
+		for t, row := range ll {
+			for j := range row {
+				row[j] -= float64(t % 7)
+			}
+		}
+		return ll, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Regime, cfg.Seed = fixed, 99 // the seed would only matter to a fit
+	got, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 {
+		t.Errorf("classifier called %d times for one fold, want 1", calls)
+	}
+	for i := range want.Results {
+		w, g := want.Results[i].Metrics, got.Results[i].Metrics
+		if math.Abs(w.Sharpe-g.Sharpe) > 1e-9 || math.Abs(w.TotalReturn-g.TotalReturn) > 1e-9 || w.ChurnRate != g.ChurnRate {
+			t.Errorf("%s: fixed model %+v, fitted %+v", want.Results[i].Policy, g, w)
+		}
+	}
+
+	// A classifier that answers for the wrong number of regimes or bars is
+	// an error, not a silent misalignment.
+	bad, err := NewRegimeModel(fitted.Regimes, func(_ context.Context, c []float64) ([][]float64, error) {
+		return make([][]float64, len(c)-1), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Regime = bad
+	if _, err := Run(ctx, cfg); err == nil {
+		t.Error("a classifier short of one bar: no error")
+	}
+	if _, err := NewRegimeModel(nil, fitted.logLikelihoods); !errors.Is(err, ErrInvalid) {
+		t.Errorf("no regimes: %v, want ErrInvalid", err)
+	}
+}

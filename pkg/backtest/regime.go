@@ -36,6 +36,37 @@ type RegimeModel struct {
 	mix     *dpgmm.Model
 	comps   []int // regime index -> mixture component
 	prior   []float64
+	// classify, when set, replaces the local mixture: a model fitted
+	// elsewhere (NewRegimeModel).
+	classify Classifier
+}
+
+// Classifier returns, for every bar of closes, each regime's log-likelihood
+// up to a per-bar constant (for example the log of the regime's posterior
+// probability), computed causally from closes[0..t]; nil for the bars of
+// the feature warm-up.
+type Classifier func(ctx context.Context, closes []float64) ([][]float64, error)
+
+// NewRegimeModel returns a regime model fitted elsewhere, such as a stored
+// RegimeService model: its regimes in index order (their weights start the
+// forward filter) and a classifier. It is used as it is on every fold, so
+// the caller checks that it was not fitted on evaluated rows.
+func NewRegimeModel(regimes []Regime, classify Classifier) (*RegimeModel, error) {
+	if len(regimes) == 0 {
+		return nil, invalid("regime model has no regimes")
+	}
+	m := &RegimeModel{Regimes: append([]Regime(nil), regimes...), classify: classify}
+	var total float64
+	for _, r := range regimes {
+		if !(r.Weight > 0) || math.IsInf(r.Weight, 0) {
+			return nil, invalid("regime weight %v: must be positive and finite", r.Weight)
+		}
+		total += r.Weight
+	}
+	for _, r := range regimes {
+		m.prior = append(m.prior, r.Weight/total)
+	}
+	return m, nil
 }
 
 // Smoothing is the forward filter's configuration (RegimeService's filter,
@@ -169,22 +200,51 @@ type Filtered struct {
 
 // Filter classifies every bar of closes and runs the forward filter over
 // them, causally: the state of bar t depends only on closes[0..t].
-func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) {
+func (m *RegimeModel) Filter(ctx context.Context, closes []float64, sm Smoothing) (*Filtered, error) {
 	if err := sm.Validate(); err != nil {
 		return nil, fmt.Errorf("smoothing: %w", err)
 	}
+	classify := m.classify
+	if classify == nil {
+		classify = m.logLikelihoods
+	}
+	ll, err := classify(ctx, closes)
+	if err != nil {
+		return nil, err
+	}
+	if len(ll) != len(closes) {
+		return nil, fmt.Errorf("regime classifier: %d rows for %d bars", len(ll), len(closes))
+	}
+	out := &Filtered{Probs: make([][]float64, len(closes)), Dominant: make([]int, len(closes)), Entropy: make([]float64, len(closes))}
+	f := regimefilter.New(sm)
+	for t, logLik := range ll {
+		out.Dominant[t] = -1
+		if logLik == nil {
+			continue
+		}
+		if len(logLik) != len(m.Regimes) {
+			return nil, fmt.Errorf("regime classifier: bar %d has %d values for %d regimes", t, len(logLik), len(m.Regimes))
+		}
+		st, err := f.Next(logLik, m.prior)
+		if err != nil {
+			return nil, fmt.Errorf("bar %d: %w", t, err)
+		}
+		out.Probs[t], out.Dominant[t], out.Entropy[t] = st.Smoothed, st.Dominant, st.Entropy
+	}
+	return out, nil
+}
+
+// logLikelihoods is the local mixture's Classifier.
+func (m *RegimeModel) logLikelihoods(_ context.Context, closes []float64) ([][]float64, error) {
 	comp, err := features.NewComputer(m.specs)
 	if err != nil {
 		return nil, err
 	}
-	out := &Filtered{Probs: make([][]float64, len(closes)), Dominant: make([]int, len(closes)), Entropy: make([]float64, len(closes))}
+	out := make([][]float64, len(closes))
 	vec := make([]float64, comp.Len())
 	z := make([]float64, comp.Len())
 	ll := make([]float64, m.mix.Components())
-	logLik := make([]float64, len(m.comps))
-	f := regimefilter.New(sm)
 	for t, c := range closes {
-		out.Dominant[t] = -1
 		ready, err := comp.Update(features.Point{Close: c}, vec)
 		if err != nil {
 			return nil, fmt.Errorf("bar %d: %w", t, err)
@@ -193,14 +253,10 @@ func (m *RegimeModel) Filter(closes []float64, sm Smoothing) (*Filtered, error) 
 			continue
 		}
 		m.mix.LogProb(m.scale(vec, z), ll)
+		out[t] = make([]float64, len(m.comps))
 		for j, cj := range m.comps {
-			logLik[j] = ll[cj]
+			out[t][j] = ll[cj]
 		}
-		st, err := f.Next(logLik, m.prior)
-		if err != nil {
-			return nil, fmt.Errorf("bar %d: %w", t, err)
-		}
-		out.Probs[t], out.Dominant[t], out.Entropy[t] = st.Smoothed, st.Dominant, st.Entropy
 	}
 	return out, nil
 }

@@ -135,7 +135,9 @@ type Policy struct {
 	// Theta is M x N: the options' allocation logits.
 	Theta []float64 `json:"theta"`
 	// TrainRows names the rows the policy was trained on, for the
-	// walk-forward check: the dataset and the half-open row range.
+	// walk-forward check: the dataset and the half-open row range. The
+	// dataset is "<dataset>/<column>" when trained on one column, or the
+	// dataset id alone when trained on those rows of every column.
 	TrainDataset string `json:"train_dataset,omitempty"`
 	TrainStart   int    `json:"train_start"`
 	TrainEnd     int    `json:"train_end"`

@@ -32,9 +32,16 @@ const (
 type dataset struct {
 	// name identifies the rows for the walk-forward check: "eustock/DAX"
 	// or "inline/<symbol>".
-	name   string
-	closes []float64
-	times  []time.Time // nil without timestamps
+	name string
+	// datasetID is the bundled dataset's id; empty for inline bars.
+	datasetID string
+	closes    []float64
+	// pool holds the same rows of the bundled dataset's other columns
+	// (those with as many rows), named by poolNames: HRL is also trained
+	// on their training rows.
+	pool      [][]float64
+	poolNames []string
+	times     []time.Time // nil without timestamps
 	// start is the row of closes[0] in the whole series.
 	start int
 }
@@ -87,6 +94,13 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 			return nil, apierr.Invalid(field+".bundled.column", "unknown column %q of %s (have %s)", truncate(b.GetColumn()), b.GetDatasetId(), strings.Join(names, ", "))
 		}
 		out.name = b.GetDatasetId() + "/" + b.GetColumn()
+		out.datasetID = b.GetDatasetId()
+		for _, s := range series {
+			if s.Symbol != b.GetColumn() && len(s.Bars) == len(out.closes) {
+				out.pool = append(out.pool, s.Closes())
+				out.poolNames = append(out.poolNames, s.Symbol)
+			}
+		}
 		// Bundled series of closes number their days: no timestamps.
 		if b.GetDatasetId() == marketdata.TTRC {
 			for _, s := range series {
@@ -178,6 +192,9 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 		}
 	}
 	out.closes = out.closes[start:end]
+	for i, p := range out.pool {
+		out.pool[i] = p[start:end]
+	}
 	if out.times != nil {
 		out.times = out.times[start:end]
 	}
@@ -326,9 +343,6 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 			return nil, apierr.Invalid("periods_per_year", "must be 1 to %d, got %d", maxPeriods, periods)
 		}
 	}
-	if req.GetRegimeModelId() != "" {
-		return nil, apierr.Invalid("regime_model_id", "not supported yet: leave it empty and a regime model is fitted on each fold's training window")
-	}
 	hc, err := hrlConfig("hrl", req.GetHrl(), &cost)
 	if err != nil {
 		return nil, err
@@ -341,6 +355,13 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 		Closes: ds.closes, Strategies: strats, Policies: policies, TrainFraction: frac, Folds: folds,
 		SwitchingCostBps: cost, PeriodsPerYear: periods, Seed: hc.Seed, Series: req.GetIncludeSeries(),
 	}
+	if id := req.GetRegimeModelId(); id != "" {
+		// One stored model for every fold: it must predate the first
+		// evaluated row.
+		if cfg.Regime, err = s.storedRegimeModel(ctx, "regime_model_id", id, ds, ds.start+splits[0][0]); err != nil {
+			return nil, err
+		}
+	}
 	var fixed *metacontrollerv1.PolicyModel
 	if slices.Contains(policies, backtest.HRL) {
 		if req.GetHrlModel() != nil {
@@ -352,15 +373,18 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on strategies %v, the backtest allocates across %v", pm.GetVersion(), p.Strategies, names)
 			}
 			// Walk-forward: the version must not have been trained on an
-			// evaluated row of this series.
+			// evaluated row of this series (a version trained on every
+			// column of a dataset names the dataset).
 			firstTest := ds.start + splits[0][0]
-			if p.TrainDataset == ds.name && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes) {
+			same := p.TrainDataset == ds.name || (ds.datasetID != "" && p.TrainDataset == ds.datasetID)
+			if same && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes) {
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, which this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, ds.name, firstTest)
 			}
 			cfg.HRLPolicy = backtest.HRLPolicy(p)
 			fixed = pm
 		} else {
 			cfg.TrainHRL = backtest.HRLTrainer(hc, names, nil)
+			cfg.Pool = ds.pool
 		}
 	}
 	rep, err := backtest.Run(ctx, cfg)
@@ -375,7 +399,7 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 		fold := &metacontrollerv1.Fold{
 			Train:         &metacontrollerv1.IndexRange{Start: int64(ds.start), End: int64(ds.start + f.TrainEnd)},
 			Test:          &metacontrollerv1.IndexRange{Start: int64(ds.start + f.TrainEnd), End: int64(ds.start + f.TestEnd)},
-			RegimeModelId: "",
+			RegimeModelId: req.GetRegimeModelId(),
 		}
 		if slices.Contains(policies, backtest.HRL) {
 			fold.HrlModel = &metacontrollerv1.PolicyModel{ModelName: s.cfg.ModelName}

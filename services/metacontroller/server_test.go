@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/backtest"
 	"github.com/quantmesh/quantmesh/pkg/hrl"
+	"github.com/quantmesh/quantmesh/pkg/marketdata"
 	"github.com/quantmesh/quantmesh/pkg/strategy"
 )
 
@@ -93,6 +95,45 @@ func eustockDAX(r *metacontrollerv1.IndexRange) *metacontrollerv1.Dataset {
 		ds.Range = &metacontrollerv1.Dataset_IndexRange{IndexRange: r}
 	}
 	return ds
+}
+
+// A bundled column brings the same rows of the dataset's other columns for
+// HRL's training; inline bars bring none.
+func TestDatasetPool(t *testing.T) {
+	t.Parallel()
+	ds, err := readDataset("dataset", eustockDAX(&metacontrollerv1.IndexRange{Start: 100, End: 700}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	series, err := marketdata.Bundled(marketdata.EuStock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]float64{}
+	var others []string
+	for _, s := range series {
+		want[s.Symbol] = s.Closes()[100:700]
+		if s.Symbol != "DAX" {
+			others = append(others, s.Symbol)
+		}
+	}
+	if !slices.Equal(ds.closes, want["DAX"]) || !slices.Equal(ds.poolNames, others) || len(others) != 3 || len(ds.pool) != 3 {
+		t.Fatalf("closes of %d rows, pool %v of %d series", len(ds.closes), ds.poolNames, len(ds.pool))
+	}
+	for i, name := range ds.poolNames {
+		if !slices.Equal(ds.pool[i], want[name]) {
+			t.Errorf("pooled %s: not rows 100-700 of the column", name)
+		}
+	}
+	inline, err := readDataset("dataset", &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_InlineBars{InlineBars: &metacontrollerv1.InlineBars{
+		Symbol: "X", Bars: []*metacontrollerv1.Bar{{Open: 1, High: 1, Low: 1, Close: 1}, {Open: 1, High: 1, Low: 1, Close: 1}},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inline.pool != nil {
+		t.Errorf("inline bars pooled %v", inline.poolNames)
+	}
 }
 
 func TestRunBacktestBaselines(t *testing.T) {
@@ -424,7 +465,6 @@ func TestTrainPolicyInvalid(t *testing.T) {
 		{"bad options", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{NumOptions: proto.Int32(17)}}, "hrl.num_options"},
 		{"nan learning rate", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{LearningRate: proto.Float64(math.NaN())}}, "hrl.learning_rate"},
 		{"long request id", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RequestId: string(make([]byte, 129))}, "request_id"},
-		{"regime model", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RegimeModelId: "m1"}, "regime_model_id"},
 	} {
 		_, err := s.TrainPolicy(ctx, tc.req)
 		t.Run(tc.name, func(t *testing.T) { wantInvalid(t, err, tc.field) })

@@ -48,6 +48,13 @@ func (s *Server) TrainPolicy(ctx context.Context, req *metacontrollerv1.TrainPol
 	if registry == nil {
 		return nil, apierr.Unavailable("ExperimentService", errors.New("not reachable from this process"))
 	}
+	if id := req.GetRegimeModelId(); id != "" {
+		// The stored model must predate the held-out rows the summary
+		// evaluates.
+		if job.regime, err = s.storedRegimeModel(ctx, "regime_model_id", id, job.ds, job.ds.start+job.trainEnd); err != nil {
+			return nil, err
+		}
+	}
 	if id := req.GetRequestId(); id != "" {
 		call := &trainCall{done: make(chan struct{})}
 		if prev, loaded := s.requests.LoadOrStore(id, call); loaded {
@@ -96,6 +103,9 @@ type trainJob struct {
 	experiment, model string
 	alias             string
 	trainEnd          int // rows of ds.closes trained on
+	// regime is the stored regime model of regime_model_id; nil to fit
+	// one on the training rows.
+	regime *backtest.RegimeModel
 }
 
 func (s *Server) validateTraining(req *metacontrollerv1.TrainPolicyRequest) (*trainJob, error) {
@@ -121,9 +131,6 @@ func (s *Server) validateTraining(req *metacontrollerv1.TrainPolicyRequest) (*tr
 		if job.periods < 1 || job.periods > maxPeriods {
 			return nil, apierr.Invalid("periods_per_year", "must be 1 to %d, got %d", maxPeriods, job.periods)
 		}
-	}
-	if req.GetRegimeModelId() != "" {
-		return nil, apierr.Invalid("regime_model_id", "not supported yet: leave it empty and a regime model is fitted on the training window")
 	}
 	if job.cfg, err = hrlConfig("hrl", req.GetHrl(), nil); err != nil {
 		return nil, err
@@ -185,6 +192,12 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		"discount": fmtFloat(cfg.Discount), "termination_regularization": fmtFloat(cfg.TerminationRegularization),
 		"entropy_coefficient": fmtFloat(cfg.EntropyCoefficient), "hidden_units": strconv.Itoa(cfg.HiddenUnits), "seed": strconv.FormatInt(cfg.Seed, 10),
 	}
+	if id := req.GetRegimeModelId(); id != "" {
+		params["regime_model_id"] = id
+	}
+	if len(ds.poolNames) > 0 {
+		params["pooled_columns"] = strings.Join(ds.poolNames, ",")
+	}
 	batch := &experimentv1.LogBatchRequest{RunId: runID}
 	for k, v := range params {
 		batch.Params = append(batch.Params, &experimentv1.Param{Key: k, Value: v})
@@ -192,7 +205,12 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	if _, err := registry.LogBatch(ctx, batch); err != nil {
 		return fail(upstream("log params", err))
 	}
-	prep, err := backtest.Prepare(ctx, ds.closes, job.trainEnd, job.strats, cfg.Seed, backtest.DefaultSmoothing())
+	var prep *backtest.Prepared
+	if job.regime != nil {
+		prep, err = backtest.PrepareWith(ctx, ds.closes, job.regime, job.strats, backtest.DefaultSmoothing())
+	} else {
+		prep, err = backtest.Prepare(ctx, ds.closes, job.trainEnd, job.strats, cfg.Seed, backtest.DefaultSmoothing())
+	}
 	if err != nil {
 		if errors.Is(err, backtest.ErrInvalid) {
 			return fail(apierr.Invalid("dataset", "%v", err))
@@ -201,6 +219,16 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	}
 	rets := strategy.ReturnMatrix(job.strats, ds.closes)
 	states, next := prep.TrainingData(rets, job.trainEnd)
+	// The same training rows of the dataset's other columns, each with
+	// its own regime model: more history, no evaluated row.
+	ps, pn, err := backtest.PooledTrainingData(ctx, backtest.Config{Pool: ds.pool, Strategies: job.strats, Seed: cfg.Seed, Regime: job.regime}, job.trainEnd)
+	if err != nil {
+		if errors.Is(err, backtest.ErrInvalid) {
+			return fail(apierr.Invalid("dataset", "%v", err))
+		}
+		return fail(err)
+	}
+	states, next = append(states, ps...), append(next, pn...)
 	var pending []*experimentv1.Metric
 	flush := func(c context.Context) error {
 		if len(pending) == 0 {
@@ -232,10 +260,14 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		return fail(err)
 	}
 	p.TrainDataset, p.TrainStart, p.TrainEnd = ds.name, ds.start, ds.start+job.trainEnd
+	if len(ds.pool) > 0 {
+		// Trained on these rows of every column.
+		p.TrainDataset = ds.datasetID
+	}
 	summary := &metacontrollerv1.TrainingSummary{
 		Hrl: hrlConfigToProto(cfg), TrainRange: &metacontrollerv1.IndexRange{Start: int64(ds.start), End: int64(ds.start + job.trainEnd)},
 		TestRange:  &metacontrollerv1.IndexRange{Start: int64(ds.start + job.trainEnd), End: int64(ds.start + len(ds.closes))},
-		Strategies: job.names, EpochsCompleted: int32(len(stats)),
+		Strategies: job.names, EpochsCompleted: int32(len(stats)), RegimeModelId: req.GetRegimeModelId(),
 	}
 	for _, st := range stats {
 		summary.EpochObjectives = append(summary.EpochObjectives, st.Objective)
@@ -280,7 +312,7 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	}
 	mv, err := registry.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{
 		ModelName: job.model, Format: hrl.Format, Weights: weights, SourceRunId: runID, Metrics: hrlTest,
-		Tags:        map[string]string{"dataset": ds.name, "train_rows": fmt.Sprintf("%d-%d", p.TrainStart, p.TrainEnd), "strategies": strings.Join(job.names, ",")},
+		Tags:        versionTags(ds.name, p, job.names, req.GetRegimeModelId()),
 		Description: fmt.Sprintf("HRL allocation policy (%d options) trained on %s rows %d-%d (seed %d)", cfg.NumOptions, ds.name, p.TrainStart, p.TrainEnd, cfg.Seed),
 	})
 	if err != nil {
@@ -301,6 +333,15 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	resp.Summary = summary
 	s.log.Info("policy trained", "model", job.model, "version", resp.Model.Version, "run", runID, "promoted", resp.Promoted)
 	return resp, nil
+}
+
+// versionTags are a registered version's tags.
+func versionTags(dataset string, p *hrl.Policy, names []string, regimeModelID string) map[string]string {
+	tags := map[string]string{"dataset": dataset, "train_rows": fmt.Sprintf("%d-%d", p.TrainStart, p.TrainEnd), "strategies": strings.Join(names, ",")}
+	if regimeModelID != "" {
+		tags["regime_model_id"] = regimeModelID
+	}
+	return tags
 }
 
 // firstState is the first row with a regime state.
