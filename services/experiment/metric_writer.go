@@ -304,7 +304,9 @@ const upsertStreams = ` ON CONFLICT (stream_id) DO UPDATE SET last_sequence = ex
 	WHERE excluded.last_sequence > metric_streams.last_sequence`
 
 // write stores rows and the streams' new last sequences in one transaction.
-func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[string]uint64) error {
+func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[string]uint64) (err error) {
+	ctx, end := w.db.StartBatch(ctx, "metrics", len(rows))
+	defer func() { end(err) }()
 	now := time.Now().UnixMilli()
 	latest := latestOf(rows)
 	if w.db.Dialect() == store.Postgres {

@@ -205,6 +205,7 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 			return err
 		}
 	}
+	ctx, end := s.db.StartBatch(ctx, "risk", len(w.stmts))
 	var err error
 	if pool := s.db.Pool(); pool != nil {
 		err = w.sendPG(ctx, pool)
@@ -215,6 +216,7 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 			err = s.db.InTx(ctx, func(tx *sql.Tx) error { return w.sendSQL(ctx, tx, s.stmts) })
 		}
 	}
+	end(err)
 	if err != nil {
 		s.rollbackSeq(first, events)
 		return store.Err("commit risk state", err)
