@@ -58,7 +58,7 @@ func TestDecisionBatchSpan(t *testing.T) {
 				}
 				attrs := map[string]string{}
 				for _, kv := range s.Attributes() {
-					attrs[string(kv.Key)] = kv.Value.Emit()
+					attrs[string(kv.Key)] = kv.Value.String()
 				}
 				if attrs["db.system.name"] != backend.system || s.Parent().SpanID() != handler.SpanContext().SpanID() {
 					t.Errorf("batch span: db.system.name %q, parent %s; want %q under the handler span", attrs["db.system.name"], s.Parent().SpanID(), backend.system)
