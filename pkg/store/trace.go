@@ -32,14 +32,17 @@ func noEnd(error) {}
 // The span is "write <what>", of kind client, with db.system.name
 // (postgresql or sqlite), db.collection.name (what),
 // quantmesh.store.batch.rows and quantmesh.store.mode. It is a child of
-// ctx's span, or starts a trace for background writers. Without
-// Config.TracerProvider StartBatch returns ctx and costs nothing.
-func (db *DB) StartBatch(ctx context.Context, what string, rows int) (context.Context, func(error)) {
+// ctx's span, or starts a trace for background writers; links connect it
+// to the requests whose rows it writes (a background writer's batch mixes
+// several). Without Config.TracerProvider StartBatch returns ctx and costs
+// nothing.
+func (db *DB) StartBatch(ctx context.Context, what string, rows int, links ...trace.Link) (context.Context, func(error)) {
 	if db.tracer == nil {
 		return ctx, noEnd
 	}
 	ctx, span := db.tracer.Start(ctx, "write "+what,
 		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithLinks(links...),
 		trace.WithAttributes(
 			db.system,
 			semconv.DBOperationName("write"),
