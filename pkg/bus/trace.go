@@ -103,7 +103,7 @@ func (b *tracedBus) Publish(ctx context.Context, msgs ...Message) error {
 			semconv.MessagingBatchMessageCount(len(msgs)),
 		))
 	defer span.End()
-	err := b.Bus.Publish(ctx, b.inject(span.SpanContext(), msgs)...)
+	err := b.Bus.Publish(ctx, b.inject(ctx, msgs)...)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -112,8 +112,11 @@ func (b *tracedBus) Publish(ctx context.Context, msgs ...Message) error {
 }
 
 // inject returns msgs with their trace context in Headers (see
-// WithTracing): msgs itself when no message gets one, else a copy.
-func (b *tracedBus) inject(send trace.SpanContext, msgs []Message) []Message {
+// WithTracing): msgs itself when no message gets one, else a copy. ctx
+// holds the send span (and the caller's baggage, which goes with the
+// messages that get the send span's context).
+func (b *tracedBus) inject(ctx context.Context, msgs []Message) []Message {
+	send := trace.SpanContextFromContext(ctx)
 	if !send.IsSampled() && !anySampled(msgs) {
 		return msgs
 	}
@@ -133,7 +136,11 @@ func (b *tracedBus) inject(send trace.SpanContext, msgs []Message) []Message {
 		}
 		if carrier == nil || !sc.Equal(last) {
 			carrier = propagation.MapCarrier{}
-			b.prop.Inject(trace.ContextWithSpanContext(context.Background(), sc), carrier)
+			from := ctx
+			if !sc.Equal(send) {
+				from = trace.ContextWithSpanContext(context.Background(), sc)
+			}
+			b.prop.Inject(from, carrier)
 			last = sc
 		}
 		out[i].SpanContext = sc

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -346,5 +347,34 @@ func BenchmarkPublish(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestTracingCarriesBaggage: with a propagator that writes baggage, the
+// publishing request's baggage goes with the messages it publishes.
+func TestTracingCarriesBaggage(t *testing.T) {
+	t.Parallel()
+	tp, _ := recorder(t, sdktrace.AlwaysSample())
+	b := bus.WithTracing(openInProc(t, 0), bus.Tracing{
+		TracerProvider: tp,
+		Propagator:     propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}),
+		System:         bus.SystemInProc,
+	})
+	member, err := baggage.NewMember("tenant", "desk-7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bag, err := baggage.New(member)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, req := tp.Tracer("test").Start(baggage.ContextWithBaggage(context.Background(), bag), "request")
+	defer req.End()
+	if err := b.Publish(ctx, bus.Message{Topic: "events"}); err != nil {
+		t.Fatal(err)
+	}
+	got := consumeOne(t, b, "g", "events", 1, 0)
+	if h := got[0].msgs[0].Headers; h["baggage"] != "tenant=desk-7" || h["traceparent"] == "" {
+		t.Errorf("delivered headers %v, want traceparent and baggage tenant=desk-7", h)
 	}
 }
