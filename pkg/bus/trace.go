@@ -11,7 +11,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// Values of Tracing.System besides semconv's "kafka".
+// Values of Tracing.System (messaging.system).
 const (
 	// SystemInProc is the messaging.system of the in-process bus.
 	SystemInProc = "quantmesh.inproc"
