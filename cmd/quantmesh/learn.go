@@ -265,7 +265,11 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		defer k.Close()
 		go l.Run(ctx)
-		return l.Consume(ctx, k)
+		// The process-wide providers, as for the learner's meter: no-ops
+		// unless something sets them.
+		return l.Consume(ctx, bus.WithTracing(k, bus.Tracing{
+			TracerProvider: otel.GetTracerProvider(), Propagator: otel.GetTextMapPropagator(), System: bus.SystemKafka,
+		}))
 	}
 	if err := l.Add(outcomes...); err != nil {
 		return err

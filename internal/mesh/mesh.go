@@ -160,6 +160,8 @@ type Mesh struct {
 	log *slog.Logger
 	tel *telemetry.Telemetry
 	DB  *store.DB
+	// Bus is the traced bus (bus.WithTracing); its Unwrap method returns
+	// the in-process or Kafka bus underneath.
 	Bus bus.Bus
 	// Publisher is the bus as services should publish to it: under the bus
 	// resilience policy.
@@ -202,7 +204,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 		}
 	}()
 
-	m.DB, err = store.Open(ctx, cfg.Store)
+	storeCfg := cfg.Store
+	storeCfg.TracerProvider = tel.TracerProvider // a span per batched write
+	m.DB, err = store.Open(ctx, storeCfg)
 	if err != nil {
 		return nil, &StartError{Step: "database", Err: err}
 	}
@@ -224,12 +228,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 		}
 	}
 
+	system := bus.SystemInProc
 	if len(cfg.KafkaBrokers) > 0 {
 		k, err := bus.NewKafka(bus.KafkaConfig{Brokers: cfg.KafkaBrokers, ClientID: "quantmesh", Logger: log})
 		if err != nil {
 			return nil, &StartError{Step: "kafka", Err: err}
 		}
-		m.Bus = k
+		m.Bus, system = k, bus.SystemKafka
 		// The mesh's topics exist before anything publishes or consumes
 		// (existing ones are left as they are).
 		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -241,6 +246,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 	} else {
 		m.Bus = bus.NewInProc(bus.InProcConfig{Logger: log})
 	}
+	// Every publisher and consumer of the mesh goes through the traced bus:
+	// trace context crosses it in message headers.
+	m.Bus = bus.WithTracing(m.Bus, bus.Tracing{TracerProvider: tel.TracerProvider, Propagator: tel.Propagator, System: system})
 	m.closers = append(m.closers, m.Bus.Close)
 	busPolicy, err := m.policy("bus", resilience.BusConfig())
 	if err != nil {

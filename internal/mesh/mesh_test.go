@@ -170,7 +170,11 @@ func TestKafkaBus(t *testing.T) {
 	cfg := meshtest.Config(t, mesh.Experiment)
 	cfg.KafkaBrokers = cluster.ListenAddrs()
 	m, _ := meshtest.Serve(t, cfg)
-	if _, ok := m.Bus.(interface {
+	b := m.Bus
+	if u, ok := b.(interface{ Unwrap() bus.Bus }); ok {
+		b = u.Unwrap()
+	}
+	if _, ok := b.(interface {
 		EnsureTopics(context.Context, []string, int32) error
 	}); !ok {
 		t.Errorf("bus is %T, want the Kafka bus", m.Bus)

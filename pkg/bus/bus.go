@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Topics used by the mesh.
@@ -35,6 +37,11 @@ type Message struct {
 	Value []byte
 	// Headers carry metadata such as trace context.
 	Headers map[string]string
+	// SpanContext is the trace context the message belongs to. It is not
+	// sent as such: a bus made by WithTracing writes it into Headers on
+	// publish (see there) and reads it back on delivery; other buses
+	// ignore it and deliver it unset.
+	SpanContext trace.SpanContext
 
 	// Set on delivery.
 

@@ -28,6 +28,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"modernc.org/sqlite"
 )
 
@@ -60,6 +62,9 @@ type Config struct {
 	Timescale string
 	// ConnectTimeout bounds the first connection; 0 means 5s.
 	ConnectTimeout time.Duration
+	// TracerProvider, when set, records a span for every batched write
+	// (see DB.StartBatch).
+	TracerProvider trace.TracerProvider
 }
 
 // Validate reports the first invalid field.
@@ -97,6 +102,10 @@ type DB struct {
 	timescale  bool
 	display    string
 
+	// Batch write spans (StartBatch); tracer is nil without a provider.
+	tracer trace.Tracer
+	system attribute.KeyValue
+
 	// SQLite only: the connection the background checkpointer uses, and
 	// how to stop it.
 	ckpt     *sql.DB
@@ -114,10 +123,16 @@ func Open(ctx context.Context, cfg Config) (*DB, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
+	open := openSQLite
 	if IsPostgresURL(cfg.URL) {
-		return openPostgres(ctx, cfg)
+		open = openPostgres
 	}
-	return openSQLite(ctx, cfg)
+	db, err := open(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	db.setTracer(cfg.TracerProvider)
+	return db, nil
 }
 
 func openPostgres(ctx context.Context, cfg Config) (*DB, error) {

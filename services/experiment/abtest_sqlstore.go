@@ -379,12 +379,14 @@ func countAction(a experimentv1.TradeAction, buy, hold, sell *int64) {
 }
 
 // RecordABObservations implements ABTestStore.
-func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservation) (int64, error) {
+func (s *SQLStore) RecordABObservations(ctx context.Context, obs []*ABObservation) (_ int64, err error) {
 	if len(obs) == 0 {
 		return 0, nil
 	}
+	ctx, end := s.db.StartBatch(ctx, "ab_observations", len(obs))
+	defer func() { end(err) }()
 	var stored int64
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		stored = 0
 		// Unknown tests are an error for the whole batch: nothing is
 		// written.

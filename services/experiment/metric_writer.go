@@ -12,6 +12,7 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/store"
@@ -48,6 +49,9 @@ type metricWriter struct {
 type pendingAppend struct {
 	StreamMessage
 	done chan AppendResult // buffered: the writer never blocks on it
+	// span is the appending call's span context, which the batch span
+	// links to when it is sampled.
+	span trace.SpanContext
 }
 
 // Writer bounds.
@@ -62,7 +66,10 @@ const (
 	// memory.
 	writerStreamCache = 100_000
 	writerAttempts    = 3
-	writerTimeout     = 30 * time.Second
+	// maxBatchLinks bounds the links of a batch span to the appending
+	// calls (the SDK's default limit).
+	maxBatchLinks = 128
+	writerTimeout = 30 * time.Second
 )
 
 // errWriterClosed is returned for appends after Close.
@@ -89,7 +96,7 @@ func newMetricWriter(st *SQLStore, log *slog.Logger, ins *instruments, queue int
 
 func (w *metricWriter) append(ctx context.Context, m StreamMessage) (<-chan AppendResult, error) {
 	done := make(chan AppendResult, 1)
-	p := &pendingAppend{StreamMessage: m, done: done}
+	p := &pendingAppend{StreamMessage: m, done: done, span: trace.SpanContextFromContext(ctx)}
 	w.closeMu.RLock()
 	defer w.closeMu.RUnlock()
 	if w.closed {
@@ -225,9 +232,15 @@ func (w *metricWriter) commitOnce(group []*pendingAppend) error {
 			streams[p.StreamID] = p.Sequence
 		}
 	}
+	var links []trace.Link
+	for _, p := range accepted {
+		if p.span.IsSampled() && len(links) < maxBatchLinks && (len(links) == 0 || !links[len(links)-1].SpanContext.Equal(p.span)) {
+			links = append(links, trace.Link{SpanContext: p.span})
+		}
+	}
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
-		err = w.write(ctx, rows, streams)
+		err = w.write(ctx, rows, streams, links)
 		if err == nil || !store.IsTransient(err) || attempt == writerAttempts {
 			break
 		}
@@ -304,7 +317,9 @@ const upsertStreams = ` ON CONFLICT (stream_id) DO UPDATE SET last_sequence = ex
 	WHERE excluded.last_sequence > metric_streams.last_sequence`
 
 // write stores rows and the streams' new last sequences in one transaction.
-func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[string]uint64) error {
+func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[string]uint64, links []trace.Link) (err error) {
+	ctx, end := w.db.StartBatch(ctx, "metrics", len(rows), links...)
+	defer func() { end(err) }()
 	now := time.Now().UnixMilli()
 	latest := latestOf(rows)
 	if w.db.Dialect() == store.Postgres {

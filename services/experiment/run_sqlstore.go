@@ -254,6 +254,8 @@ func (s *SQLStore) runKey(ctx context.Context, runID string) (int64, Stage, erro
 // LogBatch implements RunStore.
 func (s *SQLStore) LogBatch(ctx context.Context, runID string, b Batch) (replayed bool, err error) {
 	start := time.Now()
+	ctx, end := s.db.StartBatch(ctx, "logbatch", len(b.Metrics)+len(b.Params)+len(b.Tags))
+	defer func() { end(err) }()
 	if err := s.preparePoints(ctx); err != nil {
 		return false, s.err("log batch", err)
 	}

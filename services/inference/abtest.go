@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -309,7 +310,7 @@ func (f *abFollower) version(ctx context.Context, m *served, version int64) (*lo
 // treatment runs in the shadow, after that run (which completes the pair).
 // The observation's latency is the arm's forward pass, so that control and
 // treatment latencies compare like with like.
-func (s *Server) observeAB(req *inferencev1.PredictRequest, resp *inferencev1.PredictResponse, rt *routing, out *policy.Output, fwd time.Duration) {
+func (s *Server) observeAB(ctx context.Context, req *inferencev1.PredictRequest, resp *inferencev1.PredictResponse, rt *routing, out *policy.Output, fwd time.Duration) {
 	if s.observe == nil {
 		return
 	}
@@ -322,8 +323,8 @@ func (s *Server) observeAB(req *inferencev1.PredictRequest, resp *inferencev1.Pr
 		ModelVersion: resp.GetModelVersion(), Action: tradeAction(out.Action), Confidence: out.Confidence,
 		LatencyMs: millis(fwd), ObserveTime: resp.GetDecisionTime(),
 	}
-	if rt.shadowRun && s.shadow.submit(shadowJob{route: rt.route, features: req.GetFeatures(), obs: obs}) {
+	if rt.shadowRun && s.shadow.submit(shadowJob{route: rt.route, features: req.GetFeatures(), obs: obs, span: trace.SpanContextFromContext(ctx)}) {
 		return
 	}
-	s.observe.RecordObservation(obs)
+	s.observe.RecordObservation(ctx, obs)
 }

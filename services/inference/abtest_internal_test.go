@@ -1,6 +1,7 @@
 package inference
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,7 @@ type memObservations struct {
 	obs []*experimentv1.ABObservation
 }
 
-func (m *memObservations) RecordObservation(o *experimentv1.ABObservation) bool {
+func (m *memObservations) RecordObservation(_ context.Context, o *experimentv1.ABObservation) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.obs = append(m.obs, o)
@@ -63,7 +64,7 @@ func TestShadowOverflowDropsAndNeverBlocks(t *testing.T) {
 		if err := rt.answer.net.Predict([]float64{1, 2, 3, 4}, &out); err != nil {
 			t.Fatal(err)
 		}
-		s.observeAB(&inferencev1.PredictRequest{UnitId: "u", Features: []float64{1, 2, 3, 4}},
+		s.observeAB(context.Background(), &inferencev1.PredictRequest{UnitId: "u", Features: []float64{1, 2, 3, 4}},
 			&inferencev1.PredictResponse{DecisionId: fmt.Sprint(i), ModelVersion: 1}, rt, &out, 0)
 	}
 	if got := r.dropped.Load(); got != extra {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/bus"
@@ -15,7 +16,7 @@ import (
 // ObservationRecorder takes A/B observations off the request path; it
 // must not block.
 type ObservationRecorder interface {
-	RecordObservation(*experimentv1.ABObservation) bool
+	RecordObservation(context.Context, *experimentv1.ABObservation) bool
 }
 
 // shadowQueue is how many treatment runs may wait; beyond it they are
@@ -28,6 +29,8 @@ type shadowJob struct {
 	route    *abRoute
 	features []float64
 	obs      *experimentv1.ABObservation
+	// span is the request's span context, for the observation's trace.
+	span trace.SpanContext
 }
 
 // shadowRunner runs treatments off the request path, on one goroutine
@@ -78,7 +81,7 @@ func (r *shadowRunner) run(ctx context.Context, rec ObservationRecorder) {
 				j.obs.ShadowLatencyMs = millis(took)
 			}
 			if rec != nil {
-				rec.RecordObservation(j.obs)
+				rec.RecordObservation(trace.ContextWithSpanContext(ctx, j.span), j.obs)
 			}
 		}
 	}
@@ -122,9 +125,10 @@ func NewObservationPublisher(pub bus.Publisher, log *slog.Logger, meter metric.M
 }
 
 // RecordObservation queues o; it never blocks. It reports false when o was
-// dropped.
-func (p *ObservationPublisher) RecordObservation(o *experimentv1.ABObservation) bool {
-	return p.q.record(o)
+// dropped. Like DecisionPublisher.Record, it keeps o in the trace of ctx's
+// sampled span.
+func (p *ObservationPublisher) RecordObservation(ctx context.Context, o *experimentv1.ABObservation) bool {
+	return p.q.record(ctx, o)
 }
 
 // Close publishes what is queued (giving up when ctx ends) and stops.

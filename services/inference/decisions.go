@@ -88,10 +88,12 @@ const sqliteDecisionsPerInsert = 100
 // InsertDecisions implements DecisionStore. On PostgreSQL the batch is
 // copied (COPY); a batch that was partly stored before (a redelivery)
 // fails the copy on the key and is inserted again skipping what exists.
-func (s *SQLDecisions) InsertDecisions(ctx context.Context, ds []*inferencev1.Decision, persisted time.Time) (int, error) {
+func (s *SQLDecisions) InsertDecisions(ctx context.Context, ds []*inferencev1.Decision, persisted time.Time) (n int, err error) {
 	if len(ds) == 0 {
 		return 0, nil
 	}
+	ctx, end := s.db.StartBatch(ctx, "decisions", len(ds))
+	defer func() { end(err) }()
 	at := persisted.UnixMicro()
 	if s.db.Dialect() == store.Postgres {
 		err := pgx.BeginFunc(ctx, s.db.Pool(), func(tx pgx.Tx) error {
@@ -109,7 +111,7 @@ func (s *SQLDecisions) InsertDecisions(ctx context.Context, ds []*inferencev1.De
 		// A redelivered batch: insert what is new.
 	}
 	inserted := 0
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		inserted = 0
 		for start := 0; start < len(ds); start += sqliteDecisionsPerInsert {
 			chunk := ds[start:min(start+sqliteDecisionsPerInsert, len(ds))]

@@ -314,12 +314,12 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg
 	}
 	if rt != nil {
 		resp.AbTestId, resp.Arm, resp.Shadow = rt.route.testID, rt.arm, rt.route.mode == inferencev1.ABTestMode_AB_TEST_MODE_SHADOW
-		s.observeAB(req, resp, rt, &out, fwdTook)
+		s.observeAB(ctx, req, resp, rt, &out, fwdTook)
 	}
 	s.ins.predictions.Add(ctx, 1, metric.WithAttributes(attribute.String("model", m.spec.Name), attribute.String("action", out.Action.String())))
 	s.ins.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("model", m.spec.Name)))
 	if s.recorder != nil {
-		s.recorder.Record(&inferencev1.Decision{
+		s.recorder.Record(ctx, &inferencev1.Decision{
 			DecisionId: resp.DecisionId, DecisionTime: resp.DecisionTime, RequestId: req.GetRequestId(), ClientTime: req.GetClientTime(),
 			ModelName: m.spec.Name, ModelVersion: lv.version, Alias: alias, Symbol: req.GetSymbol(), UnitId: req.GetUnitId(),
 			Features: req.GetFeatures(), Action: action, Probabilities: probs, Confidence: out.Confidence, LatencyMs: resp.LatencyMs,

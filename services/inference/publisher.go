@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
@@ -46,8 +47,13 @@ func NewDecisionPublisher(pub bus.Publisher, log *slog.Logger, meter metric.Mete
 }
 
 // Record queues d for publishing; it never blocks. It reports false when
-// d was dropped (queue full or publisher closed).
-func (p *DecisionPublisher) Record(d *inferencev1.Decision) bool { return p.q.record(d) }
+// d was dropped (queue full or publisher closed). When ctx carries a
+// sampled span, the published message carries that span's context
+// (bus.Message.SpanContext), so a traced bus keeps d in the request's
+// trace.
+func (p *DecisionPublisher) Record(ctx context.Context, d *inferencev1.Decision) bool {
+	return p.q.record(ctx, d)
+}
 
 // Close publishes what is queued (giving up when ctx ends) and stops.
 func (p *DecisionPublisher) Close(ctx context.Context) { p.q.close(ctx) }
@@ -67,7 +73,7 @@ type queuedPublisher[T proto.Message] struct {
 	pub   bus.Publisher
 	log   *slog.Logger
 	t     queuedTopic[T]
-	queue chan T
+	queue chan queued[T]
 
 	published, dropped metric.Int64Counter
 
@@ -78,6 +84,14 @@ type queuedPublisher[T proto.Message] struct {
 
 	lastDropLog time.Time // owned by record under dropMu
 	dropMu      sync.Mutex
+}
+
+// queued is a message waiting in the queue, with the context of the span
+// that recorded it when that span is sampled (nil otherwise: an unsampled
+// request costs no allocation).
+type queued[T proto.Message] struct {
+	m    T
+	span *trace.SpanContext
 }
 
 // Publisher sizing.
@@ -91,7 +105,7 @@ func newQueuedPublisher[T proto.Message](pub bus.Publisher, log *slog.Logger, me
 	if meter == nil {
 		meter = noop.NewMeterProvider().Meter("")
 	}
-	p := &queuedPublisher[T]{pub: pub, log: log, t: t, queue: make(chan T, publishQueue), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &queuedPublisher[T]{pub: pub, log: log, t: t, queue: make(chan queued[T], publishQueue), stop: make(chan struct{}), done: make(chan struct{})}
 	var err error
 	if p.published, err = meter.Int64Counter(t.metric+".published",
 		metric.WithDescription(fmt.Sprintf("%s accepted by the bus (topic %s).", capitalise(t.what), t.topic))); err != nil {
@@ -119,12 +133,17 @@ func newQueuedPublisher[T proto.Message](pub bus.Publisher, log *slog.Logger, me
 
 func capitalise(s string) string { return strings.ToUpper(s[:1]) + s[1:] }
 
-func (p *queuedPublisher[T]) record(m T) bool {
+func (p *queuedPublisher[T]) record(ctx context.Context, m T) bool {
+	q := queued[T]{m: m}
+	if sc := trace.SpanContextFromContext(ctx); sc.IsSampled() {
+		q.span = new(trace.SpanContext)
+		*q.span = sc
+	}
 	p.closeMu.RLock()
 	defer p.closeMu.RUnlock()
 	if !p.closed {
 		select {
-		case p.queue <- m:
+		case p.queue <- q:
 			return true
 		default:
 		}
@@ -195,13 +214,17 @@ func (p *queuedPublisher[T]) run() {
 	}
 }
 
-func (p *queuedPublisher[T]) add(batch []bus.Message, m T) []bus.Message {
-	v, err := proto.Marshal(m)
+func (p *queuedPublisher[T]) add(batch []bus.Message, q queued[T]) []bus.Message {
+	v, err := proto.Marshal(q.m)
 	if err != nil {
-		p.log.Error(p.t.what+" not encodable", p.t.id(m), "err", err)
+		p.log.Error(p.t.what+" not encodable", p.t.id(q.m), "err", err)
 		return batch
 	}
-	return append(batch, bus.Message{Topic: p.t.topic, Key: []byte(p.t.key(m)), Value: v})
+	msg := bus.Message{Topic: p.t.topic, Key: []byte(p.t.key(q.m)), Value: v}
+	if q.span != nil {
+		msg.SpanContext = *q.span
+	}
+	return append(batch, msg)
 }
 
 // publish retries until the bus accepts the batch or the publisher is

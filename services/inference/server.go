@@ -66,9 +66,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// Recorder takes decisions off the request path; it must not block.
+// Recorder takes decisions off the request path; it must not block. ctx
+// is the request's, for its trace context.
 type Recorder interface {
-	Record(*inferencev1.Decision) bool
+	Record(context.Context, *inferencev1.Decision) bool
 }
 
 // Deps are what the server talks to.

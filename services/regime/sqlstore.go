@@ -134,10 +134,12 @@ func (s *SQLStore) insertRows(ctx context.Context, tx *sql.Tx, ins insert, rows 
 }
 
 // Commit implements Store.
-func (s *SQLStore) Commit(ctx context.Context, w Write) error {
+func (s *SQLStore) Commit(ctx context.Context, w Write) (err error) {
 	if len(w.Bars) == 0 && len(w.States) == 0 {
 		return nil
 	}
+	ctx, end := s.db.StartBatch(ctx, "regime", len(w.Bars)+len(w.States))
+	defer func() { end(err) }()
 	bars := make([][]any, len(w.Bars))
 	for i, b := range w.Bars {
 		var vol any
@@ -163,7 +165,7 @@ func (s *SQLStore) Commit(ctx context.Context, w Write) error {
 	if err := s.prepare(ctx, map[insert]int{barsInsert: len(bars), statesInsert: len(states), latestInsert: len(latestRows)}); err != nil {
 		return store.Err("commit bars", err)
 	}
-	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if err := s.insertRows(ctx, tx, barsInsert, bars); err != nil {
 			return err
 		}

@@ -107,7 +107,7 @@ func (e *Engine) startCheck(ctx context.Context, o *order, res *checkResult) (fu
 		res.reservation = *r
 		u.reservations = append(u.reservations, *r)
 	}
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	return func() {
 		if err := wait(); err != nil && res.approved {

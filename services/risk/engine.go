@@ -13,6 +13,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"go.opentelemetry.io/otel/trace"
+
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/stream"
@@ -246,11 +248,13 @@ func (e *Engine) ready(ctx context.Context, a *account) error {
 // submits u at once, so the store commits the account's writes in the
 // order they happened, and returns a function that waits for durability
 // and must be called without the lock. If the write fails the account is
-// marked stale: later checks fail closed until its state is reloaded.
-func (e *Engine) commit(a *account, u *unit) func() error {
+// marked stale: later checks fail closed until its state is reloaded. The
+// commit's span links to ctx's span when it is sampled.
+func (e *Engine) commit(ctx context.Context, a *account, u *unit) func() error {
 	if u.empty() {
 		return func() error { return nil }
 	}
+	u.span = trace.SpanContextFromContext(ctx)
 	if a != nil {
 		a.inflight++
 	}

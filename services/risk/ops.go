@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -211,7 +212,7 @@ func (e *Engine) ApplyFill(ctx context.Context, accountID string, f fillInput) (
 	if len(res.breaches) > 0 {
 		u.events = append(u.events, breachEvent(a.id, f.fillID, r.id, res.breaches, now))
 	}
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		return nil, apierr.Unavailable("risk store", err)
@@ -359,7 +360,7 @@ func (e *Engine) ReleaseWithReason(ctx context.Context, accountID, reservationID
 		u.reservations = append(u.reservations, *r)
 	}
 	res.reservation = *r
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		return nil, apierr.Unavailable("risk store", err)
@@ -380,7 +381,7 @@ func (e *Engine) sweep(ctx context.Context) {
 		var u unit
 		e.expire(a, now)
 		a.prune(now, keepRecent)
-		wait := e.commit(a, &u)
+		wait := e.commit(ctx, a, &u)
 		a.mu.Unlock()
 		if err := wait(); err != nil {
 			e.log.Warn("risk reservation expiry not written; will retry", "account", a.id, "error", err)
@@ -429,7 +430,7 @@ func (e *Engine) UpdatePrices(ctx context.Context, in []priceInput) (applied, st
 	now := e.now()
 	// A new trading day starts from yesterday's closing prices: roll every
 	// account before today's first price moves them.
-	e.rollAll(now)
+	e.rollAll(ctx, now)
 	var u unit
 	changed := make(map[string]bool, len(in))
 	e.pricesMu.Lock()
@@ -448,6 +449,7 @@ func (e *Engine) UpdatePrices(ctx context.Context, in []priceInput) (applied, st
 		applied++
 	}
 	e.pricesMu.Unlock()
+	u.span = trace.SpanContextFromContext(ctx)
 	if err := <-e.store.Submit(&u); err != nil {
 		return 0, 0, apierr.Unavailable("risk store", err)
 	}
@@ -457,7 +459,7 @@ func (e *Engine) UpdatePrices(ctx context.Context, in []priceInput) (applied, st
 
 // rollAll starts the new trading day of every account, once per day, with
 // the prices in place before the day's first price update.
-func (e *Engine) rollAll(now time.Time) {
+func (e *Engine) rollAll(ctx context.Context, now time.Time) {
 	day := dayStart(now, e.cfg.Location)
 	e.mu.Lock()
 	if !e.rolled.Before(day) {
@@ -478,7 +480,7 @@ func (e *Engine) rollAll(now time.Time) {
 			u.accounts = append(u.accounts, a.anchors())
 		}
 		e.pricesMu.RUnlock()
-		wait := e.commit(a, &u)
+		wait := e.commit(ctx, a, &u)
 		a.mu.Unlock()
 		if err := wait(); err != nil {
 			e.log.Warn("risk day rollover not written", "account", a.id, "error", err)
@@ -519,7 +521,7 @@ func (e *Engine) tripOnPrices(ctx context.Context, changed map[string]bool, now 
 		case a.highWater != hw:
 			u.accounts = append(u.accounts, a.anchors())
 		}
-		wait := e.commit(a, &u)
+		wait := e.commit(ctx, a, &u)
 		a.mu.Unlock()
 		if err := wait(); err != nil {
 			e.log.Warn("risk kill switch trip not written", "account", a.id, "error", err)
@@ -595,7 +597,7 @@ func (e *Engine) SetLimits(ctx context.Context, in setLimitsInput) (*riskv1.Limi
 			Limits: out, ChangedFields: in.paths, CashBalance: in.cash, Reason: in.reason, Created: created,
 		}},
 	})
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		if created {
@@ -677,7 +679,7 @@ func (e *Engine) setKill(ctx context.Context, in killInput, trip bool) (*riskv1.
 	var u unit
 	u.accounts = append(u.accounts, a.row())
 	u.events = append(u.events, killEvent(eventType, cloneKill(a.kill), now))
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		return nil, false, apierr.Unavailable("risk store", err)
@@ -706,7 +708,7 @@ func (e *Engine) Portfolio(ctx context.Context, accountID string) (*riskv1.Portf
 	}
 	out := a.portfolio(e.prices, now)
 	e.pricesMu.RUnlock()
-	wait := e.commit(a, &u)
+	wait := e.commit(ctx, a, &u)
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		return nil, apierr.Unavailable("risk store", err)

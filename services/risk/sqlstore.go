@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
@@ -60,6 +61,9 @@ func (p *pending) finish(err error) {
 const (
 	maxGroup      = 512
 	commitTimeout = 10 * time.Second
+	// maxCommitLinks bounds the links of a commit's span to the requests
+	// whose units it writes (the SDK's default limit).
+	maxCommitLinks = 128
 )
 
 // errStoreClosed is returned for units submitted after Close.
@@ -205,6 +209,13 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 			return err
 		}
 	}
+	var links []trace.Link
+	for _, p := range batch {
+		if sc := p.u.span; sc.IsSampled() && len(links) < maxCommitLinks && (len(links) == 0 || !links[len(links)-1].SpanContext.Equal(sc)) {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	ctx, end := s.db.StartBatch(ctx, "risk", len(w.stmts), links...)
 	var err error
 	if pool := s.db.Pool(); pool != nil {
 		err = w.sendPG(ctx, pool)
@@ -215,6 +226,7 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 			err = s.db.InTx(ctx, func(tx *sql.Tx) error { return w.sendSQL(ctx, tx, s.stmts) })
 		}
 	}
+	end(err)
 	if err != nil {
 		s.rollbackSeq(first, events)
 		return store.Err("commit risk state", err)

@@ -5,6 +5,8 @@ import (
 	"embed"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/pkg/store"
 )
@@ -68,6 +70,9 @@ type unit struct {
 	fills        []fillRow
 	prices       []priceRow
 	events       []*riskv1.RiskEvent
+	// span is the context of the request that made the change; the
+	// commit's span links to it when it is sampled.
+	span trace.SpanContext
 }
 
 func (u *unit) empty() bool {

@@ -37,9 +37,16 @@ func Config(t testing.TB, services ...string) mesh.Config {
 // test ends, and a failed shutdown fails the test.
 func Start(t testing.TB, cfg mesh.Config) *mesh.Mesh {
 	t.Helper()
+	return StartWith(t, cfg, telemetry.Noop())
+}
+
+// StartWith starts a mesh as Start does, with the given telemetry (for
+// tests that record its spans or scrape its metrics).
+func StartWith(t testing.TB, cfg mesh.Config, tel *telemetry.Telemetry) *mesh.Mesh {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
-	m, err := mesh.Start(ctx, cfg, log, telemetry.Noop())
+	m, err := mesh.Start(ctx, cfg, log, tel)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -59,8 +66,16 @@ func Start(t testing.TB, cfg mesh.Config) *mesh.Mesh {
 // connection to it, closed when the test ends.
 func Serve(t testing.TB, cfg mesh.Config) (*mesh.Mesh, *grpc.ClientConn) {
 	t.Helper()
-	m := Start(t, cfg)
-	conn, err := grpc.NewClient(m.Server.GRPCTarget(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	return ServeWith(t, cfg, telemetry.Noop())
+}
+
+// ServeWith starts a mesh as StartWith does and returns it with a plaintext
+// client connection to it, closed when the test ends.
+func ServeWith(t testing.TB, cfg mesh.Config, tel *telemetry.Telemetry, opts ...grpc.DialOption) (*mesh.Mesh, *grpc.ClientConn) {
+	t.Helper()
+	m := StartWith(t, cfg, tel)
+	opts = append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)
+	conn, err := grpc.NewClient(m.Server.GRPCTarget(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
