@@ -8,10 +8,10 @@ import (
 
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/store/storetest"
 )
 
 func spanAttr(s sdktrace.ReadOnlySpan, key string) string {
@@ -25,14 +25,8 @@ func spanAttr(s sdktrace.ReadOnlySpan, key string) string {
 
 func TestStartBatchSpan(t *testing.T) {
 	t.Parallel()
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	db, tp, rec := storetest.TracedSQLite(t)
 	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{URL: filepath.Join(t.TempDir(), "t.db"), TracerProvider: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
 	if _, err := db.Exec(ctx, `CREATE TABLE t (x INTEGER)`); err != nil {
 		t.Fatal(err)
 	}
@@ -42,7 +36,7 @@ func TestStartBatchSpan(t *testing.T) {
 	if trace.SpanContextFromContext(bctx).SpanID() == parent.SpanContext().SpanID() {
 		t.Fatal("StartBatch returned the parent's context, want the batch span's")
 	}
-	_, err = db.Exec(bctx, `INSERT INTO t VALUES (1), (2), (3)`)
+	_, err := db.Exec(bctx, `INSERT INTO t VALUES (1), (2), (3)`)
 	end(err)
 	_, end = db.StartBatch(pctx, "t", 2)
 	end(errors.New("disk full"))

@@ -2,31 +2,20 @@ package experiment
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 
 	"github.com/google/uuid"
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/store/storetest"
 )
 
 // TestMetricWriteSpan: a batch of the metric writer is one span with its
 // row count, linked to the span of the call that appended the points.
 func TestMetricWriteSpan(t *testing.T) {
 	t.Parallel()
-	rec := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	db, tp, rec := storetest.TracedSQLite(t, Migrations())
 	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{URL: filepath.Join(t.TempDir(), "q.db"), TracerProvider: tp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	if _, err := db.Migrate(ctx, Migrations()); err != nil {
-		t.Fatal(err)
-	}
 	st := NewSQLStore(db)
 	defer st.Close()
 	exp := &Experiment{ID: uuid.Must(uuid.NewV7()).String(), Name: "trace", Stage: StageActive}

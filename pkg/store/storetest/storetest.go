@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/quantmesh/quantmesh/pkg/store"
@@ -46,8 +49,24 @@ func Run(t *testing.T, sets []store.MigrationSet, fn func(t *testing.T, db *stor
 // SQLite opens a migrated SQLite database in t's temporary directory.
 func SQLite(t testing.TB, sets ...store.MigrationSet) *store.DB {
 	t.Helper()
+	return openSQLite(t, store.Config{}, sets)
+}
+
+// TracedSQLite is SQLite with batch spans recorded: it returns the tracer
+// provider the database records with and the recorder that holds its
+// ended spans.
+func TracedSQLite(t testing.TB, sets ...store.MigrationSet) (*store.DB, *sdktrace.TracerProvider, *tracetest.SpanRecorder) {
+	t.Helper()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	return openSQLite(t, store.Config{TracerProvider: tp}, sets), tp, rec
+}
+
+func openSQLite(t testing.TB, cfg store.Config, sets []store.MigrationSet) *store.DB {
+	t.Helper()
 	ctx := context.Background()
-	db, err := store.Open(ctx, store.Config{URL: filepath.Join(t.TempDir(), "test.db")})
+	cfg.URL = filepath.Join(t.TempDir(), "test.db")
+	db, err := store.Open(ctx, cfg)
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}
