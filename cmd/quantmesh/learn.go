@@ -34,6 +34,7 @@ type forgettingFlags struct {
 	ftEpochs int
 	lr       float64
 	seed     int64
+	fisher   string
 }
 
 func (f *forgettingFlags) register(fs *flag.FlagSet) {
@@ -48,6 +49,7 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
 	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1)")
+	fs.StringVar(&f.fisher, "bench-fisher", learner.FisherDiagonal, "forgetting benchmark: the EWC penalty's Fisher estimate, diagonal (the learner's) or kronecker (K-FAC)")
 }
 
 func joinFloats(xs []float64) string {
@@ -93,6 +95,8 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
 	case !(f.lr > 0) || math.IsInf(f.lr, 0):
 		return usagef("invalid --bench-learning-rate %v: must be positive", f.lr)
+	case f.fisher != learner.FisherDiagonal && f.fisher != learner.FisherKronecker:
+		return usagef("invalid --bench-fisher %q: want %s or %s", f.fisher, learner.FisherDiagonal, learner.FisherKronecker)
 	}
 	d := training.DefaultConfig()
 	A, err := learner.LoadRegime(f.regimeA, d.Horizon, d.Threshold, d.HoldOut)
@@ -106,9 +110,9 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 	train, ft := learner.DefaultForgettingTrain()
 	train.Hidden, train.Epochs, train.LearningRate, train.Seed = hidden, f.epochs, f.lr, f.seed
 	ft.Epochs, ft.LearningRate, ft.Seed = f.ftEpochs, f.lr, f.seed+1
-	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %d+%d epochs, λ %s ...\n", f.regimeA, f.regimeB, f.epochs, f.ftEpochs, joinFloats(lambdas))
+	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %d+%d epochs, λ %s, %s Fisher ...\n", f.regimeA, f.regimeB, f.epochs, f.ftEpochs, joinFloats(lambdas), f.fisher)
 	start := time.Now()
-	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas})
+	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher})
 	if err != nil {
 		return err
 	}
@@ -188,7 +192,9 @@ stopped (with the in-process bus, run 'quantmesh up --learn' instead).
 --forgetting-benchmark trains on regime A (bundled data), continues on
 regime B with plain fine-tuning and with EWC at each --lambdas, same seed,
 epochs and learning rate, and prints accuracy and log loss on A before and
-after and on B. It needs no mesh.
+after and on B. --bench-fisher kronecker measures the penalty with a
+Kronecker-factored Fisher instead of the learner's diagonal one. It needs
+no mesh.
 
 Flags:
 `)

@@ -11,6 +11,7 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"two sources", []string{"--replay", "eustock", "--kafka-brokers", "k:9092"}, []string{"one source of outcomes"}},
 		{"bad replay data", []string{"--replay", "/nonexistent.csv"}, []string{"invalid --replay", "no such file"}},
 		{"bad lambdas", []string{"--forgetting-benchmark", "--lambdas", "1,x"}, []string{"invalid --lambdas", `"x" is not a positive number`}},
+		{"bad fisher", []string{"--forgetting-benchmark", "--bench-fisher", "full"}, []string{"invalid --bench-fisher", `"full": want diagonal or kronecker`}},
 		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
 		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
 	})

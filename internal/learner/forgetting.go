@@ -58,7 +58,22 @@ type ForgettingConfig struct {
 	FineTune policy.TrainConfig
 	// Lambdas is the EWC strength sweep.
 	Lambdas []float64
+	// Fisher is the EWC penalty's estimate of the Fisher information:
+	// FisherDiagonal (the default when empty, what the learner uses) or
+	// FisherKronecker.
+	Fisher string
 }
+
+// Fisher estimates of the forgetting benchmark's EWC penalty.
+const (
+	// FisherDiagonal is the diagonal Fisher (policy.ComputeFisher): one
+	// weight per parameter, the learner's penalty.
+	FisherDiagonal = "diagonal"
+	// FisherKronecker is the Kronecker-factored Fisher
+	// (policy.ComputeKroneckerFisher): per layer, the correlations between
+	// the layer's weights too.
+	FisherKronecker = "kronecker"
+)
 
 // DefaultLambdas is the λ sweep of the forgetting benchmark.
 var DefaultLambdas = []float64{1, 3, 10, 30, 100}
@@ -90,6 +105,7 @@ type ForgettingResult struct {
 	A, B        string `json:"-"`
 	RegimeA     string `json:"regime_a"`
 	RegimeB     string `json:"regime_b"`
+	Fisher      string `json:"fisher"`
 	SamplesA    int    `json:"samples_a"`
 	SamplesB    int    `json:"samples_b"`
 	ABefore     Score  `json:"a_before"`
@@ -119,6 +135,12 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	case len(cfg.Lambdas) == 0:
 		return nil, errors.New("forgetting: lambdas: need at least one EWC λ")
 	}
+	if cfg.Fisher == "" {
+		cfg.Fisher = FisherDiagonal
+	}
+	if cfg.Fisher != FisherDiagonal && cfg.Fisher != FisherKronecker {
+		return nil, fmt.Errorf("forgetting: fisher: want %s or %s, got %q", FisherDiagonal, FisherKronecker, cfg.Fisher)
+	}
 	for _, l := range cfg.Lambdas {
 		if !(l > 0) || math.IsInf(l, 0) {
 			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
@@ -128,12 +150,22 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	if err != nil {
 		return nil, fmt.Errorf("forgetting: train on %s: %w", cfg.A.Name, err)
 	}
-	fisher, err := policy.ComputeFisher(base, cfg.A.TrainX)
-	if err != nil {
-		return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+	var ewc func(lambda float64) *policy.EWC
+	if cfg.Fisher == FisherKronecker {
+		k, err := policy.ComputeKroneckerFisher(base, cfg.A.TrainX)
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+		}
+		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Kronecker: k} }
+	} else {
+		f, err := policy.ComputeFisher(base, cfg.A.TrainX)
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+		}
+		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Fisher: f} }
 	}
 	res := &ForgettingResult{
-		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
+		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
 		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
@@ -142,7 +174,7 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		tc := cfg.FineTune
 		tc.Start = base
 		if lambda > 0 {
-			tc.EWC = &policy.EWC{Lambda: lambda, Anchor: base, Fisher: fisher}
+			tc.EWC = ewc(lambda)
 		}
 		n, _, err := policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil)
 		if err != nil {
@@ -251,7 +283,7 @@ func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
 
 // WriteTable prints the benchmark as a text table.
 func (r *ForgettingResult) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d)\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB)
+	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d); EWC with the %s Fisher\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB, r.Fisher)
 	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
 		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
 	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")

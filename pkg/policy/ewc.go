@@ -17,6 +17,10 @@ import (
 // a diagonal Fisher information estimate (ComputeFisher on the data the
 // anchor learned). Parameters that mattered for the old data are held near
 // their old values; the others are free to learn the new data.
+//
+// With Kronecker instead of Fisher the penalty is (λ/2)·ΔθᵀFΔθ with F the
+// block-diagonal Kronecker-factored estimate (ComputeKroneckerFisher), which
+// also weighs the correlated changes of a layer's weights.
 type EWC struct {
 	// Lambda (λ ≥ 0) weighs the penalty against the new data's loss.
 	Lambda float64
@@ -26,6 +30,9 @@ type EWC struct {
 	Anchor *Network
 	// Fisher holds F, for a network of the anchor's shape.
 	Fisher *Fisher
+	// Kronecker, instead of Fisher, holds a Kronecker-factored estimate
+	// for a network of the anchor's shape. Exactly one of the two is set.
+	Kronecker *KroneckerFisher
 }
 
 func (e *EWC) check(start *Network) error {
@@ -34,9 +41,13 @@ func (e *EWC) check(start *Network) error {
 		return fmt.Errorf("%w: EWC lambda must be finite and ≥ 0, got %v", ErrInvalidConfig, e.Lambda)
 	case e.Anchor == nil:
 		return fmt.Errorf("%w: EWC needs an anchor network", ErrInvalidConfig)
-	case e.Fisher == nil:
+	case e.Fisher == nil && e.Kronecker == nil:
 		return fmt.Errorf("%w: EWC needs a Fisher estimate", ErrInvalidConfig)
-	case !e.Fisher.cfg.Equal(e.Anchor.cfg):
+	case e.Fisher != nil && e.Kronecker != nil:
+		return fmt.Errorf("%w: EWC takes one Fisher estimate, diagonal or Kronecker-factored, not both", ErrInvalidConfig)
+	case e.Kronecker != nil && !e.Kronecker.cfg.Equal(e.Anchor.cfg):
+		return fmt.Errorf("%w: EWC Fisher is for %s, the anchor is %s", ErrInvalidConfig, e.Kronecker.cfg, e.Anchor.cfg)
+	case e.Fisher != nil && !e.Fisher.cfg.Equal(e.Anchor.cfg):
 		return fmt.Errorf("%w: EWC Fisher is for %s, the anchor is %s", ErrInvalidConfig, e.Fisher.cfg, e.Anchor.cfg)
 	case start != nil && !start.cfg.Equal(e.Anchor.cfg):
 		return fmt.Errorf("%w: EWC anchor is %s, the network trained is %s", ErrInvalidConfig, e.Anchor.cfg, start.cfg)
@@ -49,6 +60,10 @@ func (e *EWC) check(start *Network) error {
 // penalty adds (λ/2)·Σ F ⊙ (θ − θ*)² over all parameters to g.
 func (e *EWC) penalty(g *G.ExprGraph, theta graphParams) (*G.Node, error) {
 	anchor := addParams(g, e.Anchor.layers, "anchor")
+	if e.Kronecker != nil {
+		return e.Kronecker.penalty(g, e.Lambda, theta, anchor)
+	}
+
 	fisher := addParams(g, e.Fisher.layers, "fisher")
 	th, an, fi := theta.learnables(), anchor.learnables(), fisher.learnables()
 	var total *G.Node
