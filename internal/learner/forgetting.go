@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
@@ -59,9 +60,14 @@ type ForgettingConfig struct {
 	// Lambdas is the EWC strength sweep.
 	Lambdas []float64
 	// Fisher is the EWC penalty's estimate of the Fisher information:
-	// FisherDiagonal (the default when empty, what the learner uses) or
-	// FisherKronecker.
+	// FisherDiagonal (the default when empty, what the learner uses),
+	// FisherEmpirical or FisherKronecker.
 	Fisher string
+	// Joint adds a reference that is not continual learning: the A-trained
+	// network continued on A's and B's training parts together, with
+	// FineTune's settings (so more steps: the epochs cover both). It shows
+	// whether the network has room for both regimes.
+	Joint bool
 }
 
 // Fisher estimates of the forgetting benchmark's EWC penalty.
@@ -69,11 +75,18 @@ const (
 	// FisherDiagonal is the diagonal Fisher (policy.ComputeFisher): one
 	// weight per parameter, the learner's penalty.
 	FisherDiagonal = "diagonal"
+	// FisherEmpirical is the empirical diagonal Fisher
+	// (policy.ComputeEmpiricalFisher): squared gradients at A's labels
+	// instead of the expectation over the network's own predictions.
+	FisherEmpirical = "empirical"
 	// FisherKronecker is the Kronecker-factored Fisher
 	// (policy.ComputeKroneckerFisher): per layer, the correlations between
 	// the layer's weights too.
 	FisherKronecker = "kronecker"
 )
+
+// FisherEstimates lists the estimates ForgettingConfig.Fisher takes.
+var FisherEstimates = []string{FisherDiagonal, FisherEmpirical, FisherKronecker}
 
 // DefaultLambdas is the λ sweep of the forgetting benchmark.
 var DefaultLambdas = []float64{1, 3, 10, 30, 100}
@@ -117,6 +130,15 @@ type ForgettingResult struct {
 	// Best is the EWC run with the largest DropCut among those with
 	// BRatio ≥ 0.9 (nil when none reaches it).
 	Best *ForgettingRun `json:"best,omitempty"`
+	// Joint is the reference of ForgettingConfig.Joint: accuracy on A's and
+	// B's training parts after continuing on both together.
+	Joint *JointScore `json:"joint,omitempty"`
+}
+
+// JointScore is the joint-training reference of the forgetting benchmark.
+type JointScore struct {
+	A Score `json:"a"`
+	B Score `json:"b"`
 }
 
 // Goals of issue 10.
@@ -138,8 +160,8 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	if cfg.Fisher == "" {
 		cfg.Fisher = FisherDiagonal
 	}
-	if cfg.Fisher != FisherDiagonal && cfg.Fisher != FisherKronecker {
-		return nil, fmt.Errorf("forgetting: fisher: want %s or %s, got %q", FisherDiagonal, FisherKronecker, cfg.Fisher)
+	if !slices.Contains(FisherEstimates, cfg.Fisher) {
+		return nil, fmt.Errorf("forgetting: fisher: want one of %s, got %q", strings.Join(FisherEstimates, ", "), cfg.Fisher)
 	}
 	for _, l := range cfg.Lambdas {
 		if !(l > 0) || math.IsInf(l, 0) {
@@ -159,6 +181,9 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Kronecker: k} }
 	} else {
 		f, err := policy.ComputeFisher(base, cfg.A.TrainX)
+		if cfg.Fisher == FisherEmpirical {
+			f, err = policy.ComputeEmpiricalFisher(base, cfg.A.TrainX, cfg.A.TrainY)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
 		}
@@ -208,6 +233,17 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		}
 		r.MeetsGoals = res.Plain.Drop > 0 && r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio
 		res.EWC = append(res.EWC, r)
+	}
+	if cfg.Joint {
+		tc := cfg.FineTune
+		tc.Start = base
+		X := append(slices.Clone(cfg.A.TrainX), cfg.B.TrainX...)
+		y := append(slices.Clone(cfg.A.TrainY), cfg.B.TrainY...)
+		n, _, err := policy.Train(ctx, tc, X, y, nil)
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: continue on %s and %s together: %w", cfg.A.Name, cfg.B.Name, err)
+		}
+		res.Joint = &JointScore{A: score(n, cfg.A.TrainX, cfg.A.TrainY), B: score(n, cfg.B.TrainX, cfg.B.TrainY)}
 	}
 	for i := range res.EWC {
 		r := &res.EWC[i]
@@ -305,6 +341,9 @@ func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "A, B: the regimes' training parts (what the network learned); A', B': their held-out parts.\n")
 	fmt.Fprintf(w, "A drop%%: the drop relative to A's accuracy before (the degradation).\n")
 	fmt.Fprintf(w, "goals: drop cut ≥ %.0f%% and B accuracy ≥ %.0f%% of plain fine-tuning's.\n", 100*GoalDropCut, 100*GoalBRatio)
+	if r.Joint != nil {
+		fmt.Fprintf(w, "reference, not continual: continued on A and B together, accuracy on A %.3f, on B %.3f\n", r.Joint.A.Accuracy, r.Joint.B.Accuracy)
+	}
 	if r.Best != nil {
 		fmt.Fprintf(w, "best λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%%\n", 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut)
 	} else {

@@ -113,17 +113,50 @@ type Fisher struct {
 // wrong). Gradients come from back-propagation in plain Go, one sample at a
 // time.
 func ComputeFisher(n *Network, X [][]float64) (*Fisher, error) {
+	return diagonalFisher(n, X, nil)
+}
+
+// ComputeEmpiricalFisher is the empirical diagonal Fisher on the labelled
+// samples (X, y): the mean over samples of (∂ log p(y|x) / ∂θᵢ)², the
+// squared gradient at the given label only. It is the common cheaper
+// variant of ComputeFisher, kept for comparison (the forgetting
+// benchmark's --bench-fisher empirical).
+func ComputeEmpiricalFisher(n *Network, X [][]float64, y []Action) (*Fisher, error) {
+	if y == nil {
+		return nil, fmt.Errorf("%w: no labels", ErrInvalidInput)
+	}
+	return diagonalFisher(n, X, y)
+}
+
+// diagonalFisher is ComputeFisher (y nil) or ComputeEmpiricalFisher.
+func diagonalFisher(n *Network, X [][]float64, y []Action) (*Fisher, error) {
 	if n == nil {
 		return nil, fmt.Errorf("%w: nil network", ErrInvalidInput)
 	}
-	if err := CheckData(n.Inputs(), X, nil); err != nil {
+	if err := CheckData(n.Inputs(), X, y); err != nil {
 		return nil, err
 	}
 	f := &Fisher{cfg: n.Config(), layers: emptyLayers(n.cfg), samples: len(X)}
 	bp := newBackprop(n)
+	add := func(p float64) {
+		for li := range f.layers {
+			acc, g := &f.layers[li], &bp.grad[li]
+			for i, v := range g.w {
+				acc.w[i] += p * v * v
+			}
+			for i, v := range g.b {
+				acc.b[i] += p * v * v
+			}
+		}
+	}
 	for r, x := range X {
 		if err := bp.forward(x); err != nil {
 			return nil, fmt.Errorf("sample %d: %w", r, err)
+		}
+		if y != nil {
+			bp.gradLogProb(y[r])
+			add(1)
+			continue
 		}
 		for a := range NumActions {
 			p := bp.out.Probs[a]
@@ -131,15 +164,7 @@ func ComputeFisher(n *Network, X [][]float64) (*Fisher, error) {
 				continue
 			}
 			bp.gradLogProb(Action(a))
-			for li := range f.layers {
-				acc, g := &f.layers[li], &bp.grad[li]
-				for i, v := range g.w {
-					acc.w[i] += p * v * v
-				}
-				for i, v := range g.b {
-					acc.b[i] += p * v * v
-				}
-			}
+			add(p)
 		}
 	}
 	inv := 1 / float64(len(X))

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -142,14 +143,21 @@ func TestFisherSoftmaxRegression(t *testing.T) {
 	t.Parallel()
 	n := randomNetwork(t, Config{Inputs: 2}, 4)
 	X := [][]float64{{0.5, -1}, {2, 3}, {-1.5, 0.25}}
+	y := []Action{ActionSell, ActionBuy, ActionSell}
 	f, err := ComputeFisher(n, X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emp, err := ComputeEmpiricalFisher(n, X, y)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mean, std := n.Normalization()
 	l := n.layers[0]
 	want := make([]float64, l.out*l.in+l.out) // the weights format: W row-major (out×in), then b
-	for _, x := range X {
+	// The empirical Fisher: (1[y=j] − p_j)² in place of p_j(1 − p_j).
+	wantEmp := make([]float64, len(want))
+	for r, x := range X {
 		xt := make([]float64, len(x))
 		for k := range x {
 			xt[k] = (x[k] - mean[k]) / std[k]
@@ -169,10 +177,16 @@ func TestFisherSoftmaxRegression(t *testing.T) {
 		}
 		for j := range NumActions {
 			p := math.Exp(z[j]-maxZ) / sum
+			e := -p
+			if Action(j) == y[r] {
+				e++
+			}
 			for k := range xt {
 				want[j*l.in+k] += p * (1 - p) * xt[k] * xt[k] / float64(len(X))
+				wantEmp[j*l.in+k] += e * e * xt[k] * xt[k] / float64(len(X))
 			}
 			want[l.out*l.in+j] += p * (1 - p) / float64(len(X))
+			wantEmp[l.out*l.in+j] += e * e / float64(len(X))
 		}
 	}
 	got := f.Values()
@@ -183,5 +197,13 @@ func TestFisherSoftmaxRegression(t *testing.T) {
 		if math.Abs(got[i]-want[i]) > 1e-12*max(1, want[i]) {
 			t.Errorf("Fisher value %d: %.15g, want the closed form %.15g", i, got[i], want[i])
 		}
+	}
+	for i, v := range emp.Values() {
+		if math.Abs(v-wantEmp[i]) > 1e-12*max(1, wantEmp[i]) {
+			t.Errorf("empirical Fisher value %d: %.15g, want the closed form %.15g", i, v, wantEmp[i])
+		}
+	}
+	if _, err := ComputeEmpiricalFisher(n, X, nil); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("ComputeEmpiricalFisher without labels: error %v, want ErrInvalidInput", err)
 	}
 }

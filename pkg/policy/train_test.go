@@ -216,7 +216,9 @@ func TestTrainBadInput(t *testing.T) {
 		{"EWC fisher", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start} }, X, y, ErrInvalidConfig, "EWC needs a Fisher estimate"},
 		{"EWC shapes", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start, Fisher: fisherOther} }, X, y, ErrInvalidConfig, "EWC Fisher is for 3-5-3 tanh, the anchor is 3-4-3 tanh"},
 		{"EWC Kronecker shapes", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start, Kronecker: kronOther} }, X, y, ErrInvalidConfig, "EWC Fisher is for 3-5-3 tanh, the anchor is 3-4-3 tanh"},
-		{"EWC two estimates", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start, Fisher: fisherStart, Kronecker: kronStart} }, X, y, ErrInvalidConfig, "EWC takes one Fisher estimate"},
+		{"EWC two estimates", func(c *TrainConfig) {
+			c.EWC = &EWC{Lambda: 1, Anchor: start, Fisher: fisherStart, Kronecker: kronStart}
+		}, X, y, ErrInvalidConfig, "EWC takes one Fisher estimate"},
 		{"EWC anchor shape", func(c *TrainConfig) {
 			c.Start = start
 			c.EWC = &EWC{Lambda: 1, Anchor: other, Fisher: fisherOther}
