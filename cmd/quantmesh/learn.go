@@ -40,6 +40,7 @@ type forgettingFlags struct {
 	ftLR     float64
 	ftOpt    string
 	joint    bool
+	act      string
 }
 
 func (f *forgettingFlags) register(fs *flag.FlagSet) {
@@ -50,6 +51,7 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.regimeB, "regime-b", learner.RegimeStock, "forgetting benchmark: regime B (as --regime-a)")
 	fs.StringVar(&f.lambdas, "lambdas", joinFloats(learner.DefaultLambdas), "forgetting benchmark: EWC λ values to sweep, comma-separated")
 	fs.StringVar(&f.hidden, "bench-hidden", "64,32", "forgetting benchmark: hidden layer widths")
+	fs.StringVar(&f.act, "bench-activation", train.Activation, "forgetting benchmark: activation of the hidden layers, tanh (the serving network's) or relu")
 	fs.IntVar(&f.epochs, "bench-epochs", train.Epochs, "forgetting benchmark: epochs on regime A")
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
@@ -107,6 +109,8 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-fisher %q: want one of %s", f.fisher, strings.Join(learner.FisherEstimates, ", "))
 	case !(f.ftLR >= 0) || math.IsInf(f.ftLR, 0):
 		return usagef("invalid --bench-fine-tune-learning-rate %v: must be positive (or 0 for --bench-learning-rate)", f.ftLR)
+	case f.act != policy.ActivationTanh && f.act != policy.ActivationReLU:
+		return usagef("invalid --bench-activation %q: want %s or %s", f.act, policy.ActivationTanh, policy.ActivationReLU)
 	case f.ftOpt != policy.OptimizerAdam && f.ftOpt != policy.OptimizerMomentum:
 		return usagef("invalid --bench-fine-tune-optimizer %q: want %s or %s", f.ftOpt, policy.OptimizerAdam, policy.OptimizerMomentum)
 	}
@@ -120,13 +124,13 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --regime-b: %v", err)
 	}
 	train, ft := learner.DefaultForgettingTrain()
-	train.Hidden, train.Epochs, train.LearningRate, train.Seed = hidden, f.epochs, f.lr, f.seed
+	train.Hidden, train.Activation, train.Epochs, train.LearningRate, train.Seed = hidden, f.act, f.epochs, f.lr, f.seed
 	ft.Epochs, ft.LearningRate, ft.Seed, ft.Optimizer = f.ftEpochs, f.lr, f.seed+1, f.ftOpt
 	if f.ftLR > 0 {
 		ft.LearningRate = f.ftLR
 	}
-	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %d+%d epochs, learning rate %g then %s %g, λ %s, %s Fisher ...\n",
-		f.regimeA, f.regimeB, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, joinFloats(lambdas), f.fisher)
+	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %s %s, %d+%d epochs, learning rate %g then %s %g, λ %s, %s Fisher ...\n",
+		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, joinFloats(lambdas), f.fisher)
 	start := time.Now()
 	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint})
 	if err != nil {
