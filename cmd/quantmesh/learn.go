@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/bus"
+	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
 // forgettingFlags are the settings of `quantmesh learn --forgetting-benchmark`.
@@ -34,6 +36,11 @@ type forgettingFlags struct {
 	ftEpochs int
 	lr       float64
 	seed     int64
+	fisher   string
+	ftLR     float64
+	ftOpt    string
+	joint    bool
+	act      string
 }
 
 func (f *forgettingFlags) register(fs *flag.FlagSet) {
@@ -44,10 +51,15 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.regimeB, "regime-b", learner.RegimeStock, "forgetting benchmark: regime B (as --regime-a)")
 	fs.StringVar(&f.lambdas, "lambdas", joinFloats(learner.DefaultLambdas), "forgetting benchmark: EWC λ values to sweep, comma-separated")
 	fs.StringVar(&f.hidden, "bench-hidden", "64,32", "forgetting benchmark: hidden layer widths")
+	fs.StringVar(&f.act, "bench-activation", train.Activation, "forgetting benchmark: activation of the hidden layers, tanh (the serving network's) or relu")
 	fs.IntVar(&f.epochs, "bench-epochs", train.Epochs, "forgetting benchmark: epochs on regime A")
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
 	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1)")
+	fs.StringVar(&f.fisher, "bench-fisher", learner.FisherDiagonal, "forgetting benchmark: the EWC penalty's Fisher estimate: diagonal (the learner's), empirical (diagonal, at the labels) or kronecker (K-FAC)")
+	fs.Float64Var(&f.ftLR, "bench-fine-tune-learning-rate", 0, "forgetting benchmark: learning rate on regime B (0: --bench-learning-rate)")
+	fs.StringVar(&f.ftOpt, "bench-fine-tune-optimizer", policy.OptimizerAdam, "forgetting benchmark: optimizer on regime B, adam or momentum (SGD with momentum 0.9)")
+	fs.BoolVar(&f.joint, "bench-joint", false, "forgetting benchmark: also continue on A and B together, a reference that is not continual learning")
 }
 
 func joinFloats(xs []float64) string {
@@ -93,6 +105,14 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
 	case !(f.lr > 0) || math.IsInf(f.lr, 0):
 		return usagef("invalid --bench-learning-rate %v: must be positive", f.lr)
+	case !slices.Contains(learner.FisherEstimates, f.fisher):
+		return usagef("invalid --bench-fisher %q: want one of %s", f.fisher, strings.Join(learner.FisherEstimates, ", "))
+	case !(f.ftLR >= 0) || math.IsInf(f.ftLR, 0):
+		return usagef("invalid --bench-fine-tune-learning-rate %v: must be positive (or 0 for --bench-learning-rate)", f.ftLR)
+	case f.act != policy.ActivationTanh && f.act != policy.ActivationReLU:
+		return usagef("invalid --bench-activation %q: want %s or %s", f.act, policy.ActivationTanh, policy.ActivationReLU)
+	case f.ftOpt != policy.OptimizerAdam && f.ftOpt != policy.OptimizerMomentum:
+		return usagef("invalid --bench-fine-tune-optimizer %q: want %s or %s", f.ftOpt, policy.OptimizerAdam, policy.OptimizerMomentum)
 	}
 	d := training.DefaultConfig()
 	A, err := learner.LoadRegime(f.regimeA, d.Horizon, d.Threshold, d.HoldOut)
@@ -104,11 +124,15 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --regime-b: %v", err)
 	}
 	train, ft := learner.DefaultForgettingTrain()
-	train.Hidden, train.Epochs, train.LearningRate, train.Seed = hidden, f.epochs, f.lr, f.seed
-	ft.Epochs, ft.LearningRate, ft.Seed = f.ftEpochs, f.lr, f.seed+1
-	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %d+%d epochs, λ %s ...\n", f.regimeA, f.regimeB, f.epochs, f.ftEpochs, joinFloats(lambdas))
+	train.Hidden, train.Activation, train.Epochs, train.LearningRate, train.Seed = hidden, f.act, f.epochs, f.lr, f.seed
+	ft.Epochs, ft.LearningRate, ft.Seed, ft.Optimizer = f.ftEpochs, f.lr, f.seed+1, f.ftOpt
+	if f.ftLR > 0 {
+		ft.LearningRate = f.ftLR
+	}
+	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %s %s, %d+%d epochs, learning rate %g then %s %g, λ %s, %s Fisher ...\n",
+		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, joinFloats(lambdas), f.fisher)
 	start := time.Now()
-	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas})
+	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint})
 	if err != nil {
 		return err
 	}
@@ -188,7 +212,9 @@ stopped (with the in-process bus, run 'quantmesh up --learn' instead).
 --forgetting-benchmark trains on regime A (bundled data), continues on
 regime B with plain fine-tuning and with EWC at each --lambdas, same seed,
 epochs and learning rate, and prints accuracy and log loss on A before and
-after and on B. It needs no mesh.
+after and on B. --bench-fisher measures the penalty with another Fisher
+estimate than the learner's diagonal one; --bench-joint adds continuing on
+A and B together as a reference. It needs no mesh.
 
 Flags:
 `)

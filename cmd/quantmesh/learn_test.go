@@ -11,6 +11,10 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"two sources", []string{"--replay", "eustock", "--kafka-brokers", "k:9092"}, []string{"one source of outcomes"}},
 		{"bad replay data", []string{"--replay", "/nonexistent.csv"}, []string{"invalid --replay", "no such file"}},
 		{"bad lambdas", []string{"--forgetting-benchmark", "--lambdas", "1,x"}, []string{"invalid --lambdas", `"x" is not a positive number`}},
+		{"bad fisher", []string{"--forgetting-benchmark", "--bench-fisher", "full"}, []string{"invalid --bench-fisher", `"full": want one of diagonal, empirical, kronecker`}},
+		{"bad activation", []string{"--forgetting-benchmark", "--bench-activation", "gelu"}, []string{"invalid --bench-activation", `"gelu": want tanh or relu`}},
+		{"bad fine-tune optimizer", []string{"--forgetting-benchmark", "--bench-fine-tune-optimizer", "sgd"}, []string{"invalid --bench-fine-tune-optimizer", `"sgd": want adam or momentum`}},
+		{"bad fine-tune learning rate", []string{"--forgetting-benchmark", "--bench-fine-tune-learning-rate", "-1"}, []string{"invalid --bench-fine-tune-learning-rate -1"}},
 		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
 		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
 	})

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strings"
 
 	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
@@ -58,7 +59,34 @@ type ForgettingConfig struct {
 	FineTune policy.TrainConfig
 	// Lambdas is the EWC strength sweep.
 	Lambdas []float64
+	// Fisher is the EWC penalty's estimate of the Fisher information:
+	// FisherDiagonal (the default when empty, what the learner uses),
+	// FisherEmpirical or FisherKronecker.
+	Fisher string
+	// Joint adds a reference that is not continual learning: the A-trained
+	// network continued on A's and B's training parts together, with
+	// FineTune's settings (so more steps: the epochs cover both). It shows
+	// whether the network has room for both regimes.
+	Joint bool
 }
+
+// Fisher estimates of the forgetting benchmark's EWC penalty.
+const (
+	// FisherDiagonal is the diagonal Fisher (policy.ComputeFisher): one
+	// weight per parameter, the learner's penalty.
+	FisherDiagonal = "diagonal"
+	// FisherEmpirical is the empirical diagonal Fisher
+	// (policy.ComputeEmpiricalFisher): squared gradients at A's labels
+	// instead of the expectation over the network's own predictions.
+	FisherEmpirical = "empirical"
+	// FisherKronecker is the Kronecker-factored Fisher
+	// (policy.ComputeKroneckerFisher): per layer, the correlations between
+	// the layer's weights too.
+	FisherKronecker = "kronecker"
+)
+
+// FisherEstimates lists the estimates ForgettingConfig.Fisher takes.
+var FisherEstimates = []string{FisherDiagonal, FisherEmpirical, FisherKronecker}
 
 // DefaultLambdas is the λ sweep of the forgetting benchmark.
 var DefaultLambdas = []float64{1, 3, 10, 30, 100}
@@ -90,6 +118,7 @@ type ForgettingResult struct {
 	A, B        string `json:"-"`
 	RegimeA     string `json:"regime_a"`
 	RegimeB     string `json:"regime_b"`
+	Fisher      string `json:"fisher"`
 	SamplesA    int    `json:"samples_a"`
 	SamplesB    int    `json:"samples_b"`
 	ABefore     Score  `json:"a_before"`
@@ -101,6 +130,15 @@ type ForgettingResult struct {
 	// Best is the EWC run with the largest DropCut among those with
 	// BRatio ≥ 0.9 (nil when none reaches it).
 	Best *ForgettingRun `json:"best,omitempty"`
+	// Joint is the reference of ForgettingConfig.Joint: accuracy on A's and
+	// B's training parts after continuing on both together.
+	Joint *JointScore `json:"joint,omitempty"`
+}
+
+// JointScore is the joint-training reference of the forgetting benchmark.
+type JointScore struct {
+	A Score `json:"a"`
+	B Score `json:"b"`
 }
 
 // Goals of issue 10.
@@ -119,6 +157,12 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	case len(cfg.Lambdas) == 0:
 		return nil, errors.New("forgetting: lambdas: need at least one EWC λ")
 	}
+	if cfg.Fisher == "" {
+		cfg.Fisher = FisherDiagonal
+	}
+	if !slices.Contains(FisherEstimates, cfg.Fisher) {
+		return nil, fmt.Errorf("forgetting: fisher: want one of %s, got %q", strings.Join(FisherEstimates, ", "), cfg.Fisher)
+	}
 	for _, l := range cfg.Lambdas {
 		if !(l > 0) || math.IsInf(l, 0) {
 			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
@@ -128,12 +172,25 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	if err != nil {
 		return nil, fmt.Errorf("forgetting: train on %s: %w", cfg.A.Name, err)
 	}
-	fisher, err := policy.ComputeFisher(base, cfg.A.TrainX)
-	if err != nil {
-		return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+	var ewc func(lambda float64) *policy.EWC
+	if cfg.Fisher == FisherKronecker {
+		k, err := policy.ComputeKroneckerFisher(base, cfg.A.TrainX)
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+		}
+		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Kronecker: k} }
+	} else {
+		f, err := policy.ComputeFisher(base, cfg.A.TrainX)
+		if cfg.Fisher == FisherEmpirical {
+			f, err = policy.ComputeEmpiricalFisher(base, cfg.A.TrainX, cfg.A.TrainY)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
+		}
+		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Fisher: f} }
 	}
 	res := &ForgettingResult{
-		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
+		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
 		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
@@ -142,7 +199,7 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		tc := cfg.FineTune
 		tc.Start = base
 		if lambda > 0 {
-			tc.EWC = &policy.EWC{Lambda: lambda, Anchor: base, Fisher: fisher}
+			tc.EWC = ewc(lambda)
 		}
 		n, _, err := policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil)
 		if err != nil {
@@ -176,6 +233,17 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		}
 		r.MeetsGoals = res.Plain.Drop > 0 && r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio
 		res.EWC = append(res.EWC, r)
+	}
+	if cfg.Joint {
+		tc := cfg.FineTune
+		tc.Start = base
+		X := append(slices.Clone(cfg.A.TrainX), cfg.B.TrainX...)
+		y := append(slices.Clone(cfg.A.TrainY), cfg.B.TrainY...)
+		n, _, err := policy.Train(ctx, tc, X, y, nil)
+		if err != nil {
+			return nil, fmt.Errorf("forgetting: continue on %s and %s together: %w", cfg.A.Name, cfg.B.Name, err)
+		}
+		res.Joint = &JointScore{A: score(n, cfg.A.TrainX, cfg.A.TrainY), B: score(n, cfg.B.TrainX, cfg.B.TrainY)}
 	}
 	for i := range res.EWC {
 		r := &res.EWC[i]
@@ -251,7 +319,7 @@ func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
 
 // WriteTable prints the benchmark as a text table.
 func (r *ForgettingResult) WriteTable(w io.Writer) {
-	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d)\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB)
+	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d); EWC with the %s Fisher\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB, r.Fisher)
 	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
 		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
 	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
@@ -273,6 +341,9 @@ func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "A, B: the regimes' training parts (what the network learned); A', B': their held-out parts.\n")
 	fmt.Fprintf(w, "A drop%%: the drop relative to A's accuracy before (the degradation).\n")
 	fmt.Fprintf(w, "goals: drop cut ≥ %.0f%% and B accuracy ≥ %.0f%% of plain fine-tuning's.\n", 100*GoalDropCut, 100*GoalBRatio)
+	if r.Joint != nil {
+		fmt.Fprintf(w, "reference, not continual: continued on A and B together, accuracy on A %.3f, on B %.3f\n", r.Joint.A.Accuracy, r.Joint.B.Accuracy)
+	}
 	if r.Best != nil {
 		fmt.Fprintf(w, "best λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%%\n", 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut)
 	} else {

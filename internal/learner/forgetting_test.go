@@ -16,6 +16,15 @@ import (
 // --forgetting-benchmark`; its numbers are in the README.
 func TestForgetting(t *testing.T) {
 	t.Parallel()
+	for _, fisher := range FisherEstimates {
+		t.Run(fisher, func(t *testing.T) {
+			t.Parallel()
+			testForgetting(t, fisher)
+		})
+	}
+}
+
+func testForgetting(t *testing.T, fisher string) {
 	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
 	if err != nil {
 		t.Fatal(err)
@@ -26,7 +35,7 @@ func TestForgetting(t *testing.T) {
 	}
 	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{16}}, Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 1}
 	ft := policy.TrainConfig{Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 2}
-	res, err := Forgetting(context.Background(), ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{3, 100}})
+	res, err := Forgetting(context.Background(), ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{3, 100}, Fisher: fisher, Joint: fisher == FisherKronecker})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +52,12 @@ func TestForgetting(t *testing.T) {
 	if !(weak.Drop < res.Plain.Drop && strong.Drop < weak.Drop) {
 		t.Errorf("drop on A: plain %.3f, λ=3 %.3f, λ=100 %.3f; want EWC to forget less, more so the larger λ", res.Plain.Drop, weak.Drop, strong.Drop)
 	}
-	if !strings.Contains(buf.String(), "ewc λ=100") {
+	if j := res.Joint; (fisher == FisherKronecker) != (j != nil) {
+		t.Errorf("joint reference %+v with Joint %v", j, fisher == FisherKronecker)
+	} else if j != nil && (j.B.Accuracy <= res.BBefore.Accuracy || !strings.Contains(buf.String(), "continued on A and B together")) {
+		t.Errorf("joint training did not learn B (%.3f, before %.3f) or is not in the table", j.B.Accuracy, res.BBefore.Accuracy)
+	}
+	if !strings.Contains(buf.String(), "ewc λ=100") || !strings.Contains(buf.String(), "EWC with the "+fisher+" Fisher") {
 		t.Errorf("table lacks the λ=100 row:\n%s", buf.String())
 	}
 }
@@ -59,6 +73,7 @@ func TestForgettingBadInput(t *testing.T) {
 		{ForgettingConfig{A: A, B: &Regime{}, Lambdas: []float64{1}}, "regime B has no samples"},
 		{ForgettingConfig{A: A, B: A}, "lambdas: need at least one"},
 		{ForgettingConfig{A: A, B: A, Lambdas: []float64{-1}}, "lambdas: each λ must be finite and > 0, got -1"},
+		{ForgettingConfig{A: A, B: A, Lambdas: []float64{1}, Fisher: "full"}, `fisher: want one of diagonal, empirical, kronecker, got "full"`},
 	} {
 		if _, err := Forgetting(context.Background(), tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("error %v, want %q", err, tc.want)

@@ -17,6 +17,10 @@ import (
 // a diagonal Fisher information estimate (ComputeFisher on the data the
 // anchor learned). Parameters that mattered for the old data are held near
 // their old values; the others are free to learn the new data.
+//
+// With Kronecker instead of Fisher the penalty is (λ/2)·ΔθᵀFΔθ with F the
+// block-diagonal Kronecker-factored estimate (ComputeKroneckerFisher), which
+// also weighs the correlated changes of a layer's weights.
 type EWC struct {
 	// Lambda (λ ≥ 0) weighs the penalty against the new data's loss.
 	Lambda float64
@@ -26,6 +30,9 @@ type EWC struct {
 	Anchor *Network
 	// Fisher holds F, for a network of the anchor's shape.
 	Fisher *Fisher
+	// Kronecker, instead of Fisher, holds a Kronecker-factored estimate
+	// for a network of the anchor's shape. Exactly one of the two is set.
+	Kronecker *KroneckerFisher
 }
 
 func (e *EWC) check(start *Network) error {
@@ -34,9 +41,13 @@ func (e *EWC) check(start *Network) error {
 		return fmt.Errorf("%w: EWC lambda must be finite and ≥ 0, got %v", ErrInvalidConfig, e.Lambda)
 	case e.Anchor == nil:
 		return fmt.Errorf("%w: EWC needs an anchor network", ErrInvalidConfig)
-	case e.Fisher == nil:
+	case e.Fisher == nil && e.Kronecker == nil:
 		return fmt.Errorf("%w: EWC needs a Fisher estimate", ErrInvalidConfig)
-	case !e.Fisher.cfg.Equal(e.Anchor.cfg):
+	case e.Fisher != nil && e.Kronecker != nil:
+		return fmt.Errorf("%w: EWC takes one Fisher estimate, diagonal or Kronecker-factored, not both", ErrInvalidConfig)
+	case e.Kronecker != nil && !e.Kronecker.cfg.Equal(e.Anchor.cfg):
+		return fmt.Errorf("%w: EWC Fisher is for %s, the anchor is %s", ErrInvalidConfig, e.Kronecker.cfg, e.Anchor.cfg)
+	case e.Fisher != nil && !e.Fisher.cfg.Equal(e.Anchor.cfg):
 		return fmt.Errorf("%w: EWC Fisher is for %s, the anchor is %s", ErrInvalidConfig, e.Fisher.cfg, e.Anchor.cfg)
 	case start != nil && !start.cfg.Equal(e.Anchor.cfg):
 		return fmt.Errorf("%w: EWC anchor is %s, the network trained is %s", ErrInvalidConfig, e.Anchor.cfg, start.cfg)
@@ -49,6 +60,10 @@ func (e *EWC) check(start *Network) error {
 // penalty adds (λ/2)·Σ F ⊙ (θ − θ*)² over all parameters to g.
 func (e *EWC) penalty(g *G.ExprGraph, theta graphParams) (*G.Node, error) {
 	anchor := addParams(g, e.Anchor.layers, "anchor")
+	if e.Kronecker != nil {
+		return e.Kronecker.penalty(g, e.Lambda, theta, anchor)
+	}
+
 	fisher := addParams(g, e.Fisher.layers, "fisher")
 	th, an, fi := theta.learnables(), anchor.learnables(), fisher.learnables()
 	var total *G.Node
@@ -98,17 +113,50 @@ type Fisher struct {
 // wrong). Gradients come from back-propagation in plain Go, one sample at a
 // time.
 func ComputeFisher(n *Network, X [][]float64) (*Fisher, error) {
+	return diagonalFisher(n, X, nil)
+}
+
+// ComputeEmpiricalFisher is the empirical diagonal Fisher on the labelled
+// samples (X, y): the mean over samples of (∂ log p(y|x) / ∂θᵢ)², the
+// squared gradient at the given label only. It is the common cheaper
+// variant of ComputeFisher, kept for comparison (the forgetting
+// benchmark's --bench-fisher empirical).
+func ComputeEmpiricalFisher(n *Network, X [][]float64, y []Action) (*Fisher, error) {
+	if y == nil {
+		return nil, fmt.Errorf("%w: no labels", ErrInvalidInput)
+	}
+	return diagonalFisher(n, X, y)
+}
+
+// diagonalFisher is ComputeFisher (y nil) or ComputeEmpiricalFisher.
+func diagonalFisher(n *Network, X [][]float64, y []Action) (*Fisher, error) {
 	if n == nil {
 		return nil, fmt.Errorf("%w: nil network", ErrInvalidInput)
 	}
-	if err := CheckData(n.Inputs(), X, nil); err != nil {
+	if err := CheckData(n.Inputs(), X, y); err != nil {
 		return nil, err
 	}
 	f := &Fisher{cfg: n.Config(), layers: emptyLayers(n.cfg), samples: len(X)}
 	bp := newBackprop(n)
+	add := func(p float64) {
+		for li := range f.layers {
+			acc, g := &f.layers[li], &bp.grad[li]
+			for i, v := range g.w {
+				acc.w[i] += p * v * v
+			}
+			for i, v := range g.b {
+				acc.b[i] += p * v * v
+			}
+		}
+	}
 	for r, x := range X {
 		if err := bp.forward(x); err != nil {
 			return nil, fmt.Errorf("sample %d: %w", r, err)
+		}
+		if y != nil {
+			bp.gradLogProb(y[r])
+			add(1)
+			continue
 		}
 		for a := range NumActions {
 			p := bp.out.Probs[a]
@@ -116,15 +164,7 @@ func ComputeFisher(n *Network, X [][]float64) (*Fisher, error) {
 				continue
 			}
 			bp.gradLogProb(Action(a))
-			for li := range f.layers {
-				acc, g := &f.layers[li], &bp.grad[li]
-				for i, v := range g.w {
-					acc.w[i] += p * v * v
-				}
-				for i, v := range g.b {
-					acc.b[i] += p * v * v
-				}
-			}
+			add(p)
 		}
 	}
 	inv := 1 / float64(len(X))

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -124,5 +125,85 @@ func TestEWCPenaltyGradient(t *testing.T) {
 				offset += l.out
 			}
 		}
+	}
+}
+
+// TestFisherSoftmaxRegression checks ComputeFisher against the closed form
+// for a network without hidden layers (logits z = W·x̃ + b on the normalised
+// input x̃). There ∂log p(a|x)/∂z_j = 1[a=j] − p_j, and the expectation over
+// a ~ p of its square is p_j(1 − p_j), so
+//
+//	F(W_jk) = mean over x of p_j(1 − p_j)·x̃_k²,  F(b_j) = mean of p_j(1 − p_j).
+//
+// The samples differ, so the test fails for the squared mean gradient
+// instead of the mean squared gradient, for a sum instead of a mean, for
+// the empirical Fisher (gradients at given labels), and for a layout that
+// mixes up W's rows and columns.
+func TestFisherSoftmaxRegression(t *testing.T) {
+	t.Parallel()
+	n := randomNetwork(t, Config{Inputs: 2}, 4)
+	X := [][]float64{{0.5, -1}, {2, 3}, {-1.5, 0.25}}
+	y := []Action{ActionSell, ActionBuy, ActionSell}
+	f, err := ComputeFisher(n, X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	emp, err := ComputeEmpiricalFisher(n, X, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mean, std := n.Normalization()
+	l := n.layers[0]
+	want := make([]float64, l.out*l.in+l.out) // the weights format: W row-major (out×in), then b
+	// The empirical Fisher: (1[y=j] − p_j)² in place of p_j(1 − p_j).
+	wantEmp := make([]float64, len(want))
+	for r, x := range X {
+		xt := make([]float64, len(x))
+		for k := range x {
+			xt[k] = (x[k] - mean[k]) / std[k]
+		}
+		var z [NumActions]float64
+		maxZ := math.Inf(-1)
+		for j := range NumActions {
+			z[j] = l.b[j]
+			for k := range xt {
+				z[j] += l.w[j*l.in+k] * xt[k]
+			}
+			maxZ = max(maxZ, z[j])
+		}
+		var sum float64
+		for j := range z {
+			sum += math.Exp(z[j] - maxZ)
+		}
+		for j := range NumActions {
+			p := math.Exp(z[j]-maxZ) / sum
+			e := -p
+			if Action(j) == y[r] {
+				e++
+			}
+			for k := range xt {
+				want[j*l.in+k] += p * (1 - p) * xt[k] * xt[k] / float64(len(X))
+				wantEmp[j*l.in+k] += e * e * xt[k] * xt[k] / float64(len(X))
+			}
+			want[l.out*l.in+j] += p * (1 - p) / float64(len(X))
+			wantEmp[l.out*l.in+j] += e * e / float64(len(X))
+		}
+	}
+	got := f.Values()
+	if len(got) != len(want) {
+		t.Fatalf("%d Fisher values, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-12*max(1, want[i]) {
+			t.Errorf("Fisher value %d: %.15g, want the closed form %.15g", i, got[i], want[i])
+		}
+	}
+	for i, v := range emp.Values() {
+		if math.Abs(v-wantEmp[i]) > 1e-12*max(1, wantEmp[i]) {
+			t.Errorf("empirical Fisher value %d: %.15g, want the closed form %.15g", i, v, wantEmp[i])
+		}
+	}
+	if _, err := ComputeEmpiricalFisher(n, X, nil); !errors.Is(err, ErrInvalidInput) {
+		t.Errorf("ComputeEmpiricalFisher without labels: error %v, want ErrInvalidInput", err)
 	}
 }

@@ -11,7 +11,8 @@
 // *Network between goroutines and swaps the pointer to hot-swap weights.
 //
 // Online learning (Elastic Weight Consolidation) builds on TrainConfig.Start,
-// TrainConfig.EWC and ComputeFisher.
+// TrainConfig.EWC and ComputeFisher (the diagonal Fisher; ComputeEmpiricalFisher
+// and the Kronecker-factored ComputeKroneckerFisher are kept for comparison).
 package policy
 
 import (

@@ -173,6 +173,18 @@ func TestTrainBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kronOther, err := ComputeKroneckerFisher(other, X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fisherStart, err := ComputeFisher(start, X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kronStart, err := ComputeKroneckerFisher(start, X)
+	if err != nil {
+		t.Fatal(err)
+	}
 	nan := slices.Clone(X)
 	nan[4] = []float64{1, math.NaN(), 2}
 	tests := []struct {
@@ -203,6 +215,10 @@ func TestTrainBadInput(t *testing.T) {
 		{"EWC anchor", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Fisher: fisherOther} }, X, y, ErrInvalidConfig, "EWC needs an anchor network"},
 		{"EWC fisher", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start} }, X, y, ErrInvalidConfig, "EWC needs a Fisher estimate"},
 		{"EWC shapes", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start, Fisher: fisherOther} }, X, y, ErrInvalidConfig, "EWC Fisher is for 3-5-3 tanh, the anchor is 3-4-3 tanh"},
+		{"EWC Kronecker shapes", func(c *TrainConfig) { c.EWC = &EWC{Lambda: 1, Anchor: start, Kronecker: kronOther} }, X, y, ErrInvalidConfig, "EWC Fisher is for 3-5-3 tanh, the anchor is 3-4-3 tanh"},
+		{"EWC two estimates", func(c *TrainConfig) {
+			c.EWC = &EWC{Lambda: 1, Anchor: start, Fisher: fisherStart, Kronecker: kronStart}
+		}, X, y, ErrInvalidConfig, "EWC takes one Fisher estimate"},
 		{"EWC anchor shape", func(c *TrainConfig) {
 			c.Start = start
 			c.EWC = &EWC{Lambda: 1, Anchor: other, Fisher: fisherOther}
