@@ -31,6 +31,13 @@ func (s *Server) Run(ctx context.Context, regime regimev1.RegimeServiceClient, r
 			defer close(done)
 			err := registryclient.FollowAlias(ctx, registry, s.cfg.ModelName, s.cfg.Alias, s.applyVersion,
 				registryclient.OnRetry(func(err error, delay time.Duration) {
+					if status.Code(err) == codes.NotFound {
+						// No policy is registered yet (a fresh mesh) or it was
+						// deleted: allocations fall back, and this is not an
+						// outage.
+						s.log.Debug("policy model not registered; waiting", "model", s.cfg.ModelName, "delay", delay)
+						return
+					}
 					s.log.Warn("policy registry stream failed; reconnecting", "err", err, "delay", delay)
 				}))
 			if err != nil && ctx.Err() == nil {
