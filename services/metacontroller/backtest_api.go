@@ -394,7 +394,10 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 	case err != nil:
 		return nil, err
 	}
-	resp := &metacontrollerv1.RunBacktestResponse{Strategies: names, SwitchingCostBps: cost, PeriodsPerYear: int32(periods)}
+	resp := &metacontrollerv1.RunBacktestResponse{Strategies: names, SwitchingCostBps: cost, PeriodsPerYear: int32(periods), Seed: hc.Seed}
+	if cfg.TrainHRL != nil {
+		resp.Hrl = hrlConfigToProto(hc)
+	}
 	for _, f := range rep.Folds {
 		fold := &metacontrollerv1.Fold{
 			Train:         &metacontrollerv1.IndexRange{Start: int64(ds.start), End: int64(ds.start + f.TrainEnd)},

@@ -156,6 +156,28 @@ func TestRunBacktestBaselines(t *testing.T) {
 	if m := resp.GetResults()[0].GetMetrics(); m.GetBarsEvaluated() != 558 || m.GetMaxDisruption() > 1 {
 		t.Errorf("naive metrics %v", m)
 	}
+
+	// Unseeded, the response names the seed it drew; sending it back
+	// repeats the backtest exactly.
+	if resp.GetSeed() == 0 || resp.GetHrl() != nil {
+		t.Fatalf("seed %d, hrl %v: want the drawn seed and no HRL config (no HRL trained)", resp.GetSeed(), resp.GetHrl())
+	}
+	again, err := s.RunBacktest(context.Background(), &metacontrollerv1.RunBacktestRequest{
+		Dataset:  eustockDAX(nil),
+		Policies: []metacontrollerv1.PolicyKind{metacontrollerv1.PolicyKind_POLICY_KIND_NAIVE_ROUTER, metacontrollerv1.PolicyKind_POLICY_KIND_EQUAL_WEIGHT},
+		Hrl:      &metacontrollerv1.HrlConfig{Seed: proto.Int64(resp.GetSeed())},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.GetSeed() != resp.GetSeed() {
+		t.Errorf("seeded run reports seed %d, sent %d", again.GetSeed(), resp.GetSeed())
+	}
+	for i := range resp.GetResults() {
+		if a, b := resp.GetResults()[i].GetMetrics(), again.GetResults()[i].GetMetrics(); !proto.Equal(a, b) {
+			t.Errorf("policy %v: repeated with the reported seed, metrics differ:\n%v\n%v", a.GetPolicy(), a, b)
+		}
+	}
 }
 
 func TestRunBacktestHRL(t *testing.T) {
@@ -171,6 +193,9 @@ func TestRunBacktestHRL(t *testing.T) {
 	}
 	if len(resp.GetResults()) != 4 {
 		t.Fatalf("%d results", len(resp.GetResults()))
+	}
+	if resp.GetSeed() != 3 || resp.GetHrl().GetSeed() != 3 || resp.GetHrl().GetEpochs() != 2 || resp.GetHrl().GetHiddenUnits() != 4 {
+		t.Errorf("seed %d, hrl %v: want the request's seed and hyperparameters echoed", resp.GetSeed(), resp.GetHrl())
 	}
 	h := resp.GetResults()[0]
 	if h.GetMetrics().GetPolicy() != metacontrollerv1.PolicyKind_POLICY_KIND_HRL || len(h.GetSeries()) != 180 {

@@ -2399,7 +2399,14 @@ type RunBacktestResponse struct {
 	// The bars per year used for annualising.
 	PeriodsPerYear int32 `protobuf:"varint,5,opt,name=periods_per_year,json=periodsPerYear,proto3" json:"periods_per_year,omitempty"`
 	// Wall-clock time of the backtest.
-	Duration      *durationpb.Duration `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	Duration *durationpb.Duration `protobuf:"bytes,6,opt,name=duration,proto3" json:"duration,omitempty"`
+	// The seed of every fit (regime models and HRL policies): the request's
+	// hrl.seed, or one drawn from the clock when it was unset. Send it as
+	// hrl.seed to repeat the backtest exactly.
+	Seed int64 `protobuf:"varint,7,opt,name=seed,proto3" json:"seed,omitempty"`
+	// HRL trained per fold only: the hyperparameters used, with defaults
+	// filled in (including the seed).
+	Hrl           *HrlConfig `protobuf:"bytes,8,opt,name=hrl,proto3" json:"hrl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2472,6 +2479,20 @@ func (x *RunBacktestResponse) GetPeriodsPerYear() int32 {
 func (x *RunBacktestResponse) GetDuration() *durationpb.Duration {
 	if x != nil {
 		return x.Duration
+	}
+	return nil
+}
+
+func (x *RunBacktestResponse) GetSeed() int64 {
+	if x != nil {
+		return x.Seed
+	}
+	return 0
+}
+
+func (x *RunBacktestResponse) GetHrl() *HrlConfig {
+	if x != nil {
+		return x.Hrl
 	}
 	return nil
 }
@@ -3026,7 +3047,7 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"\x05train\x18\x01 \x01(\v2'.quantmesh.metacontroller.v1.IndexRangeR\x05train\x12;\n" +
 	"\x04test\x18\x02 \x01(\v2'.quantmesh.metacontroller.v1.IndexRangeR\x04test\x12&\n" +
 	"\x0fregime_model_id\x18\x03 \x01(\tR\rregimeModelId\x12E\n" +
-	"\thrl_model\x18\x04 \x01(\v2(.quantmesh.metacontroller.v1.PolicyModelR\bhrlModel\"\xc2\x02\n" +
+	"\thrl_model\x18\x04 \x01(\v2(.quantmesh.metacontroller.v1.PolicyModelR\bhrlModel\"\x90\x03\n" +
 	"\x13RunBacktestResponse\x12C\n" +
 	"\aresults\x18\x01 \x03(\v2).quantmesh.metacontroller.v1.PolicyResultR\aresults\x127\n" +
 	"\x05folds\x18\x02 \x03(\v2!.quantmesh.metacontroller.v1.FoldR\x05folds\x12\x1e\n" +
@@ -3035,7 +3056,9 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"strategies\x12,\n" +
 	"\x12switching_cost_bps\x18\x04 \x01(\x01R\x10switchingCostBps\x12(\n" +
 	"\x10periods_per_year\x18\x05 \x01(\x05R\x0eperiodsPerYear\x125\n" +
-	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\"\xff\x03\n" +
+	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
+	"\x04seed\x18\a \x01(\x03R\x04seed\x128\n" +
+	"\x03hrl\x18\b \x01(\v2&.quantmesh.metacontroller.v1.HrlConfigR\x03hrl\"\xff\x03\n" +
 	"\x12TrainPolicyRequest\x12>\n" +
 	"\adataset\x18\x01 \x01(\v2$.quantmesh.metacontroller.v1.DatasetR\adataset\x12*\n" +
 	"\x0etrain_fraction\x18\x02 \x01(\x01H\x00R\rtrainFraction\x88\x01\x01\x12\x1e\n" +
@@ -3204,31 +3227,32 @@ var file_quantmesh_metacontroller_v1_metacontroller_proto_depIdxs = []int32{
 	28, // 36: quantmesh.metacontroller.v1.RunBacktestResponse.results:type_name -> quantmesh.metacontroller.v1.PolicyResult
 	29, // 37: quantmesh.metacontroller.v1.RunBacktestResponse.folds:type_name -> quantmesh.metacontroller.v1.Fold
 	37, // 38: quantmesh.metacontroller.v1.RunBacktestResponse.duration:type_name -> google.protobuf.Duration
-	22, // 39: quantmesh.metacontroller.v1.TrainPolicyRequest.dataset:type_name -> quantmesh.metacontroller.v1.Dataset
-	24, // 40: quantmesh.metacontroller.v1.TrainPolicyRequest.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
-	24, // 41: quantmesh.metacontroller.v1.TrainingSummary.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
-	20, // 42: quantmesh.metacontroller.v1.TrainingSummary.train_range:type_name -> quantmesh.metacontroller.v1.IndexRange
-	20, // 43: quantmesh.metacontroller.v1.TrainingSummary.test_range:type_name -> quantmesh.metacontroller.v1.IndexRange
-	26, // 44: quantmesh.metacontroller.v1.TrainingSummary.train_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
-	26, // 45: quantmesh.metacontroller.v1.TrainingSummary.test_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
-	37, // 46: quantmesh.metacontroller.v1.TrainingSummary.duration:type_name -> google.protobuf.Duration
-	8,  // 47: quantmesh.metacontroller.v1.TrainPolicyResponse.model:type_name -> quantmesh.metacontroller.v1.PolicyModel
-	32, // 48: quantmesh.metacontroller.v1.TrainPolicyResponse.summary:type_name -> quantmesh.metacontroller.v1.TrainingSummary
-	11, // 49: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:input_type -> quantmesh.metacontroller.v1.GetAllocationRequest
-	13, // 50: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:input_type -> quantmesh.metacontroller.v1.WatchAllocationsRequest
-	15, // 51: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:input_type -> quantmesh.metacontroller.v1.ListStrategiesRequest
-	25, // 52: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:input_type -> quantmesh.metacontroller.v1.RunBacktestRequest
-	31, // 53: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:input_type -> quantmesh.metacontroller.v1.TrainPolicyRequest
-	12, // 54: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:output_type -> quantmesh.metacontroller.v1.GetAllocationResponse
-	14, // 55: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:output_type -> quantmesh.metacontroller.v1.WatchAllocationsResponse
-	16, // 56: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:output_type -> quantmesh.metacontroller.v1.ListStrategiesResponse
-	30, // 57: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:output_type -> quantmesh.metacontroller.v1.RunBacktestResponse
-	33, // 58: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:output_type -> quantmesh.metacontroller.v1.TrainPolicyResponse
-	54, // [54:59] is the sub-list for method output_type
-	49, // [49:54] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	24, // 39: quantmesh.metacontroller.v1.RunBacktestResponse.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
+	22, // 40: quantmesh.metacontroller.v1.TrainPolicyRequest.dataset:type_name -> quantmesh.metacontroller.v1.Dataset
+	24, // 41: quantmesh.metacontroller.v1.TrainPolicyRequest.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
+	24, // 42: quantmesh.metacontroller.v1.TrainingSummary.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
+	20, // 43: quantmesh.metacontroller.v1.TrainingSummary.train_range:type_name -> quantmesh.metacontroller.v1.IndexRange
+	20, // 44: quantmesh.metacontroller.v1.TrainingSummary.test_range:type_name -> quantmesh.metacontroller.v1.IndexRange
+	26, // 45: quantmesh.metacontroller.v1.TrainingSummary.train_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
+	26, // 46: quantmesh.metacontroller.v1.TrainingSummary.test_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
+	37, // 47: quantmesh.metacontroller.v1.TrainingSummary.duration:type_name -> google.protobuf.Duration
+	8,  // 48: quantmesh.metacontroller.v1.TrainPolicyResponse.model:type_name -> quantmesh.metacontroller.v1.PolicyModel
+	32, // 49: quantmesh.metacontroller.v1.TrainPolicyResponse.summary:type_name -> quantmesh.metacontroller.v1.TrainingSummary
+	11, // 50: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:input_type -> quantmesh.metacontroller.v1.GetAllocationRequest
+	13, // 51: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:input_type -> quantmesh.metacontroller.v1.WatchAllocationsRequest
+	15, // 52: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:input_type -> quantmesh.metacontroller.v1.ListStrategiesRequest
+	25, // 53: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:input_type -> quantmesh.metacontroller.v1.RunBacktestRequest
+	31, // 54: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:input_type -> quantmesh.metacontroller.v1.TrainPolicyRequest
+	12, // 55: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:output_type -> quantmesh.metacontroller.v1.GetAllocationResponse
+	14, // 56: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:output_type -> quantmesh.metacontroller.v1.WatchAllocationsResponse
+	16, // 57: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:output_type -> quantmesh.metacontroller.v1.ListStrategiesResponse
+	30, // 58: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:output_type -> quantmesh.metacontroller.v1.RunBacktestResponse
+	33, // 59: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:output_type -> quantmesh.metacontroller.v1.TrainPolicyResponse
+	55, // [55:60] is the sub-list for method output_type
+	50, // [50:55] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_quantmesh_metacontroller_v1_metacontroller_proto_init() }
