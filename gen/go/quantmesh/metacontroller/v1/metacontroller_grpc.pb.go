@@ -91,8 +91,9 @@ type MetaControllerServiceClient interface {
 	// every bar before it. Deterministic for a given request and seed. The
 	// call returns when done: evaluating 2,000 bars takes well under a second,
 	// but training a fresh HRL policy per fold takes as long as TrainPolicy
-	// would, so set a deadline. It serves nothing and registers nothing, but
-	// regime models fitted for it are stored by RegimeService (inactive).
+	// would, so set a deadline. It serves, registers and stores nothing: the
+	// regime models it fits (unless regime_model_id names a stored one) live
+	// only for the call.
 	//
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
@@ -251,8 +252,9 @@ type MetaControllerServiceServer interface {
 	// every bar before it. Deterministic for a given request and seed. The
 	// call returns when done: evaluating 2,000 bars takes well under a second,
 	// but training a fresh HRL policy per fold takes as long as TrainPolicy
-	// would, so set a deadline. It serves nothing and registers nothing, but
-	// regime models fitted for it are stored by RegimeService (inactive).
+	// would, so set a deadline. It serves, registers and stores nothing: the
+	// regime models it fits (unless regime_model_id names a stored one) live
+	// only for the call.
 	//
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
