@@ -10,18 +10,18 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"go.opentelemetry.io/otel"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/bus"
 	"github.com/quantmesh/quantmesh/pkg/policy"
+	"github.com/quantmesh/quantmesh/pkg/telemetry"
 )
 
 // forgettingFlags are the settings of `quantmesh learn --forgetting-benchmark`.
@@ -233,6 +233,7 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	replay := fs.String("replay", "", "learn once from the outcomes of this data (bundled, eustock, ttrc or a CSV file) and exit")
 	kafka := fs.String("kafka-brokers", "", "comma-separated Kafka brokers to consume decisions and bars from")
 	timeout := fs.Duration("timeout", 30*time.Minute, "with --replay: time limit of the whole command")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9464", "with --kafka-brokers: serve the learner's metrics (OpenMetrics) at http://<addr>/metrics; empty: none")
 	if err := parseFlags(fs, args, io.Discard); err != nil {
 		if errors.Is(err, errHelp) {
 			learnUsage(stdout, fs)
@@ -251,6 +252,11 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if _, _, err := net.SplitHostPort(*target); err != nil {
 		return usagef("invalid --target %q: want host:port", *target)
+	}
+	if *metricsAddr != "" {
+		if _, _, err := net.SplitHostPort(*metricsAddr); err != nil {
+			return usagef("invalid --metrics-addr %q: want host:port", *metricsAddr)
+		}
 	}
 	if (*replay == "") == (*kafka == "") {
 		return usagef("learn needs one source of outcomes: --replay <data> or --kafka-brokers <brokers> (with the in-process bus run 'quantmesh up --learn')")
@@ -280,21 +286,31 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer conn.Close()
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	l, err := learner.New(cfg, experimentv1.NewExperimentServiceClient(conn), log, otel.Meter("quantmesh/learner"))
+	tel, err := telemetry.Setup(ctx, telemetry.Config{ServiceName: "quantmesh-learner", Version: versionString()})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }()
+	l, err := learner.New(cfg, experimentv1.NewExperimentServiceClient(conn), log, tel.Meter("quantmesh/learner"))
 	if err != nil {
 		return err
 	}
 	if *replay == "" {
+		if *metricsAddr != "" {
+			stop, err := serveMetrics(*metricsAddr, tel.MetricsHandler(), stdout, log)
+			if err != nil {
+				return err
+			}
+			defer stop()
+		}
 		k, err := bus.NewKafka(bus.KafkaConfig{Brokers: brokers, ClientID: "quantmesh-learner", Logger: log})
 		if err != nil {
 			return err
 		}
 		defer k.Close()
 		go l.Run(ctx)
-		// The process-wide providers, as for the learner's meter: no-ops
-		// unless something sets them.
 		return l.Consume(ctx, bus.WithTracing(k, bus.Tracing{
-			TracerProvider: otel.GetTracerProvider(), Propagator: otel.GetTextMapPropagator(), System: bus.SystemKafka,
+			TracerProvider: tel.TracerProvider, Propagator: tel.Propagator, System: bus.SystemKafka,
 		}))
 	}
 	if err := l.Add(outcomes...); err != nil {
@@ -314,4 +330,27 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stdout, "version %d published from version %d (run %s): %s@%s now points to it; accuracy on %d held-out outcomes %.3f (was %.3f), on %d samples of the previous evaluation set %.3f (was %.3f); degradation %.1f%%\n",
 		rep.Version, rep.From, rep.RunID, cfg.Model, cfg.Alias, rep.HoldOut, rep.CandHoldOut, rep.PrevHoldOut, rep.EvalSamples, rep.CandEval, rep.PrevEval, 100*rep.Degradation)
 	return nil
+}
+
+// serveMetrics serves h at http://addr/metrics until stop is called, and
+// prints the address it listens on (addr may have port 0).
+func serveMetrics(addr string, h http.Handler, stdout io.Writer, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
+	fmt.Fprintf(stdout, "learner metrics at http://%s/metrics\n", ln.Addr())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	}, nil
 }

@@ -9,6 +9,7 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"gamma", []string{"--replay", "eustock", "--gamma", "1.5"}, []string{"invalid --gamma", "[0, 1]"}},
 		{"no source", nil, []string{"--replay <data> or --kafka-brokers"}},
 		{"two sources", []string{"--replay", "eustock", "--kafka-brokers", "k:9092"}, []string{"one source of outcomes"}},
+		{"bad metrics address", []string{"--kafka-brokers", "k:9092", "--metrics-addr", "9464"}, []string{`invalid --metrics-addr "9464"`, "host:port"}},
 		{"bad replay data", []string{"--replay", "/nonexistent.csv"}, []string{"invalid --replay", "no such file"}},
 		{"bad lambdas", []string{"--forgetting-benchmark", "--lambdas", "1,x"}, []string{"invalid --lambdas", `"x" is not a positive number`}},
 		{"bad fisher", []string{"--forgetting-benchmark", "--bench-fisher", "full"}, []string{"invalid --bench-fisher", `"full": want one of diagonal, empirical, kronecker`}},
