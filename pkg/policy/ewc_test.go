@@ -3,7 +3,6 @@ package policy
 import (
 	"errors"
 	"math"
-	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -18,16 +17,7 @@ func TestEWCPenaltyGradient(t *testing.T) {
 	cfg := Config{Inputs: 3, Hidden: []int{4}}
 	X, y := synthetic(6, 3, 8)
 	anchor := randomNetwork(t, cfg, 3)
-	start := anchor.withParams(cloneLayers(anchor.cfg, anchor.layers))
-	r := rand.New(rand.NewPCG(9, 9))
-	for _, l := range start.layers {
-		for i := range l.w {
-			l.w[i] += 0.5 * r.NormFloat64()
-		}
-		for i := range l.b {
-			l.b[i] += 0.5 * r.NormFloat64()
-		}
-	}
+	start := displaced(anchor, 0.5, 9)
 	fisher, err := ComputeFisher(anchor, X)
 	if err != nil {
 		t.Fatal(err)

@@ -51,3 +51,20 @@ func mustMarshal(t testing.TB, n *Network) []byte {
 }
 
 func newTestRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, 3)) }
+
+// displaced returns a copy of n with every weight and bias moved by
+// scale times a standard normal draw (seeded), so penalties anchored at n
+// have something to measure.
+func displaced(n *Network, scale float64, seed uint64) *Network {
+	out := n.withParams(cloneLayers(n.cfg, n.layers))
+	r := rand.New(rand.NewPCG(seed, seed))
+	for _, l := range out.layers {
+		for i := range l.w {
+			l.w[i] += scale * r.NormFloat64()
+		}
+		for i := range l.b {
+			l.b[i] += scale * r.NormFloat64()
+		}
+	}
+	return out
+}

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"math"
-	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -17,16 +16,7 @@ func TestKroneckerPenalty(t *testing.T) {
 	cfg := Config{Inputs: 3, Hidden: []int{4}}
 	X, y := synthetic(6, 3, 8)
 	anchor := randomNetwork(t, cfg, 3)
-	start := anchor.withParams(cloneLayers(anchor.cfg, anchor.layers))
-	r := rand.New(rand.NewPCG(9, 9))
-	for _, l := range start.layers {
-		for i := range l.w {
-			l.w[i] += 0.5 * r.NormFloat64()
-		}
-		for i := range l.b {
-			l.b[i] += 0.5 * r.NormFloat64()
-		}
-	}
+	start := displaced(anchor, 0.5, 9)
 	k, err := ComputeKroneckerFisher(anchor, X)
 	if err != nil {
 		t.Fatal(err)
