@@ -3,7 +3,6 @@ package policy
 import (
 	"errors"
 	"math"
-	"slices"
 	"testing"
 )
 
@@ -22,59 +21,16 @@ func TestEWCPenaltyGradient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	build := func(ewc *EWC) *trainer {
-		rc, err := TrainConfig{Start: start, EWC: ewc}.resolve(X)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := newTrainer(rc, start, len(X))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(tr.close)
-		z := make([]float64, 0, len(X)*3)
-		for _, x := range X {
-			for i, v := range x {
-				z = append(z, (v-start.mean[i])/start.std[i])
-			}
-		}
-		tr.fill(z, y, []float64{1, 1, 1, 1, 1, 1}, []int{0, 1, 2, 3, 4, 5})
-		return tr
-	}
-	with, without := build(&EWC{Lambda: lambda, Anchor: anchor, Fisher: fisher}), build(nil)
-	objective := func(tr *trainer) float64 {
-		v, err := tr.run()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr.vm.Reset()
-		return v
-	}
-	grads := func(tr *trainer) [][]float64 {
-		if _, err := tr.run(); err != nil {
-			t.Fatal(err)
-		}
-		defer tr.vm.Reset()
-		var gs [][]float64
-		for _, n := range tr.theta.learnables() {
-			g, err := n.Grad()
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs = append(gs, slices.Clone(g.Data().([]float64)))
-		}
-		return gs
-	}
-	// Gradients first: gorgonia accumulates them over runs until an
-	// optimizer step clears them.
-	gw, gwo := grads(with), grads(without)
+	with, without := penaltyTrainer(t, start, X, y, &EWC{Lambda: lambda, Anchor: anchor, Fisher: fisher}), penaltyTrainer(t, start, X, y, nil)
+	// Gradients first: see trainerGradients.
+	gw, gwo := trainerGradients(t, with), trainerGradients(t, without)
 	// The penalty in plain Go, over the weights format's layout.
 	theta, star, f := flat(start), flat(anchor), fisher.Values()
 	var want float64
 	for i := range theta {
 		want += lambda / 2 * f[i] * (theta[i] - star[i]) * (theta[i] - star[i])
 	}
-	if got := objective(with) - objective(without); math.Abs(got-want) > 1e-9*max(1, want) {
+	if got := trainerObjective(t, with) - trainerObjective(t, without); math.Abs(got-want) > 1e-9*max(1, want) {
 		t.Fatalf("penalty %.12g, want (λ/2)·Σ F(θ−θ*)² = %.12g", got, want)
 	}
 	if want == 0 {
@@ -101,7 +57,7 @@ func TestEWCPenaltyGradient(t *testing.T) {
 				orig, origWo := vals[i], valsWo[i]
 				penalty := func(d float64) float64 {
 					vals[i], valsWo[i] = orig+d, origWo+d
-					return objective(with) - objective(without)
+					return trainerObjective(t, with) - trainerObjective(t, without)
 				}
 				fd := (penalty(eps) - penalty(-eps)) / (2 * eps)
 				vals[i], valsWo[i] = orig, origWo

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -67,4 +68,63 @@ func displaced(n *Network, scale float64, seed uint64) *Network {
 		}
 	}
 	return out
+}
+
+// penaltyTrainer builds a trainer from start over every sample of X and y
+// (weight 1 each) with ewc's penalty, or none when ewc is nil: the
+// difference of two such trainers' objectives is the penalty.
+func penaltyTrainer(t testing.TB, start *Network, X [][]float64, y []Action, ewc *EWC) *trainer {
+	t.Helper()
+	rc, err := TrainConfig{Start: start, EWC: ewc}.resolve(X)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := newTrainer(rc, start, len(X))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.close)
+	z := make([]float64, 0, len(X)*len(start.mean))
+	for _, x := range X {
+		for i, v := range x {
+			z = append(z, (v-start.mean[i])/start.std[i])
+		}
+	}
+	w, rows := make([]float64, len(X)), make([]int, len(X))
+	for i := range X {
+		w[i], rows[i] = 1, i
+	}
+	tr.fill(z, y, w, rows)
+	return tr
+}
+
+// trainerObjective runs tr's graph and returns its objective.
+func trainerObjective(t testing.TB, tr *trainer) float64 {
+	t.Helper()
+	v, err := tr.run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.vm.Reset()
+	return v
+}
+
+// trainerGradients runs tr's graph and copies the gradient of each
+// learnable. Take gradients before any other run: gorgonia accumulates them
+// over runs until an optimizer step clears them.
+func trainerGradients(t testing.TB, tr *trainer) [][]float64 {
+	t.Helper()
+	if _, err := tr.run(); err != nil {
+		t.Fatal(err)
+	}
+	defer tr.vm.Reset()
+	var gs [][]float64
+	for _, n := range tr.theta.learnables() {
+		g, err := n.Grad()
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs = append(gs, slices.Clone(g.Data().([]float64)))
+	}
+	return gs
 }

@@ -2,7 +2,6 @@ package policy
 
 import (
 	"math"
-	"slices"
 	"testing"
 )
 
@@ -40,58 +39,15 @@ func TestKroneckerPenalty(t *testing.T) {
 			}
 		}
 	}
-	build := func(ewc *EWC) *trainer {
-		rc, err := TrainConfig{Start: start, EWC: ewc}.resolve(X)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr, err := newTrainer(rc, start, len(X))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(tr.close)
-		z := make([]float64, 0, len(X)*3)
-		for _, x := range X {
-			for i, v := range x {
-				z = append(z, (v-start.mean[i])/start.std[i])
-			}
-		}
-		tr.fill(z, y, []float64{1, 1, 1, 1, 1, 1}, []int{0, 1, 2, 3, 4, 5})
-		return tr
-	}
-	with, without := build(&EWC{Lambda: lambda, Anchor: anchor, Kronecker: k}), build(nil)
-	objective := func(tr *trainer) float64 {
-		v, err := tr.run()
-		if err != nil {
-			t.Fatal(err)
-		}
-		tr.vm.Reset()
-		return v
-	}
+	with, without := penaltyTrainer(t, start, X, y, &EWC{Lambda: lambda, Anchor: anchor, Kronecker: k}), penaltyTrainer(t, start, X, y, nil)
 	if want <= 0 {
 		t.Fatalf("penalty %v: want > 0", want)
 	}
 	// The gradient: gorgonia's with the penalty minus without it, against
-	// central finite differences of the penalty, for every parameter.
-	grads := func(tr *trainer) [][]float64 {
-		if _, err := tr.run(); err != nil {
-			t.Fatal(err)
-		}
-		defer tr.vm.Reset()
-		var gs [][]float64
-		for _, n := range tr.theta.learnables() {
-			g, err := n.Grad()
-			if err != nil {
-				t.Fatal(err)
-			}
-			gs = append(gs, slices.Clone(g.Data().([]float64)))
-		}
-		return gs
-	}
-	// Gradients first: gorgonia accumulates them over runs until an
-	// optimizer step clears them.
-	gw, gwo := grads(with), grads(without)
-	if got := objective(with) - objective(without); math.Abs(got-want) > 1e-9*max(1, want) {
+	// central finite differences of the penalty, for every parameter
+	// (gradients first: see trainerGradients).
+	gw, gwo := trainerGradients(t, with), trainerGradients(t, without)
+	if got := trainerObjective(t, with) - trainerObjective(t, without); math.Abs(got-want) > 1e-9*max(1, want) {
 		t.Fatalf("K-FAC penalty %.12g, want %.12g", got, want)
 	}
 	thetaW, thetaWo := with.theta.learnables(), without.theta.learnables()
@@ -102,7 +58,7 @@ func TestKroneckerPenalty(t *testing.T) {
 			orig, origWo := vals[i], valsWo[i]
 			penalty := func(d float64) float64 {
 				vals[i], valsWo[i] = orig+d, origWo+d
-				return objective(with) - objective(without)
+				return trainerObjective(t, with) - trainerObjective(t, without)
 			}
 			fd := (penalty(eps) - penalty(-eps)) / (2 * eps)
 			vals[i], valsWo[i] = orig, origWo
