@@ -6,50 +6,12 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/quantmesh/quantmesh/pkg/telemetry/telemetrytest"
+
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 
 	"github.com/quantmesh/quantmesh/pkg/hrl"
 )
-
-// points reads the reader's data points as name or name{label=value} →
-// value (histograms: their count under name_count and sum under name_sum).
-func points(t *testing.T, r *sdkmetric.ManualReader) map[string]float64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := r.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					v, _ := p.Attributes.Value("result")
-					out[m.Name+"{result="+v.AsString()+"}"] = float64(p.Value)
-				}
-			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					name := m.Name
-					if v, ok := p.Attributes.Value("window"); ok {
-						name += "{window=" + v.AsString() + "}"
-					}
-					out[name] = p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					out[m.Name+"_count"], out[m.Name+"_sum"] = float64(p.Count), p.Sum
-				}
-			case metricdata.Histogram[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name+"_count"], out[m.Name+"_sum"] = float64(p.Count), float64(p.Sum)
-				}
-			}
-		}
-	}
-	return out
-}
 
 // sharpeOf is the mean over the sample standard deviation, written out.
 func sharpeOf(xs []float64) float64 {
@@ -72,7 +34,7 @@ func TestTrainingInstruments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := points(t, reader)
+	got := telemetrytest.Points(t, reader)
 	if got["quantmesh.metacontroller.training.episodes{result=win}"] != 0 || got["quantmesh.metacontroller.training.episodes{result=loss}"] != 0 {
 		t.Fatalf("before any training: %v", got)
 	}
@@ -87,7 +49,7 @@ func TestTrainingInstruments(t *testing.T) {
 	var rets []float64
 	check := func() {
 		t.Helper()
-		got := points(t, reader)
+		got := telemetrytest.Points(t, reader)
 		n := len(rets)
 		var sum float64
 		wins := 0
@@ -153,7 +115,7 @@ func TestTrainingInstruments(t *testing.T) {
 	// A new training starts the gauges afresh; the counters go on.
 	ep2 := ins.startTraining()
 	ins.episode(ctx, ep2, hrl.Episode{Return: 0.5, Bars: 100})
-	got = points(t, reader)
+	got = telemetrytest.Points(t, reader)
 	if got["quantmesh.metacontroller.training.cumulative_reward"] != 0.5 {
 		t.Errorf("second training: cumulative reward %v, want 0.5", got["quantmesh.metacontroller.training.cumulative_reward"])
 	}

@@ -7,68 +7,12 @@ import (
 	"strings"
 	"testing"
 
-	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
-	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"github.com/quantmesh/quantmesh/pkg/telemetry/telemetrytest"
+
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 )
-
-// riskPoints reads the reader's points as name or name{label=value} →
-// value; a histogram gives name_count, name_sum and name_bucket{le=b}.
-func riskPoints(t *testing.T, reader *sdkmetric.ManualReader) map[string]float64 {
-	t.Helper()
-	var rm metricdata.ResourceMetrics
-	if err := reader.Collect(context.Background(), &rm); err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	label := func(name string, kvs ...string) string {
-		var parts []string
-		for i := 0; i < len(kvs); i += 2 {
-			if kvs[i+1] != "" {
-				parts = append(parts, kvs[i]+"="+kvs[i+1])
-			}
-		}
-		if len(parts) == 0 {
-			return name
-		}
-		return name + "{" + strings.Join(parts, ",") + "}"
-	}
-	for _, sm := range rm.ScopeMetrics {
-		for _, m := range sm.Metrics {
-			switch d := m.Data.(type) {
-			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					v, _ := p.Attributes.Value("side")
-					out[label(m.Name, "side", v.AsString())] = float64(p.Value)
-				}
-			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					out[m.Name] = float64(p.Value)
-				}
-			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					v, _ := p.Attributes.Value("account")
-					out[label(m.Name, "account", v.AsString())] = p.Value
-				}
-			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					v, _ := p.Attributes.Value("effect")
-					e := v.AsString()
-					out[label(m.Name+"_count", "effect", e)] = float64(p.Count)
-					out[label(m.Name+"_sum", "effect", e)] = p.Sum
-					var cum uint64
-					for i, b := range p.Bounds {
-						cum += p.BucketCounts[i]
-						out[label(m.Name+"_bucket", "effect", e, "le", fmt.Sprint(b))] = float64(cum)
-					}
-				}
-			}
-		}
-	}
-	return out
-}
 
 // TestFillAndEquityMetrics applies a known sequence of fills and checks the
 // fill counters, the realised P&L histogram and the equity gauges against
@@ -77,7 +21,7 @@ func TestFillAndEquityMetrics(t *testing.T) {
 	t.Parallel()
 	_, srv, reader, _ := newPropServer(t)
 	ctx := context.Background()
-	got := riskPoints(t, reader)
+	got := telemetrytest.Points(t, reader)
 	if got["quantmesh.risk.equity"] != 0 || got["quantmesh.risk.accounts"] != 0 || got["quantmesh.risk.fills{side=buy}"] != 0 || got["quantmesh.risk.fills{side=sell}"] != 0 {
 		t.Fatalf("before any account: %v", got)
 	}
@@ -121,7 +65,7 @@ func TestFillAndEquityMetrics(t *testing.T) {
 	trade(sell, 10, 120, 0) // closes 6 and reverses: (120-100)*6 = 120; cash 10638, -4 at 120
 	price(125)
 	// b-acct: 10638 - 4*125 = 10138; a-acct: 10000 untouched.
-	got = riskPoints(t, reader)
+	got = telemetrytest.Points(t, reader)
 	want := map[string]float64{
 		"quantmesh.risk.fills{side=buy}":                                1,
 		"quantmesh.risk.fills{side=sell}":                               2,
@@ -167,7 +111,7 @@ func TestAccountEquitySeriesBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := riskPoints(t, reader)
+	got := telemetrytest.Points(t, reader)
 	series := 0
 	for k := range got {
 		if strings.HasPrefix(k, "quantmesh.risk.account.equity{") {

@@ -1,0 +1,79 @@
+// Package telemetrytest reads what instruments recorded, for tests.
+package telemetrytest
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+)
+
+// Points collects r and returns every data point by its series name, the
+// instrument's name followed by its attributes in key order as
+// name{k1=v1,k2=v2} (the bare name when it has none). A histogram gives
+// name_count, name_sum and cumulative name_bucket{…,le=bound} series.
+func Points(t testing.TB, r *sdkmetric.ManualReader) map[string]float64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := r.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			switch d := m.Data.(type) {
+			case metricdata.Sum[int64]:
+				for _, p := range d.DataPoints {
+					out[series(m.Name, p.Attributes)] = float64(p.Value)
+				}
+			case metricdata.Sum[float64]:
+				for _, p := range d.DataPoints {
+					out[series(m.Name, p.Attributes)] = p.Value
+				}
+			case metricdata.Gauge[int64]:
+				for _, p := range d.DataPoints {
+					out[series(m.Name, p.Attributes)] = float64(p.Value)
+				}
+			case metricdata.Gauge[float64]:
+				for _, p := range d.DataPoints {
+					out[series(m.Name, p.Attributes)] = p.Value
+				}
+			case metricdata.Histogram[int64]:
+				for _, p := range d.DataPoints {
+					histogram(out, m.Name, p.Attributes, p.Count, float64(p.Sum), p.Bounds, p.BucketCounts)
+				}
+			case metricdata.Histogram[float64]:
+				for _, p := range d.DataPoints {
+					histogram(out, m.Name, p.Attributes, p.Count, p.Sum, p.Bounds, p.BucketCounts)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func histogram(out map[string]float64, name string, attrs attribute.Set, count uint64, sum float64, bounds []float64, buckets []uint64) {
+	out[series(name+"_count", attrs)] = float64(count)
+	out[series(name+"_sum", attrs)] = sum
+	var cum uint64
+	for i, b := range bounds {
+		cum += buckets[i]
+		out[series(name+"_bucket", attrs, attribute.String("le", fmt.Sprint(b)))] = float64(cum)
+	}
+}
+
+func series(name string, attrs attribute.Set, extra ...attribute.KeyValue) string {
+	kvs := append(attrs.ToSlice(), extra...)
+	if len(kvs) == 0 {
+		return name
+	}
+	parts := make([]string, len(kvs))
+	for i, kv := range kvs {
+		parts[i] = string(kv.Key) + "=" + kv.Value.Emit()
+	}
+	return name + "{" + strings.Join(parts, ",") + "}"
+}
