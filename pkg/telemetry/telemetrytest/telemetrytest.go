@@ -73,7 +73,7 @@ func series(name string, attrs attribute.Set, extra ...attribute.KeyValue) strin
 	}
 	parts := make([]string, len(kvs))
 	for i, kv := range kvs {
-		parts[i] = string(kv.Key) + "=" + kv.Value.Emit()
+		parts[i] = string(kv.Key) + "=" + kv.Value.String()
 	}
 	return name + "{" + strings.Join(parts, ",") + "}"
 }
