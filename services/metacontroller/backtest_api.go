@@ -46,6 +46,19 @@ type dataset struct {
 	start int
 }
 
+// trainedOn reports whether policy p was trained on a row of ds from
+// firstTest on. A row of a bundled dataset is the same day in every column,
+// so a version trained on rows of one column ("eustock/DAX") or of every
+// column (it names the dataset, "eustock") has seen those days of every
+// column of that dataset.
+func (ds *dataset) trainedOn(p *hrl.Policy, firstTest int) bool {
+	same := p.TrainDataset == ds.name
+	if ds.datasetID != "" {
+		same = same || p.TrainDataset == ds.datasetID || strings.HasPrefix(p.TrainDataset, ds.datasetID+"/")
+	}
+	return same && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes)
+}
+
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 func validSymbol(sym string) bool {
@@ -373,12 +386,10 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on strategies %v, the backtest allocates across %v", pm.GetVersion(), p.Strategies, names)
 			}
 			// Walk-forward: the version must not have been trained on an
-			// evaluated row of this series (a version trained on every
-			// column of a dataset names the dataset).
+			// evaluated row.
 			firstTest := ds.start + splits[0][0]
-			same := p.TrainDataset == ds.name || (ds.datasetID != "" && p.TrainDataset == ds.datasetID)
-			if same && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes) {
-				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, which this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, ds.name, firstTest)
+			if ds.trainedOn(p, firstTest) {
+				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, which this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, p.TrainDataset, firstTest)
 			}
 			cfg.HRLPolicy = backtest.HRLPolicy(p)
 			fixed = pm

@@ -136,6 +136,45 @@ func TestDatasetPool(t *testing.T) {
 	}
 }
 
+// A version has seen a day of a bundled dataset when it was trained on
+// that row of any of its columns: the walk-forward check refuses it on every
+// column, whether it names the dataset (pooled) or one column.
+func TestTrainedOn(t *testing.T) {
+	t.Parallel()
+	smi, err := readDataset("dataset", &metacontrollerv1.Dataset{
+		Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "eustock", Column: "SMI"}},
+		Range:  &metacontrollerv1.Dataset_IndexRange{IndexRange: &metacontrollerv1.IndexRange{Start: 1000, End: 1860}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inline := &dataset{name: "inline/X", closes: make([]float64, 500)}
+	for _, c := range []struct {
+		ds        *dataset
+		trainedOn string
+		start     int
+		end       int
+		firstTest int
+		want      bool
+	}{
+		{smi, "eustock/SMI", 0, 1302, 1200, true},
+		{smi, "eustock/DAX", 0, 1302, 1200, true},  // the same days of another column
+		{smi, "eustock", 0, 1302, 1200, true},      // pooled over every column
+		{smi, "eustock/DAX", 0, 1302, 1302, false}, // training ends where evaluation starts
+		{smi, "eustock/DAX", 0, 900, 1200, false},
+		{smi, "eustocks/DAX", 0, 1302, 1200, false}, // another dataset
+		{smi, "ttrc/TTRC", 0, 1302, 1200, false},
+		{smi, "inline/SMI", 0, 1302, 1200, false},
+		{inline, "inline/X", 0, 300, 200, true},
+		{inline, "inline/Y", 0, 300, 200, false},
+	} {
+		p := &hrl.Policy{TrainDataset: c.trainedOn, TrainStart: c.start, TrainEnd: c.end}
+		if got := c.ds.trainedOn(p, c.firstTest); got != c.want {
+			t.Errorf("%s rows %d-%d against %s from row %d: trainedOn %v, want %v", c.trainedOn, c.start, c.end, c.ds.name, c.firstTest, got, c.want)
+		}
+	}
+}
+
 func TestRunBacktestBaselines(t *testing.T) {
 	t.Parallel()
 	s := newServer(t)
