@@ -23,12 +23,22 @@ import (
 func backtestUsage(w io.Writer, fs *flag.FlagSet) {
 	fmt.Fprintf(w, `Usage: quantmesh backtest --data <csv|eustock|ttrc> [--column C] [--policy hrl|naive|proportional|equal|all] [--json] [flags]
 
-Backtests allocation policies over one price column, walk-forward: the
-regime model (and the HRL policy, trained here with gorgonia) is fitted on
-the first --train-fraction of the range and only the rest is evaluated.
+Backtests allocation policies walk-forward: the regime model (and the HRL
+policy, trained here with gorgonia) is fitted on the first --train-fraction
+of the range and only the rest is evaluated.
+
+With --column, one price column is evaluated (HRL is also trained on the
+same training rows of the other columns unless --pool=false). Without it,
+a file of several columns is evaluated as a whole: each column allocated
+on its own, with its own regime model, by one HRL policy trained on the
+training rows of every column, and a portfolio putting equal capital behind
+each column, rebalanced every bar.
+
 Prints a table of churn rate, max disruption, Sharpe, total return, max
-drawdown and turnover cost, policies side by side, or with --json one JSON
-object per policy per line. Runs offline: no mesh is needed.
+drawdown and turnover cost, policies side by side (for a whole file, the
+portfolio's, then each column's), or with --json one JSON object per policy
+per line (for a whole file, the portfolio's metrics with each column's under
+"per_column"). Runs offline: no mesh is needed.
 
 Flags:
 `)
@@ -50,11 +60,11 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	var f backtestFlags
 	f.hrl = hrl.DefaultConfig()
 	fs.StringVar(&f.data, "data", "", "prices: a CSV file (Date,Open,High,Low,Close[,Volume], or a day column and one close column per instrument) or a bundled set: eustock, ttrc")
-	fs.StringVar(&f.column, "column", "", "price column of a multi-column file; the first column when empty")
+	fs.StringVar(&f.column, "column", "", "price column of a multi-column file to evaluate alone; every column as one portfolio when empty")
 	fs.StringVar(&f.policy, "policy", "all", "hrl, naive, proportional, equal, or all")
 	fs.StringVar(&f.strategies, "strategies", "", "comma-separated strategies to allocate across; all when empty ("+strings.Join(strategy.Names(), ", ")+")")
 	fs.BoolVar(&f.asJSON, "json", false, "print one JSON object per policy instead of a table")
-	fs.BoolVar(&f.pool, "pool", true, "also train HRL on the same training rows of every other column of --data (evaluation stays on --column); --pool=false trains on --column only")
+	fs.BoolVar(&f.pool, "pool", true, "with --column, also train HRL on the same training rows of every other column of --data (evaluation stays on --column); --pool=false trains on --column only")
 	fs.Float64Var(&f.trainFraction, "train-fraction", 0.7, "share of the range in the first training window, in (0, 1)")
 	fs.IntVar(&f.folds, "folds", 1, "test segments after the first training window (expanding-window refits), 1 to 20")
 	fs.IntVar(&f.start, "start", 0, "first row of the range, from 0")
@@ -99,11 +109,11 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case f.folds < 1 || f.folds > 20:
 		return usagef("invalid --folds %d: want 1 to 20", f.folds)
 	}
-	series, column, err := loadColumn(f.data, f.column)
+	series, err := loadColumns(f.data, f.column)
 	if err != nil {
 		return usagef("%v", err)
 	}
-	rows := len(series.Bars)
+	rows := len(series[0].Bars)
 	end := f.end
 	if end == 0 {
 		end = rows
@@ -116,32 +126,40 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case end <= f.start:
 		return usagef("empty range: --end %d is not after --start %d", end, f.start)
 	}
-	closes := series.Closes()[f.start:end]
 	// Pooling is on by default; asked for explicitly, it needs another
-	// column.
+	// column. A portfolio of every column always trains on all of them.
 	poolSet := false
 	fs.Visit(func(fl *flag.Flag) { poolSet = poolSet || fl.Name == "pool" })
-	var pool [][]float64
-	var pooled []string
-	if f.pool && (poolSet || slices.Contains(policies, backtest.HRL)) {
+	portfolio := len(series) > 1
+	if portfolio && !f.pool {
+		return usagef("--pool=false trains HRL on the evaluated column alone: name it with --column")
+	}
+	if !portfolio && f.pool && (poolSet || slices.Contains(policies, backtest.HRL)) {
 		all, err := training.Load(f.data)
 		if err != nil {
 			return usagef("%v", err)
 		}
 		for _, s := range all {
-			if s.Symbol == column {
-				continue
+			if s.Symbol != series[0].Symbol {
+				series = append(series, s)
 			}
-			if len(s.Bars) != rows {
-				return usagef("--pool: column %s has %d rows, %s has %d", s.Symbol, len(s.Bars), column, rows)
-			}
-			pool = append(pool, s.Closes()[f.start:end])
-			pooled = append(pooled, s.Symbol)
 		}
-		if len(pool) == 0 && poolSet {
+		if len(series) == 1 && poolSet {
 			return usagef("--pool: %s has no other column", f.data)
 		}
 	}
+	var columns []string
+	var pool [][]float64
+	for i, s := range series {
+		if len(s.Bars) != rows {
+			return usagef("column %s has %d rows, %s has %d: a backtest of several columns needs them aligned row by row", s.Symbol, len(s.Bars), series[0].Symbol, rows)
+		}
+		columns = append(columns, s.Symbol)
+		if i > 0 {
+			pool = append(pool, s.Closes()[f.start:end])
+		}
+	}
+	closes := series[0].Closes()[f.start:end]
 	stratNames := make([]string, len(strats))
 	for i, s := range strats {
 		stratNames[i] = s.Name
@@ -162,7 +180,15 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		})
 	}
 	began := time.Now()
-	rep, err := backtest.Run(ctx, cfg)
+	var res *backtest.Portfolio
+	if portfolio {
+		res, err = backtest.RunPortfolio(ctx, cfg)
+	} else {
+		var rep *backtest.Report
+		if rep, err = backtest.Run(ctx, cfg); err == nil {
+			res = &backtest.Portfolio{Series: []*backtest.Report{rep}}
+		}
+	}
 	if errors.Is(err, backtest.ErrInvalid) {
 		return usagef("%v", err)
 	}
@@ -170,41 +196,91 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	took := time.Since(began)
-	first := rep.Folds[0]
+	first := res.Series[0].Folds[0]
+	hrlCols := columns
+	if !slices.Contains(policies, backtest.HRL) {
+		hrlCols = nil
+	}
+	trainRows, testRows := [2]int{f.start, f.start + first.TrainEnd}, [2]int{f.start + first.TrainEnd, f.start + len(closes)}
+	evaluated := columns
+	if !portfolio {
+		evaluated = columns[:1]
+	}
 	if f.asJSON {
-		enc := json.NewEncoder(stdout)
-		for _, r := range rep.Results {
-			m := r.Metrics
+		metrics := func(m backtest.Metrics) map[string]any {
 			weights := map[string]float64{}
 			for i, w := range m.MeanWeights {
 				weights[stratNames[i]] = w
 			}
-			if err := enc.Encode(map[string]any{
-				"policy": r.Policy.String(), "data": f.data, "column": column,
-				"train_rows": [2]int{f.start, f.start + first.TrainEnd}, "test_rows": [2]int{f.start + first.TrainEnd, f.start + len(closes)},
+			return map[string]any{
 				"bars_evaluated": m.Bars, "churn_rate": m.ChurnRate, "max_disruption": m.MaxDisruption, "sharpe": m.Sharpe,
 				"total_return": m.TotalReturn, "max_drawdown": m.MaxDrawdown, "turnover_cost": m.TurnoverCost,
 				"annualized_volatility": m.AnnualizedVolatility, "mean_weights": weights,
-				"switching_cost_bps": f.costBps, "periods_per_year": f.periods, "hrl_pooled_columns": pooled,
-			}); err != nil {
+			}
+		}
+		enc := json.NewEncoder(stdout)
+		for pi, pk := range policies {
+			var obj map[string]any
+			if portfolio {
+				obj = metrics(res.Combined[pi].Metrics)
+				per := map[string]any{}
+				for s, col := range evaluated {
+					per[col] = metrics(res.Series[s].Results[pi].Metrics)
+				}
+				obj["columns"], obj["per_column"] = evaluated, per
+			} else {
+				obj = metrics(res.Series[0].Results[pi].Metrics)
+				obj["column"] = evaluated[0]
+			}
+			for k, v := range map[string]any{
+				"policy": pk.String(), "data": f.data, "train_rows": trainRows, "test_rows": testRows,
+				"switching_cost_bps": f.costBps, "periods_per_year": f.periods, "hrl_trained_on_columns": hrlCols,
+			} {
+				obj[k] = v
+			}
+			if err := enc.Encode(obj); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
-	fmt.Fprintf(stdout, "backtest %s column %s: rows %d-%d, trained on %d-%d, evaluated %d-%d (%d bars, %d fold(s)), switching cost %g bps, %s\n",
-		f.data, column, f.start, f.start+len(closes), f.start, f.start+first.TrainEnd, f.start+first.TrainEnd, f.start+len(closes),
-		rep.Results[0].Metrics.Bars, len(rep.Folds), f.costBps, took.Round(time.Millisecond))
-	if len(pooled) > 0 && slices.Contains(policies, backtest.HRL) {
-		fmt.Fprintf(stdout, "hrl also trained on the same rows of %s\n", strings.Join(pooled, ", "))
+	fmt.Fprintf(stdout, "backtest %s, %s: rows %d-%d, trained on %d-%d, evaluated %d-%d (%d bars, %d fold(s)), switching cost %g bps, %s\n",
+		f.data, describeColumns(evaluated), trainRows[0], testRows[1], trainRows[0], trainRows[1], testRows[0], testRows[1],
+		res.Series[0].Results[0].Metrics.Bars, len(res.Series[0].Folds), f.costBps, took.Round(time.Millisecond))
+	if len(hrlCols) > 1 {
+		fmt.Fprintf(stdout, "hrl trained once per fold on the training rows of %s\n", strings.Join(hrlCols, ", "))
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "policy\tchurn rate\tmax disruption\tSharpe\ttotal return\tmax drawdown\tturnover cost\t")
-	for _, r := range rep.Results {
-		m := r.Metrics
-		fmt.Fprintf(tw, "%s\t%.2f%%\t%.3f\t%.3f\t%.2f%%\t%.2f%%\t%.4f\t\n", r.Policy, 100*m.ChurnRate, m.MaxDisruption, m.Sharpe, 100*m.TotalReturn, 100*m.MaxDrawdown, m.TurnoverCost)
+	table := func(title string, results []backtest.Result) error {
+		if title != "" {
+			fmt.Fprintf(stdout, "\n%s\n", title)
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "policy\tchurn rate\tmax disruption\tSharpe\ttotal return\tmax drawdown\tturnover cost\t")
+		for _, r := range results {
+			m := r.Metrics
+			fmt.Fprintf(tw, "%s\t%.2f%%\t%.3f\t%.3f\t%.2f%%\t%.2f%%\t%.4f\t\n", r.Policy, 100*m.ChurnRate, m.MaxDisruption, m.Sharpe, 100*m.TotalReturn, 100*m.MaxDrawdown, m.TurnoverCost)
+		}
+		return tw.Flush()
 	}
-	return tw.Flush()
+	if !portfolio {
+		return table("", res.Series[0].Results)
+	}
+	if err := table("portfolio: equal capital in each column, rebalanced every bar", res.Combined); err != nil {
+		return err
+	}
+	for s, col := range evaluated {
+		if err := table("column "+col, res.Series[s].Results); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func describeColumns(cols []string) string {
+	if len(cols) == 1 {
+		return "column " + cols[0]
+	}
+	return "every column (" + strings.Join(cols, ", ") + ") as one portfolio"
 }
 
 func parsePolicies(s string) ([]backtest.PolicyKind, error) {
@@ -225,42 +301,61 @@ func parsePolicies(s string) ([]backtest.PolicyKind, error) {
 	return out, nil
 }
 
-// loadColumn reads --data and picks one column.
-func loadColumn(data, column string) (marketdata.Series, string, error) {
+// loadColumns reads --data: the named column, or every column (in the
+// file's order) when column is empty.
+func loadColumns(data, column string) ([]marketdata.Series, error) {
 	if data == training.Bundled {
-		return marketdata.Series{}, "", fmt.Errorf("--data %s is several data sets; name one: %s, %s, or a CSV file", data, marketdata.EuStock, marketdata.TTRC)
+		return nil, fmt.Errorf("--data %s is several data sets; name one: %s, %s, or a CSV file", data, marketdata.EuStock, marketdata.TTRC)
 	}
 	series, err := training.Load(data)
 	if err != nil {
-		return marketdata.Series{}, "", err
+		return nil, err
 	}
-	if column == "" {
-		var cols []string
-		switch data {
-		case marketdata.EuStock, marketdata.TTRC:
-			cols, err = marketdata.BundledColumns(data)
-		default:
-			var fh *os.File
-			if fh, err = os.Open(data); err == nil {
-				cols, err = marketdata.Columns(fh)
-				fh.Close()
+	if column != "" {
+		var have []string
+		for _, s := range series {
+			if s.Symbol == column {
+				return []marketdata.Series{s}, nil
+			}
+			have = append(have, s.Symbol)
+		}
+		return nil, fmt.Errorf("invalid --column %q: have %s", column, strings.Join(have, ", "))
+	}
+	var cols []string
+	switch data {
+	case marketdata.EuStock, marketdata.TTRC:
+		cols, err = marketdata.BundledColumns(data)
+	default:
+		var fh *os.File
+		if fh, err = os.Open(data); err == nil {
+			cols, err = marketdata.Columns(fh)
+			fh.Close()
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]marketdata.Series, 0, len(series))
+	for _, c := range cols {
+		for _, s := range series {
+			if s.Symbol == c {
+				out = append(out, s)
 			}
 		}
-		if err != nil {
-			return marketdata.Series{}, "", err
-		}
-		if len(cols) > 0 {
-			column = cols[0]
-		} else {
-			column = series[0].Symbol
-		}
 	}
-	var have []string
-	for _, s := range series {
-		if s.Symbol == column {
-			return s, column, nil
-		}
-		have = append(have, s.Symbol)
+	if len(out) != len(series) {
+		// A single-instrument file (Date,Open,...) names no columns.
+		out = series
 	}
-	return marketdata.Series{}, "", fmt.Errorf("invalid --column %q: have %s", column, strings.Join(have, ", "))
+	return out, nil
+}
+
+// loadColumn reads --data and picks one column: the first when column is
+// empty.
+func loadColumn(data, column string) (marketdata.Series, string, error) {
+	series, err := loadColumns(data, column)
+	if err != nil {
+		return marketdata.Series{}, "", err
+	}
+	return series[0], series[0].Symbol, nil
 }

@@ -187,8 +187,45 @@ func Splits(n int, trainFraction float64, folds int) ([][2]int, error) {
 	return out, nil
 }
 
-// Run runs a backtest.
+// Run runs a backtest of cfg.Closes.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
+	p, err := run(ctx, cfg, false)
+	if err != nil {
+		return nil, err
+	}
+	return p.Series[0], nil
+}
+
+// Portfolio is a backtest of several aligned series at once.
+type Portfolio struct {
+	// Series holds each series' own backtest: Config.Closes first, then
+	// every series of Config.Pool in order.
+	Series []*Report
+	// Combined holds, per policy (in Config.Policies order), the portfolio
+	// that puts equal capital behind each series and rebalances it every
+	// bar: its net return of a bar is the mean of the series' net returns,
+	// its churn the mean of their churns (the share of all capital that
+	// moves, so a switch in one of four series is a churn of a quarter),
+	// and its mean weights the mean of theirs.
+	Combined []Result
+}
+
+// RunPortfolio backtests cfg.Closes and every series of cfg.Pool, each on
+// its own rows with its own regime model, as Run does cfg.Closes. Per fold,
+// HRL is trained once, on the training rows of every series (as Run trains
+// it with a Pool), and that one policy is evaluated on each series.
+func RunPortfolio(ctx context.Context, cfg Config) (*Portfolio, error) {
+	return run(ctx, cfg, true)
+}
+
+type accumulator struct {
+	net, churn []float64
+	weights    [][]float64
+	index      []int
+	prev       []float64
+}
+
+func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 	if len(cfg.Strategies) < 2 {
 		return nil, invalid("%d strategies: need at least 2", len(cfg.Strategies))
 	}
@@ -225,78 +262,151 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, invalid("HRL needs a policy or a trainer")
 		}
 	}
+	evaluated := [][]float64{cfg.Closes}
+	if portfolio {
+		evaluated = append(evaluated, cfg.Pool...)
+	}
 	n := len(cfg.Strategies)
 	cost := cfg.SwitchingCostBps / 10000
-	rets := strategy.ReturnMatrix(cfg.Strategies, cfg.Closes)
-	rep := &Report{Results: make([]Result, len(cfg.Policies))}
-	acc := make([]struct {
-		net, churn []float64
-		weights    [][]float64
-		prev       []float64
-		equity     float64
-	}, len(cfg.Policies))
-	for i := range acc {
-		acc[i].equity = 1
-		rep.Results[i].Policy = cfg.Policies[i]
+	out := &Portfolio{Series: make([]*Report, len(evaluated))}
+	rets := make([][][]float64, len(evaluated))
+	acc := make([][]accumulator, len(evaluated))
+	for s, closes := range evaluated {
+		rets[s] = strategy.ReturnMatrix(cfg.Strategies, closes)
+		out.Series[s] = &Report{Results: make([]Result, len(cfg.Policies))}
+		acc[s] = make([]accumulator, len(cfg.Policies))
+		for i := range acc[s] {
+			out.Series[s].Results[i].Policy = cfg.Policies[i]
+		}
 	}
+	preps := make([]*Prepared, len(evaluated))
 	for _, sp := range splits {
 		trainEnd, testEnd := sp[0], sp[1]
-		prep, err := cfg.prepare(ctx, cfg.Closes[:testEnd], trainEnd)
-		if err != nil {
-			return nil, err
+		for s, closes := range evaluated {
+			if preps[s], err = cfg.prepare(ctx, closes[:testEnd], trainEnd); err != nil {
+				if s > 0 {
+					err = fmt.Errorf("pooled series %d: %w", s-1, err)
+				}
+				return nil, err
+			}
+			out.Series[s].Folds = append(out.Series[s].Folds, Fold{TrainEnd: trainEnd, TestEnd: testEnd, Regimes: preps[s].Model.Regimes, Mapping: preps[s].Mapping})
 		}
-		rep.Folds = append(rep.Folds, Fold{TrainEnd: trainEnd, TestEnd: testEnd, Regimes: prep.Model.Regimes, Mapping: prep.Mapping})
 		for pi, pk := range cfg.Policies {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
 			var hrl Policy
 			if pk == HRL {
-				hrl = cfg.HRLPolicy
-				if hrl == nil {
-					states, rs := prep.TrainingData(rets, trainEnd)
-					ps, prs, err := PooledTrainingData(ctx, cfg, trainEnd)
-					if err != nil {
-						return nil, err
-					}
-					states, rs = append(states, ps...), append(rs, prs...)
-					if hrl, err = cfg.TrainHRL(ctx, states, rs); err != nil {
-						return nil, err
-					}
+				if hrl, err = cfg.foldHRL(ctx, preps, rets, trainEnd); err != nil {
+					return nil, err
 				}
 			}
-			W, err := prep.Weights(pk, hrl, n)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", pk, err)
-			}
-			a := &acc[pi]
-			if a.prev == nil {
-				a.prev = W[trainEnd-2]
-			}
-			for t := trainEnd - 1; t < testEnd-1; t++ {
-				w := W[t]
-				ch := Churn(w, a.prev)
-				var r float64
-				for i, x := range w {
-					r += x * rets[t+1][i]
+			for s, prep := range preps {
+				W, err := prep.Weights(pk, hrl, n)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", pk, err)
 				}
-				r -= cost * ch
-				a.equity *= 1 + r
-				a.net = append(a.net, r)
-				a.churn = append(a.churn, ch)
-				a.weights = append(a.weights, w)
-				a.prev = w
-				if cfg.Series {
-					rep.Results[pi].Series = append(rep.Results[pi].Series, Point{Index: t + 1, Weights: w, NetReturn: r, Equity: a.equity, Churn: ch})
-				}
+				acc[s][pi].add(W, rets[s], trainEnd, testEnd, cost)
 			}
 		}
 	}
-	for pi := range rep.Results {
-		a := acc[pi]
-		rep.Results[pi].Metrics = compute(a.net, a.churn, a.weights, cost, cfg.PeriodsPerYear)
+	for s := range evaluated {
+		for pi := range cfg.Policies {
+			a := &acc[s][pi]
+			r := &out.Series[s].Results[pi]
+			r.Metrics = compute(a.net, a.churn, a.weights, cost, cfg.PeriodsPerYear)
+			if cfg.Series {
+				r.Series = a.points()
+			}
+		}
 	}
-	return rep, nil
+	if portfolio {
+		for pi, pk := range cfg.Policies {
+			c := combine(acc, pi)
+			r := Result{Policy: pk, Metrics: compute(c.net, c.churn, c.weights, cost, cfg.PeriodsPerYear)}
+			if cfg.Series {
+				r.Series = c.points()
+			}
+			out.Combined = append(out.Combined, r)
+		}
+	}
+	return out, nil
+}
+
+// foldHRL is the fold's HRL policy: the fixed one, or one trained on the
+// fold's training rows of the evaluated series (and of the pooled ones).
+func (cfg Config) foldHRL(ctx context.Context, preps []*Prepared, rets [][][]float64, trainEnd int) (Policy, error) {
+	if cfg.HRLPolicy != nil {
+		return cfg.HRLPolicy, nil
+	}
+	var states, next [][]float64
+	for s, prep := range preps {
+		st, nx := prep.TrainingData(rets[s], trainEnd)
+		states, next = append(states, st...), append(next, nx...)
+	}
+	if len(preps) == 1 {
+		ps, pn, err := PooledTrainingData(ctx, cfg, trainEnd)
+		if err != nil {
+			return nil, err
+		}
+		states, next = append(states, ps...), append(next, pn...)
+	}
+	return cfg.TrainHRL(ctx, states, next)
+}
+
+// add accumulates the evaluated bars of one fold: the weights decided at
+// bars trainEnd-1 to testEnd-2 earn the next bar's returns.
+func (a *accumulator) add(W, rets [][]float64, trainEnd, testEnd int, cost float64) {
+	if a.prev == nil {
+		a.prev = W[trainEnd-2]
+	}
+	for t := trainEnd - 1; t < testEnd-1; t++ {
+		w := W[t]
+		ch := Churn(w, a.prev)
+		var r float64
+		for i, x := range w {
+			r += x * rets[t+1][i]
+		}
+		r -= cost * ch
+		a.net = append(a.net, r)
+		a.churn = append(a.churn, ch)
+		a.weights = append(a.weights, w)
+		a.index = append(a.index, t+1)
+		a.prev = w
+	}
+}
+
+func (a *accumulator) points() []Point {
+	pts := make([]Point, len(a.net))
+	equity := 1.0
+	for i, r := range a.net {
+		equity *= 1 + r
+		pts[i] = Point{Index: a.index[i], Weights: a.weights[i], NetReturn: r, Equity: equity, Churn: a.churn[i]}
+	}
+	return pts
+}
+
+// combine is policy pi's equal-capital portfolio of every series'
+// accumulated bars (the series share their rows).
+func combine(acc [][]accumulator, pi int) *accumulator {
+	first := &acc[0][pi]
+	k := float64(len(acc))
+	c := &accumulator{
+		net: make([]float64, len(first.net)), churn: make([]float64, len(first.net)),
+		weights: make([][]float64, len(first.net)), index: first.index,
+	}
+	for t := range c.net {
+		c.weights[t] = make([]float64, len(first.weights[t]))
+		for s := range acc {
+			a := &acc[s][pi]
+			c.net[t] += a.net[t] / k
+			c.churn[t] += a.churn[t] / k
+			for i, w := range a.weights[t] {
+				c.weights[t][i] += w / k
+			}
+		}
+	}
+	return c
 }
 
 // Prepared is a regime model fitted on a training window and the filtered

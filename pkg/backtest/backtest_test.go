@@ -258,3 +258,106 @@ func TestFixedRegimeModel(t *testing.T) {
 		t.Errorf("no regimes: %v, want ErrInvalid", err)
 	}
 }
+
+// RunPortfolio evaluates every series as Run evaluates one, trains HRL once
+// per fold on the same rows Run pools, and combines the series into an
+// equal-capital portfolio bar by bar.
+func TestRunPortfolio(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dax, smi, cac := eustock(t, "DAX"), eustock(t, "SMI"), eustock(t, "CAC")
+	cfg := baseConfig(dax)
+	cfg.Policies = append(cfg.Policies, HRL)
+	cfg.Pool = [][]float64{smi, cac}
+	cfg.Folds = 2
+	var trained [][][]float64
+	cfg.TrainHRL = func(_ context.Context, states, _ [][]float64) (Policy, error) {
+		trained = append(trained, states)
+		return fixedPolicy{}, nil
+	}
+	want, err := Run(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runStates := trained
+	trained = nil
+	got, err := RunPortfolio(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(trained) != 2 || len(runStates) != 2 {
+		t.Fatalf("HRL trained %d times for 2 folds (Run: %d), want once per fold", len(trained), len(runStates))
+	}
+	for f := range trained {
+		if !equalRows(trained[f], runStates[f]) {
+			t.Fatalf("fold %d: RunPortfolio trained HRL on %d states, not the %d Run pools", f, len(trained[f]), len(runStates[f]))
+		}
+	}
+	if len(got.Series) != 3 || len(got.Combined) != len(cfg.Policies) {
+		t.Fatalf("%d series reports and %d combined results", len(got.Series), len(got.Combined))
+	}
+	// Each series' report is its own backtest.
+	for s, closes := range [][]float64{dax, smi, cac} {
+		one := cfg
+		one.Closes, one.Pool = closes, nil
+		w, err := Run(ctx, one)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s == 0 {
+			w = want
+		}
+		for pi := range cfg.Policies {
+			if g, w := got.Series[s].Results[pi].Metrics, w.Results[pi].Metrics; g.Sharpe != w.Sharpe || g.ChurnRate != w.ChurnRate || g.TotalReturn != w.TotalReturn {
+				t.Errorf("series %d %s: %+v, want %+v", s, cfg.Policies[pi], g, w)
+			}
+		}
+	}
+	// The portfolio: each bar the mean of the series' net returns and churns.
+	for pi, c := range got.Combined {
+		if c.Policy != cfg.Policies[pi] || len(c.Series) != c.Metrics.Bars || c.Metrics.Bars != want.Results[pi].Metrics.Bars {
+			t.Fatalf("combined %d: policy %s, %d points, %d bars", pi, c.Policy, len(c.Series), c.Metrics.Bars)
+		}
+		var churn float64
+		for i, p := range c.Series {
+			var net, ch float64
+			for _, rep := range got.Series {
+				q := rep.Results[pi].Series[i]
+				if q.Index != p.Index {
+					t.Fatalf("bar %d: series at row %d, portfolio at %d", i, q.Index, p.Index)
+				}
+				net += q.NetReturn / 3
+				ch += q.Churn / 3
+			}
+			if math.Abs(p.NetReturn-net) > 1e-15 || math.Abs(p.Churn-ch) > 1e-15 {
+				t.Fatalf("%s bar %d: net %v churn %v, want %v and %v", c.Policy, i, p.NetReturn, p.Churn, net, ch)
+			}
+			churn += ch
+		}
+		if m := c.Metrics; math.Abs(m.ChurnRate-churn/float64(len(c.Series))) > 1e-12 || math.Abs(m.TotalReturn-(c.Series[len(c.Series)-1].Equity-1)) > 1e-12 {
+			t.Errorf("%s: churn rate %v, total return %v from the bars", c.Policy, m.ChurnRate, m.TotalReturn)
+		}
+	}
+	// The naive router switches whole series, but not all at once.
+	naive := got.Combined[0].Metrics
+	if naive.MaxDisruption >= 1 || naive.MaxDisruption < 1.0/3-1e-12 {
+		t.Errorf("portfolio naive max disruption %v, want in [1/3, 1)", naive.MaxDisruption)
+	}
+}
+
+func equalRows(a, b [][]float64) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if len(a[i]) != len(b[i]) {
+			return false
+		}
+		for j := range a[i] {
+			if a[i][j] != b[i][j] {
+				return false
+			}
+		}
+	}
+	return true
+}

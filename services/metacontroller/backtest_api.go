@@ -33,8 +33,9 @@ type dataset struct {
 	// name identifies the rows for the walk-forward check: "eustock/DAX"
 	// or "inline/<symbol>".
 	name string
-	// datasetID is the bundled dataset's id; empty for inline bars.
-	datasetID string
+	// datasetID is the bundled dataset's id and column the column; both
+	// empty for inline bars.
+	datasetID, column string
 	closes    []float64
 	// pool holds the same rows of the bundled dataset's other columns
 	// (those with as many rows), named by poolNames: HRL is also trained
@@ -107,7 +108,7 @@ func readDataset(field string, ds *metacontrollerv1.Dataset) (*dataset, error) {
 			return nil, apierr.Invalid(field+".bundled.column", "unknown column %q of %s (have %s)", truncate(b.GetColumn()), b.GetDatasetId(), strings.Join(names, ", "))
 		}
 		out.name = b.GetDatasetId() + "/" + b.GetColumn()
-		out.datasetID = b.GetDatasetId()
+		out.datasetID, out.column = b.GetDatasetId(), b.GetColumn()
 		for _, s := range series {
 			if s.Symbol != b.GetColumn() && len(s.Bars) == len(out.closes) {
 				out.pool = append(out.pool, s.Closes())
@@ -305,6 +306,9 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 	if err != nil {
 		return nil, err
 	}
+	if req.GetEveryColumn() && len(ds.pool) == 0 {
+		return nil, apierr.Invalid("every_column", "needs a bundled dataset with several columns of as many rows; %s has no other", ds.name)
+	}
 	strats, err := strategiesFrom("strategies", req.GetStrategies())
 	if err != nil {
 		return nil, err
@@ -398,13 +402,23 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 			cfg.Pool = ds.pool
 		}
 	}
-	rep, err := backtest.Run(ctx, cfg)
+	var res *backtest.Portfolio
+	if req.GetEveryColumn() {
+		cfg.Pool = ds.pool
+		res, err = backtest.RunPortfolio(ctx, cfg)
+	} else {
+		var rep *backtest.Report
+		if rep, err = backtest.Run(ctx, cfg); err == nil {
+			res = &backtest.Portfolio{Series: []*backtest.Report{rep}}
+		}
+	}
 	switch {
 	case errors.Is(err, backtest.ErrInvalid):
 		return nil, apierr.Invalid("dataset", "%v", err)
 	case err != nil:
 		return nil, err
 	}
+	rep := res.Series[0]
 	resp := &metacontrollerv1.RunBacktestResponse{Strategies: names, SwitchingCostBps: cost, PeriodsPerYear: int32(periods), Seed: hc.Seed}
 	if cfg.TrainHRL != nil {
 		resp.Hrl = hrlConfigToProto(hc)
@@ -423,16 +437,28 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 		}
 		resp.Folds = append(resp.Folds, fold)
 	}
-	for _, r := range rep.Results {
-		pr := &metacontrollerv1.PolicyResult{Metrics: metricsToProto(r.Policy, r.Metrics, names)}
-		for _, p := range r.Series {
-			pt := &metacontrollerv1.BacktestPoint{Index: int64(ds.start + p.Index), Weights: p.Weights, NetReturn: p.NetReturn, Equity: p.Equity, Churn: p.Churn}
-			if ds.times != nil {
-				pt.Time = timestamppb.New(ds.times[p.Index])
+	results := func(rs []backtest.Result) []*metacontrollerv1.PolicyResult {
+		var out []*metacontrollerv1.PolicyResult
+		for _, r := range rs {
+			pr := &metacontrollerv1.PolicyResult{Metrics: metricsToProto(r.Policy, r.Metrics, names)}
+			for _, p := range r.Series {
+				pt := &metacontrollerv1.BacktestPoint{Index: int64(ds.start + p.Index), Weights: p.Weights, NetReturn: p.NetReturn, Equity: p.Equity, Churn: p.Churn}
+				if ds.times != nil {
+					pt.Time = timestamppb.New(ds.times[p.Index])
+				}
+				pr.Series = append(pr.Series, pt)
 			}
-			pr.Series = append(pr.Series, pt)
+			out = append(out, pr)
 		}
-		resp.Results = append(resp.Results, pr)
+		return out
+	}
+	resp.Results = results(rep.Results)
+	if req.GetEveryColumn() {
+		cols := append([]string{ds.column}, ds.poolNames...)
+		for i, r := range res.Series {
+			resp.Columns = append(resp.Columns, &metacontrollerv1.ColumnResults{Column: cols[i], Results: results(r.Results)})
+		}
+		resp.Portfolio = results(res.Combined)
 	}
 	resp.Duration = durationpb.New(time.Since(began))
 	return resp, nil

@@ -219,6 +219,55 @@ func TestRunBacktestBaselines(t *testing.T) {
 	}
 }
 
+// every_column evaluates each column of the dataset and their equal-capital
+// portfolio; the named column's results are the usual ones.
+func TestRunBacktestEveryColumn(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	policies := []metacontrollerv1.PolicyKind{metacontrollerv1.PolicyKind_POLICY_KIND_NAIVE_ROUTER, metacontrollerv1.PolicyKind_POLICY_KIND_EQUAL_WEIGHT}
+	ctx := context.Background()
+	one, err := s.RunBacktest(ctx, &metacontrollerv1.RunBacktestRequest{Dataset: eustockDAX(nil), Policies: policies, Hrl: &metacontrollerv1.HrlConfig{Seed: proto.Int64(1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(one.GetColumns()) != 0 || len(one.GetPortfolio()) != 0 {
+		t.Fatalf("one column: columns %v, portfolio %v", one.GetColumns(), one.GetPortfolio())
+	}
+	all, err := s.RunBacktest(ctx, &metacontrollerv1.RunBacktestRequest{Dataset: eustockDAX(nil), Policies: policies, Hrl: &metacontrollerv1.HrlConfig{Seed: proto.Int64(1)}, EveryColumn: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cols []string
+	for _, c := range all.GetColumns() {
+		cols = append(cols, c.GetColumn())
+	}
+	if !slices.Equal(cols, []string{"DAX", "CAC", "FTSE", "SMI"}) || len(all.GetPortfolio()) != 2 {
+		t.Fatalf("columns %v, %d portfolio results", cols, len(all.GetPortfolio()))
+	}
+	for pi := range policies {
+		if !proto.Equal(all.GetResults()[pi], one.GetResults()[pi]) || !proto.Equal(all.GetColumns()[0].GetResults()[pi], one.GetResults()[pi]) {
+			t.Errorf("policy %d: DAX's results differ with every_column", pi)
+		}
+		var churn float64
+		for _, c := range all.GetColumns() {
+			churn += c.GetResults()[pi].GetMetrics().GetChurnRate() / 4
+		}
+		m := all.GetPortfolio()[pi].GetMetrics()
+		if m.GetPolicy() != policies[pi] || m.GetBarsEvaluated() != 558 || math.Abs(m.GetChurnRate()-churn) > 1e-12 {
+			t.Errorf("portfolio %v: want %v over 558 bars, churn rate the columns' mean %v", m, policies[pi], churn)
+		}
+	}
+	for name, ds := range map[string]*metacontrollerv1.Dataset{
+		"one column": {Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "ttrc", Column: "TTRC"}}},
+		"inline bars": {Source: &metacontrollerv1.Dataset_InlineBars{InlineBars: &metacontrollerv1.InlineBars{
+			Symbol: "X", Bars: []*metacontrollerv1.Bar{{Open: 1, High: 1, Low: 1, Close: 1}, {Open: 1, High: 1, Low: 1, Close: 1}},
+		}}},
+	} {
+		_, err := s.RunBacktest(ctx, &metacontrollerv1.RunBacktestRequest{Dataset: ds, Policies: policies, EveryColumn: true})
+		t.Run(name, func(t *testing.T) { wantInvalid(t, err, "every_column") })
+	}
+}
+
 func TestRunBacktestHRL(t *testing.T) {
 	t.Parallel()
 	s := newServer(t)

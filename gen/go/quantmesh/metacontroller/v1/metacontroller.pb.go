@@ -1926,6 +1926,14 @@ type RunBacktestRequest struct {
 	RegimeModelId string `protobuf:"bytes,9,opt,name=regime_model_id,json=regimeModelId,proto3" json:"regime_model_id,omitempty"`
 	// Also return each policy's per-bar weights, returns and equity.
 	IncludeSeries bool `protobuf:"varint,10,opt,name=include_series,json=includeSeries,proto3" json:"include_series,omitempty"`
+	// Bundled data with several columns only: evaluate every column of the
+	// dataset (those with as many rows as dataset.bundled.column), each on its
+	// own rows with its own regime model, and the portfolio that puts equal
+	// capital behind each column (RunBacktestResponse.columns and
+	// portfolio). HRL is trained once per fold on the training rows of every
+	// column, as it is for one column, and that policy allocates each column.
+	// Inline bars or a one-column dataset are INVALID_ARGUMENT.
+	EveryColumn   bool `protobuf:"varint,11,opt,name=every_column,json=everyColumn,proto3" json:"every_column,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2026,6 +2034,13 @@ func (x *RunBacktestRequest) GetRegimeModelId() string {
 func (x *RunBacktestRequest) GetIncludeSeries() bool {
 	if x != nil {
 		return x.IncludeSeries
+	}
+	return false
+}
+
+func (x *RunBacktestRequest) GetEveryColumn() bool {
+	if x != nil {
+		return x.EveryColumn
 	}
 	return false
 }
@@ -2406,7 +2421,17 @@ type RunBacktestResponse struct {
 	Seed int64 `protobuf:"varint,7,opt,name=seed,proto3" json:"seed,omitempty"`
 	// HRL trained per fold only: the hyperparameters used, with defaults
 	// filled in (including the seed).
-	Hrl           *HrlConfig `protobuf:"bytes,8,opt,name=hrl,proto3" json:"hrl,omitempty"`
+	Hrl *HrlConfig `protobuf:"bytes,8,opt,name=hrl,proto3" json:"hrl,omitempty"`
+	// every_column only: each column's results, dataset.bundled.column first
+	// (its results are also in results), then the dataset's other columns in
+	// alphabetical order.
+	Columns []*ColumnResults `protobuf:"bytes,9,rep,name=columns,proto3" json:"columns,omitempty"`
+	// every_column only: one result per policy, in the order of results, for
+	// the portfolio that puts equal capital behind each column and rebalances
+	// every bar. A bar's net return is the mean of the columns' net returns,
+	// its churn the mean of their churns (the share of all capital that
+	// moves), and mean_weights and a point's weights the mean of theirs.
+	Portfolio     []*PolicyResult `protobuf:"bytes,10,rep,name=portfolio,proto3" json:"portfolio,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2497,6 +2522,75 @@ func (x *RunBacktestResponse) GetHrl() *HrlConfig {
 	return nil
 }
 
+func (x *RunBacktestResponse) GetColumns() []*ColumnResults {
+	if x != nil {
+		return x.Columns
+	}
+	return nil
+}
+
+func (x *RunBacktestResponse) GetPortfolio() []*PolicyResult {
+	if x != nil {
+		return x.Portfolio
+	}
+	return nil
+}
+
+// ColumnResults is one column's results in a backtest of every column.
+type ColumnResults struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The column, for example SMI.
+	Column string `protobuf:"bytes,1,opt,name=column,proto3" json:"column,omitempty"`
+	// One result per policy, in the order of RunBacktestResponse.results.
+	Results       []*PolicyResult `protobuf:"bytes,2,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ColumnResults) Reset() {
+	*x = ColumnResults{}
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ColumnResults) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ColumnResults) ProtoMessage() {}
+
+func (x *ColumnResults) ProtoReflect() protoreflect.Message {
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ColumnResults.ProtoReflect.Descriptor instead.
+func (*ColumnResults) Descriptor() ([]byte, []int) {
+	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ColumnResults) GetColumn() string {
+	if x != nil {
+		return x.Column
+	}
+	return ""
+}
+
+func (x *ColumnResults) GetResults() []*PolicyResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 // TrainPolicyRequest describes a training of the HRL policy.
 type TrainPolicyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2537,7 +2631,7 @@ type TrainPolicyRequest struct {
 
 func (x *TrainPolicyRequest) Reset() {
 	*x = TrainPolicyRequest{}
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[27]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2549,7 +2643,7 @@ func (x *TrainPolicyRequest) String() string {
 func (*TrainPolicyRequest) ProtoMessage() {}
 
 func (x *TrainPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[27]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2562,7 +2656,7 @@ func (x *TrainPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainPolicyRequest.ProtoReflect.Descriptor instead.
 func (*TrainPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{27}
+	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TrainPolicyRequest) GetDataset() *Dataset {
@@ -2672,7 +2766,7 @@ type TrainingSummary struct {
 
 func (x *TrainingSummary) Reset() {
 	*x = TrainingSummary{}
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[28]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2778,7 @@ func (x *TrainingSummary) String() string {
 func (*TrainingSummary) ProtoMessage() {}
 
 func (x *TrainingSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[28]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2791,7 @@ func (x *TrainingSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainingSummary.ProtoReflect.Descriptor instead.
 func (*TrainingSummary) Descriptor() ([]byte, []int) {
-	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{28}
+	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TrainingSummary) GetHrl() *HrlConfig {
@@ -2790,7 +2884,7 @@ type TrainPolicyResponse struct {
 
 func (x *TrainPolicyResponse) Reset() {
 	*x = TrainPolicyResponse{}
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[29]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2896,7 @@ func (x *TrainPolicyResponse) String() string {
 func (*TrainPolicyResponse) ProtoMessage() {}
 
 func (x *TrainPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[29]
+	mi := &file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2909,7 @@ func (x *TrainPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainPolicyResponse.ProtoReflect.Descriptor instead.
 func (*TrainPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{29}
+	return file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *TrainPolicyResponse) GetExperimentId() string {
@@ -2999,7 +3093,7 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"\x1b_termination_regularizationB\x16\n" +
 	"\x14_entropy_coefficientB\x0f\n" +
 	"\r_hidden_unitsB\a\n" +
-	"\x05_seed\"\xe4\x04\n" +
+	"\x05_seed\"\x87\x05\n" +
 	"\x12RunBacktestRequest\x12>\n" +
 	"\adataset\x18\x01 \x01(\v2$.quantmesh.metacontroller.v1.DatasetR\adataset\x12C\n" +
 	"\bpolicies\x18\x02 \x03(\x0e2'.quantmesh.metacontroller.v1.PolicyKindR\bpolicies\x12\x1e\n" +
@@ -3013,7 +3107,8 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"\x03hrl\x18\b \x01(\v2&.quantmesh.metacontroller.v1.HrlConfigR\x03hrl\x12&\n" +
 	"\x0fregime_model_id\x18\t \x01(\tR\rregimeModelId\x12%\n" +
 	"\x0einclude_series\x18\n" +
-	" \x01(\bR\rincludeSeriesB\x15\n" +
+	" \x01(\bR\rincludeSeries\x12!\n" +
+	"\fevery_column\x18\v \x01(\bR\veveryColumnB\x15\n" +
 	"\x13_switching_cost_bpsB\x13\n" +
 	"\x11_periods_per_year\"\x95\x04\n" +
 	"\rPolicyMetrics\x12?\n" +
@@ -3047,7 +3142,7 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"\x05train\x18\x01 \x01(\v2'.quantmesh.metacontroller.v1.IndexRangeR\x05train\x12;\n" +
 	"\x04test\x18\x02 \x01(\v2'.quantmesh.metacontroller.v1.IndexRangeR\x04test\x12&\n" +
 	"\x0fregime_model_id\x18\x03 \x01(\tR\rregimeModelId\x12E\n" +
-	"\thrl_model\x18\x04 \x01(\v2(.quantmesh.metacontroller.v1.PolicyModelR\bhrlModel\"\x90\x03\n" +
+	"\thrl_model\x18\x04 \x01(\v2(.quantmesh.metacontroller.v1.PolicyModelR\bhrlModel\"\x9f\x04\n" +
 	"\x13RunBacktestResponse\x12C\n" +
 	"\aresults\x18\x01 \x03(\v2).quantmesh.metacontroller.v1.PolicyResultR\aresults\x127\n" +
 	"\x05folds\x18\x02 \x03(\v2!.quantmesh.metacontroller.v1.FoldR\x05folds\x12\x1e\n" +
@@ -3058,7 +3153,13 @@ const file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc = "" +
 	"\x10periods_per_year\x18\x05 \x01(\x05R\x0eperiodsPerYear\x125\n" +
 	"\bduration\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x12\n" +
 	"\x04seed\x18\a \x01(\x03R\x04seed\x128\n" +
-	"\x03hrl\x18\b \x01(\v2&.quantmesh.metacontroller.v1.HrlConfigR\x03hrl\"\xff\x03\n" +
+	"\x03hrl\x18\b \x01(\v2&.quantmesh.metacontroller.v1.HrlConfigR\x03hrl\x12D\n" +
+	"\acolumns\x18\t \x03(\v2*.quantmesh.metacontroller.v1.ColumnResultsR\acolumns\x12G\n" +
+	"\tportfolio\x18\n" +
+	" \x03(\v2).quantmesh.metacontroller.v1.PolicyResultR\tportfolio\"l\n" +
+	"\rColumnResults\x12\x16\n" +
+	"\x06column\x18\x01 \x01(\tR\x06column\x12C\n" +
+	"\aresults\x18\x02 \x03(\v2).quantmesh.metacontroller.v1.PolicyResultR\aresults\"\xff\x03\n" +
 	"\x12TrainPolicyRequest\x12>\n" +
 	"\adataset\x18\x01 \x01(\v2$.quantmesh.metacontroller.v1.DatasetR\adataset\x12*\n" +
 	"\x0etrain_fraction\x18\x02 \x01(\x01H\x00R\rtrainFraction\x88\x01\x01\x12\x1e\n" +
@@ -3146,7 +3247,7 @@ func file_quantmesh_metacontroller_v1_metacontroller_proto_rawDescGZIP() []byte 
 }
 
 var file_quantmesh_metacontroller_v1_metacontroller_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_quantmesh_metacontroller_v1_metacontroller_proto_goTypes = []any{
 	(StrategyKind)(0),                // 0: quantmesh.metacontroller.v1.StrategyKind
 	(PolicyKind)(0),                  // 1: quantmesh.metacontroller.v1.PolicyKind
@@ -3179,18 +3280,19 @@ var file_quantmesh_metacontroller_v1_metacontroller_proto_goTypes = []any{
 	(*PolicyResult)(nil),             // 28: quantmesh.metacontroller.v1.PolicyResult
 	(*Fold)(nil),                     // 29: quantmesh.metacontroller.v1.Fold
 	(*RunBacktestResponse)(nil),      // 30: quantmesh.metacontroller.v1.RunBacktestResponse
-	(*TrainPolicyRequest)(nil),       // 31: quantmesh.metacontroller.v1.TrainPolicyRequest
-	(*TrainingSummary)(nil),          // 32: quantmesh.metacontroller.v1.TrainingSummary
-	(*TrainPolicyResponse)(nil),      // 33: quantmesh.metacontroller.v1.TrainPolicyResponse
-	nil,                              // 34: quantmesh.metacontroller.v1.Strategy.ParametersEntry
-	nil,                              // 35: quantmesh.metacontroller.v1.PolicyMetrics.MeanWeightsEntry
-	(*timestamppb.Timestamp)(nil),    // 36: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 37: google.protobuf.Duration
+	(*ColumnResults)(nil),            // 31: quantmesh.metacontroller.v1.ColumnResults
+	(*TrainPolicyRequest)(nil),       // 32: quantmesh.metacontroller.v1.TrainPolicyRequest
+	(*TrainingSummary)(nil),          // 33: quantmesh.metacontroller.v1.TrainingSummary
+	(*TrainPolicyResponse)(nil),      // 34: quantmesh.metacontroller.v1.TrainPolicyResponse
+	nil,                              // 35: quantmesh.metacontroller.v1.Strategy.ParametersEntry
+	nil,                              // 36: quantmesh.metacontroller.v1.PolicyMetrics.MeanWeightsEntry
+	(*timestamppb.Timestamp)(nil),    // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 38: google.protobuf.Duration
 }
 var file_quantmesh_metacontroller_v1_metacontroller_proto_depIdxs = []int32{
 	0,  // 0: quantmesh.metacontroller.v1.Strategy.kind:type_name -> quantmesh.metacontroller.v1.StrategyKind
-	34, // 1: quantmesh.metacontroller.v1.Strategy.parameters:type_name -> quantmesh.metacontroller.v1.Strategy.ParametersEntry
-	36, // 2: quantmesh.metacontroller.v1.RegimeInput.bar_time:type_name -> google.protobuf.Timestamp
+	35, // 1: quantmesh.metacontroller.v1.Strategy.parameters:type_name -> quantmesh.metacontroller.v1.Strategy.ParametersEntry
+	37, // 2: quantmesh.metacontroller.v1.RegimeInput.bar_time:type_name -> google.protobuf.Timestamp
 	6,  // 3: quantmesh.metacontroller.v1.RegimeInput.probabilities:type_name -> quantmesh.metacontroller.v1.RegimeProbability
 	5,  // 4: quantmesh.metacontroller.v1.Allocation.weights:type_name -> quantmesh.metacontroller.v1.StrategyWeight
 	1,  // 5: quantmesh.metacontroller.v1.Allocation.policy:type_name -> quantmesh.metacontroller.v1.PolicyKind
@@ -3198,15 +3300,15 @@ var file_quantmesh_metacontroller_v1_metacontroller_proto_depIdxs = []int32{
 	8,  // 7: quantmesh.metacontroller.v1.Allocation.model:type_name -> quantmesh.metacontroller.v1.PolicyModel
 	7,  // 8: quantmesh.metacontroller.v1.Allocation.regime:type_name -> quantmesh.metacontroller.v1.RegimeInput
 	9,  // 9: quantmesh.metacontroller.v1.Allocation.option:type_name -> quantmesh.metacontroller.v1.OptionState
-	36, // 10: quantmesh.metacontroller.v1.Allocation.compute_time:type_name -> google.protobuf.Timestamp
+	37, // 10: quantmesh.metacontroller.v1.Allocation.compute_time:type_name -> google.protobuf.Timestamp
 	10, // 11: quantmesh.metacontroller.v1.GetAllocationResponse.allocation:type_name -> quantmesh.metacontroller.v1.Allocation
 	3,  // 12: quantmesh.metacontroller.v1.WatchAllocationsResponse.kind:type_name -> quantmesh.metacontroller.v1.WatchEventKind
 	10, // 13: quantmesh.metacontroller.v1.WatchAllocationsResponse.allocation:type_name -> quantmesh.metacontroller.v1.Allocation
 	4,  // 14: quantmesh.metacontroller.v1.ListStrategiesResponse.strategies:type_name -> quantmesh.metacontroller.v1.Strategy
-	36, // 15: quantmesh.metacontroller.v1.Bar.time:type_name -> google.protobuf.Timestamp
+	37, // 15: quantmesh.metacontroller.v1.Bar.time:type_name -> google.protobuf.Timestamp
 	18, // 16: quantmesh.metacontroller.v1.InlineBars.bars:type_name -> quantmesh.metacontroller.v1.Bar
-	36, // 17: quantmesh.metacontroller.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
-	36, // 18: quantmesh.metacontroller.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
+	37, // 17: quantmesh.metacontroller.v1.TimeRange.start_time:type_name -> google.protobuf.Timestamp
+	37, // 18: quantmesh.metacontroller.v1.TimeRange.end_time:type_name -> google.protobuf.Timestamp
 	17, // 19: quantmesh.metacontroller.v1.Dataset.bundled:type_name -> quantmesh.metacontroller.v1.BundledDataset
 	19, // 20: quantmesh.metacontroller.v1.Dataset.inline_bars:type_name -> quantmesh.metacontroller.v1.InlineBars
 	20, // 21: quantmesh.metacontroller.v1.Dataset.index_range:type_name -> quantmesh.metacontroller.v1.IndexRange
@@ -3217,8 +3319,8 @@ var file_quantmesh_metacontroller_v1_metacontroller_proto_depIdxs = []int32{
 	8,  // 26: quantmesh.metacontroller.v1.RunBacktestRequest.hrl_model:type_name -> quantmesh.metacontroller.v1.PolicyModel
 	24, // 27: quantmesh.metacontroller.v1.RunBacktestRequest.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
 	1,  // 28: quantmesh.metacontroller.v1.PolicyMetrics.policy:type_name -> quantmesh.metacontroller.v1.PolicyKind
-	35, // 29: quantmesh.metacontroller.v1.PolicyMetrics.mean_weights:type_name -> quantmesh.metacontroller.v1.PolicyMetrics.MeanWeightsEntry
-	36, // 30: quantmesh.metacontroller.v1.BacktestPoint.time:type_name -> google.protobuf.Timestamp
+	36, // 29: quantmesh.metacontroller.v1.PolicyMetrics.mean_weights:type_name -> quantmesh.metacontroller.v1.PolicyMetrics.MeanWeightsEntry
+	37, // 30: quantmesh.metacontroller.v1.BacktestPoint.time:type_name -> google.protobuf.Timestamp
 	26, // 31: quantmesh.metacontroller.v1.PolicyResult.metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
 	27, // 32: quantmesh.metacontroller.v1.PolicyResult.series:type_name -> quantmesh.metacontroller.v1.BacktestPoint
 	20, // 33: quantmesh.metacontroller.v1.Fold.train:type_name -> quantmesh.metacontroller.v1.IndexRange
@@ -3226,33 +3328,36 @@ var file_quantmesh_metacontroller_v1_metacontroller_proto_depIdxs = []int32{
 	8,  // 35: quantmesh.metacontroller.v1.Fold.hrl_model:type_name -> quantmesh.metacontroller.v1.PolicyModel
 	28, // 36: quantmesh.metacontroller.v1.RunBacktestResponse.results:type_name -> quantmesh.metacontroller.v1.PolicyResult
 	29, // 37: quantmesh.metacontroller.v1.RunBacktestResponse.folds:type_name -> quantmesh.metacontroller.v1.Fold
-	37, // 38: quantmesh.metacontroller.v1.RunBacktestResponse.duration:type_name -> google.protobuf.Duration
+	38, // 38: quantmesh.metacontroller.v1.RunBacktestResponse.duration:type_name -> google.protobuf.Duration
 	24, // 39: quantmesh.metacontroller.v1.RunBacktestResponse.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
-	22, // 40: quantmesh.metacontroller.v1.TrainPolicyRequest.dataset:type_name -> quantmesh.metacontroller.v1.Dataset
-	24, // 41: quantmesh.metacontroller.v1.TrainPolicyRequest.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
-	24, // 42: quantmesh.metacontroller.v1.TrainingSummary.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
-	20, // 43: quantmesh.metacontroller.v1.TrainingSummary.train_range:type_name -> quantmesh.metacontroller.v1.IndexRange
-	20, // 44: quantmesh.metacontroller.v1.TrainingSummary.test_range:type_name -> quantmesh.metacontroller.v1.IndexRange
-	26, // 45: quantmesh.metacontroller.v1.TrainingSummary.train_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
-	26, // 46: quantmesh.metacontroller.v1.TrainingSummary.test_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
-	37, // 47: quantmesh.metacontroller.v1.TrainingSummary.duration:type_name -> google.protobuf.Duration
-	8,  // 48: quantmesh.metacontroller.v1.TrainPolicyResponse.model:type_name -> quantmesh.metacontroller.v1.PolicyModel
-	32, // 49: quantmesh.metacontroller.v1.TrainPolicyResponse.summary:type_name -> quantmesh.metacontroller.v1.TrainingSummary
-	11, // 50: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:input_type -> quantmesh.metacontroller.v1.GetAllocationRequest
-	13, // 51: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:input_type -> quantmesh.metacontroller.v1.WatchAllocationsRequest
-	15, // 52: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:input_type -> quantmesh.metacontroller.v1.ListStrategiesRequest
-	25, // 53: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:input_type -> quantmesh.metacontroller.v1.RunBacktestRequest
-	31, // 54: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:input_type -> quantmesh.metacontroller.v1.TrainPolicyRequest
-	12, // 55: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:output_type -> quantmesh.metacontroller.v1.GetAllocationResponse
-	14, // 56: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:output_type -> quantmesh.metacontroller.v1.WatchAllocationsResponse
-	16, // 57: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:output_type -> quantmesh.metacontroller.v1.ListStrategiesResponse
-	30, // 58: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:output_type -> quantmesh.metacontroller.v1.RunBacktestResponse
-	33, // 59: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:output_type -> quantmesh.metacontroller.v1.TrainPolicyResponse
-	55, // [55:60] is the sub-list for method output_type
-	50, // [50:55] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	31, // 40: quantmesh.metacontroller.v1.RunBacktestResponse.columns:type_name -> quantmesh.metacontroller.v1.ColumnResults
+	28, // 41: quantmesh.metacontroller.v1.RunBacktestResponse.portfolio:type_name -> quantmesh.metacontroller.v1.PolicyResult
+	28, // 42: quantmesh.metacontroller.v1.ColumnResults.results:type_name -> quantmesh.metacontroller.v1.PolicyResult
+	22, // 43: quantmesh.metacontroller.v1.TrainPolicyRequest.dataset:type_name -> quantmesh.metacontroller.v1.Dataset
+	24, // 44: quantmesh.metacontroller.v1.TrainPolicyRequest.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
+	24, // 45: quantmesh.metacontroller.v1.TrainingSummary.hrl:type_name -> quantmesh.metacontroller.v1.HrlConfig
+	20, // 46: quantmesh.metacontroller.v1.TrainingSummary.train_range:type_name -> quantmesh.metacontroller.v1.IndexRange
+	20, // 47: quantmesh.metacontroller.v1.TrainingSummary.test_range:type_name -> quantmesh.metacontroller.v1.IndexRange
+	26, // 48: quantmesh.metacontroller.v1.TrainingSummary.train_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
+	26, // 49: quantmesh.metacontroller.v1.TrainingSummary.test_metrics:type_name -> quantmesh.metacontroller.v1.PolicyMetrics
+	38, // 50: quantmesh.metacontroller.v1.TrainingSummary.duration:type_name -> google.protobuf.Duration
+	8,  // 51: quantmesh.metacontroller.v1.TrainPolicyResponse.model:type_name -> quantmesh.metacontroller.v1.PolicyModel
+	33, // 52: quantmesh.metacontroller.v1.TrainPolicyResponse.summary:type_name -> quantmesh.metacontroller.v1.TrainingSummary
+	11, // 53: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:input_type -> quantmesh.metacontroller.v1.GetAllocationRequest
+	13, // 54: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:input_type -> quantmesh.metacontroller.v1.WatchAllocationsRequest
+	15, // 55: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:input_type -> quantmesh.metacontroller.v1.ListStrategiesRequest
+	25, // 56: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:input_type -> quantmesh.metacontroller.v1.RunBacktestRequest
+	32, // 57: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:input_type -> quantmesh.metacontroller.v1.TrainPolicyRequest
+	12, // 58: quantmesh.metacontroller.v1.MetaControllerService.GetAllocation:output_type -> quantmesh.metacontroller.v1.GetAllocationResponse
+	14, // 59: quantmesh.metacontroller.v1.MetaControllerService.WatchAllocations:output_type -> quantmesh.metacontroller.v1.WatchAllocationsResponse
+	16, // 60: quantmesh.metacontroller.v1.MetaControllerService.ListStrategies:output_type -> quantmesh.metacontroller.v1.ListStrategiesResponse
+	30, // 61: quantmesh.metacontroller.v1.MetaControllerService.RunBacktest:output_type -> quantmesh.metacontroller.v1.RunBacktestResponse
+	34, // 62: quantmesh.metacontroller.v1.MetaControllerService.TrainPolicy:output_type -> quantmesh.metacontroller.v1.TrainPolicyResponse
+	58, // [58:63] is the sub-list for method output_type
+	53, // [53:58] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_quantmesh_metacontroller_v1_metacontroller_proto_init() }
@@ -3270,14 +3375,14 @@ func file_quantmesh_metacontroller_v1_metacontroller_proto_init() {
 	file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[19].OneofWrappers = []any{}
 	file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[20].OneofWrappers = []any{}
 	file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[21].OneofWrappers = []any{}
-	file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[27].OneofWrappers = []any{}
+	file_quantmesh_metacontroller_v1_metacontroller_proto_msgTypes[28].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc), len(file_quantmesh_metacontroller_v1_metacontroller_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
