@@ -131,6 +131,10 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	poolSet := false
 	fs.Visit(func(fl *flag.Flag) { poolSet = poolSet || fl.Name == "pool" })
 	portfolio := len(series) > 1
+	// The first column is evaluated first and the others follow in
+	// alphabetical order, as RunBacktest's every_column orders them, so
+	// that both train the same HRL policy.
+	slices.SortFunc(series[1:], func(a, b marketdata.Series) int { return strings.Compare(a.Symbol, b.Symbol) })
 	if portfolio && !f.pool {
 		return usagef("--pool=false trains HRL on the evaluated column alone: name it with --column")
 	}

@@ -36,7 +36,7 @@ type dataset struct {
 	// datasetID is the bundled dataset's id and column the column; both
 	// empty for inline bars.
 	datasetID, column string
-	closes    []float64
+	closes            []float64
 	// pool holds the same rows of the bundled dataset's other columns
 	// (those with as many rows), named by poolNames: HRL is also trained
 	// on their training rows.
