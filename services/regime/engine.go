@@ -29,7 +29,8 @@ const DefaultSymbol = "*"
 // symbol and the stream of states. Ingest and activation are serialised by
 // one lock (their effects are ordered by the service-wide sequence);
 // classification is in memory and the write of each ingest message is one
-// transaction.
+// transaction. Reads of the latest states (GetRegime, snapshots, metrics)
+// do not wait for that lock: they see what was last committed.
 type Engine struct {
 	st     Store
 	log    *slog.Logger
@@ -41,8 +42,13 @@ type Engine struct {
 	symbols *lru.Cache[string, *symbolState] // hit rate: quantmesh_regime_feature_cache_*
 	models  *lru.Cache[string, *loadedModel]
 	active  map[string]string // symbol → model id
-	latest  map[string]*regimev1.RegimeState
-	seq     uint64
+	seq     uint64            // the last sequence given, committed or not
+
+	// view guards latest and published. They change only after a commit,
+	// under mu too, so a holder of mu reads them without view.
+	view      sync.RWMutex
+	latest    map[string]*regimev1.RegimeState
+	published uint64 // the sequence of the last committed state
 
 	broker *stream.Broker[*regimev1.RegimeState]
 }
@@ -103,6 +109,7 @@ func NewEngine(ctx context.Context, cfg EngineConfig, st Store, log *slog.Logger
 	if e.seq, err = st.LastSequence(ctx); err != nil {
 		return nil, err
 	}
+	e.published = e.seq
 	e.broker = stream.NewBroker[*regimev1.RegimeState](e.seq, cfg.Retained)
 	if err := ins.observeStates(meter, e); err != nil {
 		return nil, err
@@ -296,10 +303,7 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 		return IngestResult{}, err
 	}
 	e.ins.ingested(ctx, len(write.Bars), len(write.States), time.Since(start))
-	for _, s := range write.States {
-		e.latest[s.GetSymbol()] = s
-	}
-	e.broker.Publish(write.States)
+	e.publish(write.States)
 	res.Accepted, res.States = len(write.Bars), write.States
 	for sym, st := range touched {
 		sl := SymbolLast{BarTime: st.lastBar.Time}
@@ -396,8 +400,8 @@ func (e *Engine) classify(st *symbolState, b Bar) (*regimev1.RegimeState, error)
 
 // Latest returns a symbol's latest state.
 func (e *Engine) Latest(symbol string) *regimev1.RegimeState {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.view.RLock()
+	defer e.view.RUnlock()
 	return e.latest[symbol]
 }
 
@@ -425,16 +429,17 @@ func (e *Engine) Readiness(ctx context.Context, symbol string) error {
 // Snapshot returns the latest state of the symbols (every symbol when
 // empty), in symbol order, and the last sequence they reflect.
 func (e *Engine) Snapshot(symbols map[string]bool) ([]*regimev1.RegimeState, uint64) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	e.view.RLock()
 	var out []*regimev1.RegimeState
 	for sym, st := range e.latest {
 		if len(symbols) == 0 || symbols[sym] {
 			out = append(out, st)
 		}
 	}
+	seq := e.published
+	e.view.RUnlock()
 	sortStates(out)
-	return out, e.seq
+	return out, seq
 }
 
 func sortStates(states []*regimev1.RegimeState) {
@@ -519,11 +524,20 @@ func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string)
 		restore()
 		return nil, err
 	}
+	e.publish(states)
+	return states, nil
+}
+
+// publish makes committed states the latest and streams them. The caller
+// holds mu.
+func (e *Engine) publish(states []*regimev1.RegimeState) {
+	e.view.Lock()
+	defer e.view.Unlock()
 	for _, s := range states {
 		e.latest[s.GetSymbol()] = s
 	}
+	e.published = e.seq
 	e.broker.Publish(states)
-	return states, nil
 }
 
 // ActiveSymbols returns the symbols model is active for, sorted.

@@ -169,3 +169,74 @@ func TestEngineIngest(t *testing.T) {
 		}
 	})
 }
+
+// stalledStore holds each Commit until release is closed.
+type stalledStore struct {
+	Store
+	committing chan struct{}
+	release    chan struct{}
+}
+
+func (s *stalledStore) Commit(ctx context.Context, w Write) error {
+	s.committing <- struct{}{}
+	<-s.release
+	return s.Store.Commit(ctx, w)
+}
+
+// Reads of the latest states do not wait for an ingest's commit: while one
+// is in flight they answer what was committed before it, and its states
+// only after it commits.
+func TestEngineReadsDuringCommit(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	sql := NewSQLStore(storetest.SQLite(t, Migrations()))
+	fakeModel(t, sql, "0192f1f0-5b7e-7c3a-9d2e-000000000001", DefaultSymbol)
+	st := &stalledStore{Store: sql, committing: make(chan struct{}, 1), release: make(chan struct{})}
+	e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.decode = decodeFake
+	bars := series("DAX", time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), walkCloses(40)...)
+	close(st.release)
+	if _, err := e.Ingest(ctx, bars[:35]); err != nil {
+		t.Fatal(err)
+	}
+	<-st.committing
+	before := e.Latest("DAX")
+	if before == nil {
+		t.Fatal("no state after 35 bars")
+	}
+
+	st.release = make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Ingest(ctx, bars[35:])
+		done <- err
+	}()
+	<-st.committing // the second message is committing, holding the engine
+	reads := make(chan struct{})
+	go func() {
+		defer close(reads)
+		if got := e.Latest("DAX"); got != before {
+			t.Errorf("during the commit Latest is sequence %d, want the committed %d", got.GetSequence(), before.GetSequence())
+		}
+		states, seq := e.Snapshot(nil)
+		if len(states) != 1 || states[0] != before || seq != before.GetSequence() {
+			t.Errorf("during the commit Snapshot is %d states at sequence %d, want the committed state %d", len(states), seq, before.GetSequence())
+		}
+	}()
+	select {
+	case <-reads:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Latest and Snapshot wait for the ingest's commit")
+	}
+	close(st.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	after := e.Latest("DAX")
+	if states, seq := e.Snapshot(nil); after.GetSequence() != before.GetSequence()+5 || seq != after.GetSequence() || states[0] != after {
+		t.Errorf("after the commit: latest sequence %d, snapshot at %d; want %d", after.GetSequence(), seq, before.GetSequence()+5)
+	}
+}
