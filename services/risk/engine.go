@@ -34,6 +34,11 @@ type Config struct {
 	// SweepInterval is how often expired reservations are released; 1s by
 	// default.
 	SweepInterval time.Duration
+	// Retention is how long a closed (or expired) reservation and its fills
+	// are kept in the store; at least 7 days (the longest duplicate window),
+	// 90 days by default. A fill resent after that names a reservation that
+	// is gone, so it is refused (NotFound) rather than applied twice.
+	Retention time.Duration
 }
 
 // DefaultConfig returns the embedded defaults.
@@ -43,6 +48,7 @@ func DefaultConfig() Config {
 		Location:       time.UTC,
 		EventRetention: 7 * 24 * time.Hour,
 		SweepInterval:  time.Second,
+		Retention:      90 * 24 * time.Hour,
 	}
 }
 
@@ -57,6 +63,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("risk event retention must be at least 24h, got %s", c.EventRetention)
 	case c.SweepInterval <= 0:
 		return fmt.Errorf("risk sweep interval must be positive, got %s", c.SweepInterval)
+	case c.Retention < loadWindow:
+		return fmt.Errorf("risk reservation and fill retention must be at least %s, got %s", loadWindow, c.Retention)
 	}
 	return nil
 }

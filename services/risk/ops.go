@@ -393,7 +393,8 @@ func (e *Engine) sweep(ctx context.Context) {
 }
 
 // Run releases expired reservations every SweepInterval and prunes old
-// events hourly, until ctx is done.
+// events, and reservations closed longer than Retention ago with their
+// fills, hourly, until ctx is done.
 func (e *Engine) Run(ctx context.Context) {
 	sweep := time.NewTicker(e.cfg.SweepInterval)
 	defer sweep.Stop()
@@ -412,7 +413,34 @@ func (e *Engine) Run(ctx context.Context) {
 			} else if n > 0 {
 				e.log.Info("risk events pruned", "deleted", n)
 			}
+			e.pruneClosed(ctx)
 		}
+	}
+}
+
+// pruneBatch is how many reservations one pruning transaction deletes.
+const pruneBatch = 1000
+
+// pruneClosed deletes the reservations closed more than Retention ago, and
+// their fills, a batch per transaction. A fill is only forgotten with its
+// reservation: a resent fill is then either recognised or refused because
+// its reservation is unknown, never applied twice.
+func (e *Engine) pruneClosed(ctx context.Context) {
+	before := e.now().Add(-e.cfg.Retention)
+	var reservations, fills int64
+	for ctx.Err() == nil {
+		r, f, err := e.store.PruneClosed(ctx, before, pruneBatch)
+		reservations, fills = reservations+r, fills+f
+		if err != nil {
+			e.log.Warn("risk reservation pruning failed; will retry", "error", err)
+			break
+		}
+		if r < pruneBatch {
+			break
+		}
+	}
+	if reservations > 0 {
+		e.log.Info("risk reservations pruned", "reservations", reservations, "fills", fills, "closed_before", before)
 	}
 }
 

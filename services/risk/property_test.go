@@ -148,7 +148,10 @@ func (s *propStore) Events(context.Context, uint64, int) ([]*riskv1.RiskEvent, e
 }
 func (s *propStore) FirstSequence(context.Context) (uint64, error)         { return 0, nil }
 func (s *propStore) PruneEvents(context.Context, time.Time) (int64, error) { return 0, nil }
-func (s *propStore) Close() error                                          { return nil }
+func (s *propStore) PruneClosed(context.Context, time.Time, int) (int64, int64, error) {
+	return 0, 0, nil
+}
+func (s *propStore) Close() error { return nil }
 
 // since returns the events committed after the first n.
 func (s *propStore) since(n int) []*riskv1.RiskEvent {

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -622,4 +624,54 @@ func (s *SQLStore) PruneEvents(ctx context.Context, before time.Time) (int64, er
 		return 0, store.Err("prune risk events", err)
 	}
 	return res.RowsAffected()
+}
+
+// PruneClosed implements Store.
+func (s *SQLStore) PruneClosed(ctx context.Context, before time.Time, limit int) (reservations, fills int64, err error) {
+	// A reservation stored open is closed once it expires. created is at or
+	// before both, so its index narrows the scan.
+	cut := micros(before)
+	rows, err := s.db.Reader().QueryContext(ctx, `SELECT reservation_id FROM risk_reservations
+		WHERE created < $1 AND (closed < $1 OR (closed IS NULL AND expires < $1)) ORDER BY created LIMIT $2`, cut, limit)
+	if err != nil {
+		return 0, 0, store.Err("find closed reservations", err)
+	}
+	var ids []any
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, 0, store.Err("find closed reservations", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Close(); err != nil {
+		return 0, 0, store.Err("find closed reservations", err)
+	}
+	if err := rows.Err(); err != nil || len(ids) == 0 {
+		return 0, 0, store.Err("find closed reservations", err)
+	}
+	in := make([]string, len(ids))
+	for i := range ids {
+		in[i] = "$" + strconv.Itoa(i+1)
+	}
+	list := strings.Join(in, ", ")
+	err = s.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM risk_fills WHERE reservation_id IN (`+list+`)`, ids...)
+		if err != nil {
+			return err
+		}
+		if fills, err = res.RowsAffected(); err != nil {
+			return err
+		}
+		if res, err = tx.ExecContext(ctx, `DELETE FROM risk_reservations WHERE reservation_id IN (`+list+`)`, ids...); err != nil {
+			return err
+		}
+		reservations, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, 0, store.Err("prune closed reservations", err)
+	}
+	return reservations, fills, nil
 }

@@ -126,6 +126,10 @@ type Store interface {
 	FirstSequence(ctx context.Context) (uint64, error)
 	// PruneEvents deletes events older than before.
 	PruneEvents(ctx context.Context, before time.Time) (int64, error)
+	// PruneClosed deletes up to limit reservations that were closed, or
+	// expired, before before, together with their fills, in one
+	// transaction, oldest first, and returns how many of each it deleted.
+	PruneClosed(ctx context.Context, before time.Time, limit int) (reservations, fills int64, err error)
 	// Close stops the writer after committing what was enqueued.
 	Close() error
 }
