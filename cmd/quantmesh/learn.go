@@ -38,6 +38,8 @@ type forgettingFlags struct {
 	seed     int64
 	fisher   string
 	ftLR     float64
+	ftBatch  int
+	seeds    int
 	ftOpt    string
 	joint    bool
 	act      string
@@ -55,9 +57,11 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.epochs, "bench-epochs", train.Epochs, "forgetting benchmark: epochs on regime A")
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
-	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1)")
+	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1); the first seed with --bench-seeds")
+	fs.IntVar(&f.seeds, "bench-seeds", 5, "forgetting benchmark: runs with seeds --bench-seed, --bench-seed+1, ...; the table is their mean")
 	fs.StringVar(&f.fisher, "bench-fisher", learner.FisherDiagonal, "forgetting benchmark: the EWC penalty's Fisher estimate: diagonal (the learner's), empirical (diagonal, at the labels) or kronecker (K-FAC)")
 	fs.Float64Var(&f.ftLR, "bench-fine-tune-learning-rate", 0, "forgetting benchmark: learning rate on regime B (0: --bench-learning-rate)")
+	fs.IntVar(&f.ftBatch, "bench-fine-tune-batch-size", ft.BatchSize, "forgetting benchmark: batch size on regime B (the learner's)")
 	fs.StringVar(&f.ftOpt, "bench-fine-tune-optimizer", policy.OptimizerAdam, "forgetting benchmark: optimizer on regime B, adam or momentum (SGD with momentum 0.9)")
 	fs.BoolVar(&f.joint, "bench-joint", false, "forgetting benchmark: also continue on A and B together, a reference that is not continual learning")
 }
@@ -103,6 +107,10 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-epochs %d: want 1 or more", f.epochs)
 	case f.ftEpochs < 1:
 		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
+	case f.seeds < 1 || f.seeds > 100:
+		return usagef("invalid --bench-seeds %d: want 1 to 100", f.seeds)
+	case f.ftBatch < 1:
+		return usagef("invalid --bench-fine-tune-batch-size %d: want 1 or more", f.ftBatch)
 	case !(f.lr > 0) || math.IsInf(f.lr, 0):
 		return usagef("invalid --bench-learning-rate %v: must be positive", f.lr)
 	case !slices.Contains(learner.FisherEstimates, f.fisher):
@@ -125,14 +133,14 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 	}
 	train, ft := learner.DefaultForgettingTrain()
 	train.Hidden, train.Activation, train.Epochs, train.LearningRate, train.Seed = hidden, f.act, f.epochs, f.lr, f.seed
-	ft.Epochs, ft.LearningRate, ft.Seed, ft.Optimizer = f.ftEpochs, f.lr, f.seed+1, f.ftOpt
+	ft.Epochs, ft.BatchSize, ft.LearningRate, ft.Seed, ft.Optimizer = f.ftEpochs, f.ftBatch, f.lr, f.seed+1, f.ftOpt
 	if f.ftLR > 0 {
 		ft.LearningRate = f.ftLR
 	}
-	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %s %s, %d+%d epochs, learning rate %g then %s %g, λ %s, %s Fisher ...\n",
-		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, joinFloats(lambdas), f.fisher)
+	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %s %s, %d+%d epochs, learning rate %g then %s %g (batch %d), λ %s, %s Fisher, %d seed(s) from %d ...\n",
+		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, ft.BatchSize, joinFloats(lambdas), f.fisher, f.seeds, f.seed)
 	start := time.Now()
-	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint})
+	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint, Seeds: f.seeds})
 	if err != nil {
 		return err
 	}
@@ -209,12 +217,14 @@ decided at every bar, retrains once and exits. --kafka-brokers consumes the
 bus topics decisions and market.bars and retrains every --cadence until
 stopped (with the in-process bus, run 'quantmesh up --learn' instead).
 
---forgetting-benchmark trains on regime A (bundled data), continues on
-regime B with plain fine-tuning and with EWC at each --lambdas, same seed,
-epochs and learning rate, and prints accuracy and log loss on A before and
-after and on B. --bench-fisher measures the penalty with another Fisher
-estimate than the learner's diagonal one; --bench-joint adds continuing on
-A and B together as a reference. It needs no mesh.
+--forgetting-benchmark trains on regime A (bundled data) as 'quantmesh
+train' trains the served policy, continues on regime B as one retrain of
+the learner (its learning rate, epochs and batch size) with plain
+fine-tuning and with EWC at each --lambdas, and prints accuracy and log
+loss on A before and after and on B: the mean over --bench-seeds seeds,
+then each seed's best λ. --bench-fisher measures the penalty with another
+Fisher estimate than the learner's diagonal one; --bench-joint adds
+continuing on A and B together as a reference. It needs no mesh.
 
 Flags:
 `)

@@ -17,6 +17,8 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"bad fine-tune optimizer", []string{"--forgetting-benchmark", "--bench-fine-tune-optimizer", "sgd"}, []string{"invalid --bench-fine-tune-optimizer", `"sgd": want adam or momentum`}},
 		{"bad fine-tune learning rate", []string{"--forgetting-benchmark", "--bench-fine-tune-learning-rate", "-1"}, []string{"invalid --bench-fine-tune-learning-rate -1"}},
 		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
+		{"bad seeds", []string{"--forgetting-benchmark", "--bench-seeds", "0"}, []string{"invalid --bench-seeds 0", "want 1 to 100"}},
+		{"bad fine-tune batch", []string{"--forgetting-benchmark", "--bench-fine-tune-batch-size", "0"}, []string{"invalid --bench-fine-tune-batch-size 0"}},
 		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
 	})
 	testUsageErrors(t, "up", []usageCase{

@@ -16,7 +16,10 @@ type Config struct {
 	Alias string
 	// Experiment names the ExperimentService experiment of its runs.
 	Experiment string
-	// Lambda (λ ≥ 0) weighs the EWC penalty; 0 is plain fine-tuning.
+	// Lambda (λ ≥ 0) weighs the EWC penalty; 0 is plain fine-tuning. The
+	// default, 30, is the forgetting benchmark's choice (README): with this
+	// configuration's retrain it keeps the most of regime A while keeping
+	// over 90% of plain fine-tuning's accuracy on regime B.
 	Lambda float64
 	// Gamma (γ in [0, 1]) decays the running Fisher estimate on each
 	// publish: F ← γF + F_new (online EWC). 0 keeps only the newest.
@@ -55,7 +58,7 @@ func DefaultConfig() Config {
 		Model:                "policy",
 		Alias:                "production",
 		Experiment:           "online-learning",
-		Lambda:               10,
+		Lambda:               30,
 		Gamma:                0.9,
 		LearningRate:         1e-3,
 		BatchSize:            32,

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/quantmesh/quantmesh/internal/training"
@@ -63,6 +64,10 @@ type ForgettingConfig struct {
 	// FisherDiagonal (the default when empty, what the learner uses),
 	// FisherEmpirical or FisherKronecker.
 	Fisher string
+	// Seeds is how many seeds to run (at least 1): the i-th run trains with
+	// Train.Seed+i and FineTune.Seed+i, and the result is their mean (see
+	// ForgettingResult.Seeds).
+	Seeds int
 	// Joint adds a reference that is not continual learning: the A-trained
 	// network continued on A's and B's training parts together, with
 	// FineTune's settings (so more steps: the epochs cover both). It shows
@@ -133,6 +138,15 @@ type ForgettingResult struct {
 	// Joint is the reference of ForgettingConfig.Joint: accuracy on A's and
 	// B's training parts after continuing on both together.
 	Joint *JointScore `json:"joint,omitempty"`
+	// Seeds holds each seed's result when the benchmark ran several. The
+	// fields above are then their means: each score, drop and joint score
+	// is the mean over the seeds, RelativeDrop the mean drop over the mean
+	// accuracy on A before, DropCut one minus the mean drop over plain
+	// fine-tuning's mean drop, and BRatio the mean accuracy on B over
+	// plain fine-tuning's, so one seed's noise does not decide the goals.
+	Seeds []*ForgettingResult `json:"seeds,omitempty"`
+	// TrainSeeds are the seeds of the training on A, one per run.
+	TrainSeeds []int64 `json:"train_seeds"`
 }
 
 // JointScore is the joint-training reference of the forgetting benchmark.
@@ -168,6 +182,25 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
 		}
 	}
+	if cfg.Seeds > 1 {
+		var runs []*ForgettingResult
+		for i := range cfg.Seeds {
+			c := cfg
+			c.Train.Seed += int64(i)
+			c.FineTune.Seed += int64(i)
+			r, err := forgetting(ctx, c)
+			if err != nil {
+				return nil, err
+			}
+			runs = append(runs, r)
+		}
+		return meanResult(runs), nil
+	}
+	return forgetting(ctx, cfg)
+}
+
+// forgetting is one run of the benchmark, with cfg's seeds.
+func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, error) {
 	base, _, err := policy.Train(ctx, cfg.Train, cfg.A.TrainX, cfg.A.TrainY, nil)
 	if err != nil {
 		return nil, fmt.Errorf("forgetting: train on %s: %w", cfg.A.Name, err)
@@ -191,6 +224,7 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	}
 	res := &ForgettingResult{
 		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
+		TrainSeeds:  []int64{cfg.Train.Seed},
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
 		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
@@ -219,19 +253,11 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	if res.Plain, err = run(0); err != nil {
 		return nil, err
 	}
-	res.Plain.BRatio = 1
 	for _, l := range cfg.Lambdas {
 		r, err := run(l)
 		if err != nil {
 			return nil, err
 		}
-		if res.Plain.Drop > 0 {
-			r.DropCut = 1 - r.Drop/res.Plain.Drop
-		}
-		if res.Plain.B.Accuracy > 0 {
-			r.BRatio = r.B.Accuracy / res.Plain.B.Accuracy
-		}
-		r.MeetsGoals = res.Plain.Drop > 0 && r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio
 		res.EWC = append(res.EWC, r)
 	}
 	if cfg.Joint {
@@ -245,13 +271,81 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		}
 		res.Joint = &JointScore{A: score(n, cfg.A.TrainX, cfg.A.TrainY), B: score(n, cfg.B.TrainX, cfg.B.TrainY)}
 	}
+	res.compare()
+	return res, nil
+}
+
+// compare sets each EWC run's DropCut, BRatio and MeetsGoals against plain
+// fine-tuning, and Best.
+func (res *ForgettingResult) compare() {
+	res.Plain.BRatio, res.Best = 1, nil
+	for i := range res.EWC {
+		r := &res.EWC[i]
+		if res.Plain.Drop > 0 {
+			r.DropCut = 1 - r.Drop/res.Plain.Drop
+		}
+		if res.Plain.B.Accuracy > 0 {
+			r.BRatio = r.B.Accuracy / res.Plain.B.Accuracy
+		}
+		r.MeetsGoals = res.Plain.Drop > 0 && r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio
+	}
 	for i := range res.EWC {
 		r := &res.EWC[i]
 		if r.BRatio >= GoalBRatio && (res.Best == nil || r.DropCut > res.Best.DropCut) {
 			res.Best = r
 		}
 	}
-	return res, nil
+}
+
+// meanResult is the mean of runs that differ only in their seeds.
+func meanResult(runs []*ForgettingResult) *ForgettingResult {
+	k := float64(len(runs))
+	meanScore := func(get func(*ForgettingResult) Score) Score {
+		var m Score
+		for _, r := range runs {
+			s := get(r)
+			m.Accuracy += s.Accuracy / k
+			m.LogLoss += s.LogLoss / k
+		}
+		return m
+	}
+	first := runs[0]
+	res := &ForgettingResult{
+		RegimeA: first.RegimeA, RegimeB: first.RegimeB, Fisher: first.Fisher, SamplesA: first.SamplesA, SamplesB: first.SamplesB,
+		ABefore:     meanScore(func(r *ForgettingResult) Score { return r.ABefore }),
+		ATestBefore: meanScore(func(r *ForgettingResult) Score { return r.ATestBefore }),
+		BBefore:     meanScore(func(r *ForgettingResult) Score { return r.BBefore }),
+		Seeds:       runs,
+	}
+	for _, r := range runs {
+		res.TrainSeeds = append(res.TrainSeeds, r.TrainSeeds...)
+	}
+	meanRun := func(get func(*ForgettingResult) ForgettingRun) ForgettingRun {
+		m := ForgettingRun{Lambda: get(first).Lambda}
+		m.AAfter = meanScore(func(r *ForgettingResult) Score { return get(r).AAfter })
+		m.ATestAfter = meanScore(func(r *ForgettingResult) Score { return get(r).ATestAfter })
+		m.B = meanScore(func(r *ForgettingResult) Score { return get(r).B })
+		m.BTest = meanScore(func(r *ForgettingResult) Score { return get(r).BTest })
+		for _, r := range runs {
+			m.Drop += get(r).Drop / k
+		}
+		if res.ABefore.Accuracy > 0 {
+			m.RelativeDrop = m.Drop / res.ABefore.Accuracy
+		}
+		return m
+	}
+	res.Plain = meanRun(func(r *ForgettingResult) ForgettingRun { return r.Plain })
+	for i := range first.EWC {
+		res.EWC = append(res.EWC, meanRun(func(r *ForgettingResult) ForgettingRun { return r.EWC[i] }))
+	}
+	if first.Joint != nil {
+		res.Joint = &JointScore{
+			A: meanScore(func(r *ForgettingResult) Score { return r.Joint.A }),
+			B: meanScore(func(r *ForgettingResult) Score { return r.Joint.B }),
+		}
+	}
+	res.compare()
+	return res
 }
 
 // Halves splits each series in two in time: the first half for regime A,
@@ -306,20 +400,27 @@ func LoadRegime(name string, horizon int, threshold, holdOut float64) (*Regime, 
 	return BuildRegime(name, series, horizon, threshold, holdOut)
 }
 
-// DefaultForgettingTrain is the training of both phases of the benchmark:
-// the serving network shape, Adam at 3e-3, 30 epochs, class weights.
+// DefaultForgettingTrain is the training of both phases of the benchmark,
+// the product's own: regime A is learned as `quantmesh train` trains the
+// served policy (training.DefaultConfig: the serving network shape, Adam
+// 1e-3, 30 epochs, batches of 64, class weights; without its validation
+// split, so that every sample of A's training part is learned), and the
+// continuation on B is one retrain of the online learner (DefaultConfig:
+// Adam 1e-3, 5 epochs, batches of 32, class weights).
 func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
-	train = policy.TrainConfig{
-		Config: policy.Config{Hidden: []int{64, 32}, Activation: policy.ActivationTanh},
-		Epochs: 30, BatchSize: 64, LearningRate: 3e-3, ClassWeights: true, Seed: 1,
-	}
-	fineTune = policy.TrainConfig{Epochs: 30, BatchSize: 64, LearningRate: 3e-3, ClassWeights: true, Seed: 2}
+	train = training.DefaultConfig().Train
+	train.ValidationFraction = 0
+	l := DefaultConfig()
+	fineTune = policy.TrainConfig{Epochs: l.Epochs, BatchSize: l.BatchSize, LearningRate: l.LearningRate, ClassWeights: true, Seed: train.Seed + 1}
 	return train, fineTune
 }
 
 // WriteTable prints the benchmark as a text table.
 func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d); EWC with the %s Fisher\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB, r.Fisher)
+	if len(r.Seeds) > 1 {
+		fmt.Fprintf(w, "means over %d seeds (training on A with seeds %s); drop cut and B/plain from the means\n", len(r.Seeds), joinSeeds(r.TrainSeeds))
+	}
 	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
 		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
 	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
@@ -344,9 +445,28 @@ func (r *ForgettingResult) WriteTable(w io.Writer) {
 	if r.Joint != nil {
 		fmt.Fprintf(w, "reference, not continual: continued on A and B together, accuracy on A %.3f, on B %.3f\n", r.Joint.A.Accuracy, r.Joint.B.Accuracy)
 	}
-	if r.Best != nil {
-		fmt.Fprintf(w, "best λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%%\n", 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut)
-	} else {
-		fmt.Fprintf(w, "no λ keeps B ≥ %.0f%% of plain\n", 100*GoalBRatio)
+	r.writeBest(w, "")
+	for i, s := range r.Seeds {
+		s.writeBest(w, fmt.Sprintf("seed %d alone: ", r.TrainSeeds[i]))
 	}
+}
+
+func (r *ForgettingResult) writeBest(w io.Writer, prefix string) {
+	if r.Best == nil {
+		fmt.Fprintf(w, "%sno λ keeps B ≥ %.0f%% of plain\n", prefix, 100*GoalBRatio)
+		return
+	}
+	met := "goals not met"
+	if r.Best.MeetsGoals {
+		met = "goals met"
+	}
+	fmt.Fprintf(w, "%sbest λ with B ≥ %.0f%% of plain: %g, drop cut %.1f%% at %.1f%% of B (%s)\n", prefix, 100*GoalBRatio, r.Best.Lambda, 100*r.Best.DropCut, 100*r.Best.BRatio, met)
+}
+
+func joinSeeds(seeds []int64) string {
+	out := make([]string, len(seeds))
+	for i, s := range seeds {
+		out[i] = strconv.FormatInt(s, 10)
+	}
+	return strings.Join(out, ", ")
 }

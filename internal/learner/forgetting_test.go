@@ -3,6 +3,7 @@ package learner
 import (
 	"bytes"
 	"context"
+	"math"
 	"strings"
 	"testing"
 
@@ -81,5 +82,59 @@ func TestForgettingBadInput(t *testing.T) {
 	}
 	if _, err := LoadRegime("nasdaq", 5, 0.5, 0.2); err == nil || !strings.Contains(err.Error(), `unknown regime "nasdaq"`) {
 		t.Errorf("unknown regime: %v", err)
+	}
+}
+
+// With several seeds the benchmark reports their mean, and the goals are
+// judged on the means; each seed's run is the single run with its seeds.
+func TestForgettingSeedsMean(t *testing.T) {
+	t.Parallel()
+	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ForgettingConfig{
+		A: A, B: B, Lambdas: []float64{3, 100},
+		Train:    policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 7},
+		FineTune: policy.TrainConfig{Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 8},
+	}
+	one, err := Forgetting(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Seeds = 2
+	res, err := Forgetting(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Seeds) != 2 || len(res.TrainSeeds) != 2 || res.TrainSeeds[0] != 7 || res.TrainSeeds[1] != 8 {
+		t.Fatalf("%d seed results, train seeds %v; want 2, [7 8]", len(res.Seeds), res.TrainSeeds)
+	}
+	if s := res.Seeds[0]; s.Plain != one.Plain || s.EWC[1] != one.EWC[1] {
+		t.Errorf("the first seed's run differs from the single run with its seeds")
+	}
+	near := func(a, b float64) bool { return math.Abs(a-b) < 1e-12 }
+	s0, s1 := res.Seeds[0], res.Seeds[1]
+	if !near(res.Plain.Drop, (s0.Plain.Drop+s1.Plain.Drop)/2) || !near(res.ABefore.Accuracy, (s0.ABefore.Accuracy+s1.ABefore.Accuracy)/2) {
+		t.Errorf("plain drop %v, A before %v: not the means of the seeds'", res.Plain.Drop, res.ABefore.Accuracy)
+	}
+	for i, r := range res.EWC {
+		drop := (s0.EWC[i].Drop + s1.EWC[i].Drop) / 2
+		b := (s0.EWC[i].B.Accuracy + s1.EWC[i].B.Accuracy) / 2
+		if !near(r.Drop, drop) || !near(r.B.Accuracy, b) || !near(r.DropCut, 1-drop/res.Plain.Drop) || !near(r.BRatio, b/res.Plain.B.Accuracy) {
+			t.Errorf("λ=%g: drop %v, B %v, drop cut %v, B ratio %v; want the means %v and %v and the ratios of means", r.Lambda, r.Drop, r.B.Accuracy, r.DropCut, r.BRatio, drop, b)
+		}
+		if r.MeetsGoals != (r.DropCut >= GoalDropCut && r.BRatio >= GoalBRatio) {
+			t.Errorf("λ=%g: meets goals %v with drop cut %v and B ratio %v", r.Lambda, r.MeetsGoals, r.DropCut, r.BRatio)
+		}
+	}
+	var buf bytes.Buffer
+	res.WriteTable(&buf)
+	if !strings.Contains(buf.String(), "means over 2 seeds") || !strings.Contains(buf.String(), "seed 8 alone:") {
+		t.Errorf("table:\n%s", buf.String())
 	}
 }
