@@ -40,6 +40,7 @@ type forgettingFlags struct {
 	ftLR     float64
 	ftBatch  int
 	seeds    int
+	retrains int
 	ftOpt    string
 	joint    bool
 	act      string
@@ -58,6 +59,7 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
 	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1); the first seed with --bench-seeds")
+	fs.IntVar(&f.retrains, "bench-retrains", 1, "forgetting benchmark: the continuation on B is this many learner retrains in a row (anchored each at the one before, the Fisher updated online with the learner's default γ)")
 	fs.IntVar(&f.seeds, "bench-seeds", 5, "forgetting benchmark: runs with seeds --bench-seed, --bench-seed+1, ...; the table is their mean")
 	fs.StringVar(&f.fisher, "bench-fisher", learner.FisherDiagonal, "forgetting benchmark: the EWC penalty's Fisher estimate: diagonal (the learner's), empirical (diagonal, at the labels) or kronecker (K-FAC)")
 	fs.Float64Var(&f.ftLR, "bench-fine-tune-learning-rate", 0, "forgetting benchmark: learning rate on regime B (0: --bench-learning-rate)")
@@ -107,6 +109,10 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-epochs %d: want 1 or more", f.epochs)
 	case f.ftEpochs < 1:
 		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
+	case f.retrains < 1 || f.retrains > 100:
+		return usagef("invalid --bench-retrains %d: want 1 to 100", f.retrains)
+	case f.retrains > 1 && f.fisher == learner.FisherKronecker:
+		return usagef("invalid --bench-retrains %d with --bench-fisher kronecker: chained retrains need a diagonal Fisher", f.retrains)
 	case f.seeds < 1 || f.seeds > 100:
 		return usagef("invalid --bench-seeds %d: want 1 to 100", f.seeds)
 	case f.ftBatch < 1:
@@ -140,7 +146,8 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 	fmt.Fprintf(stderr, "forgetting benchmark: %s then %s, %s %s, %d+%d epochs, learning rate %g then %s %g (batch %d), λ %s, %s Fisher, %d seed(s) from %d ...\n",
 		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, ft.BatchSize, joinFloats(lambdas), f.fisher, f.seeds, f.seed)
 	start := time.Now()
-	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint, Seeds: f.seeds})
+	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint, Seeds: f.seeds,
+		Retrains: f.retrains, Gamma: learner.DefaultConfig().Gamma})
 	if err != nil {
 		return err
 	}

@@ -18,6 +18,8 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"bad fine-tune learning rate", []string{"--forgetting-benchmark", "--bench-fine-tune-learning-rate", "-1"}, []string{"invalid --bench-fine-tune-learning-rate -1"}},
 		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
 		{"bad seeds", []string{"--forgetting-benchmark", "--bench-seeds", "0"}, []string{"invalid --bench-seeds 0", "want 1 to 100"}},
+		{"bad retrains", []string{"--forgetting-benchmark", "--bench-retrains", "0"}, []string{"invalid --bench-retrains 0", "want 1 to 100"}},
+		{"retrains with K-FAC", []string{"--forgetting-benchmark", "--bench-retrains", "3", "--bench-fisher", "kronecker"}, []string{"chained retrains need a diagonal Fisher"}},
 		{"bad fine-tune batch", []string{"--forgetting-benchmark", "--bench-fine-tune-batch-size", "0"}, []string{"invalid --bench-fine-tune-batch-size 0"}},
 		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
 	})

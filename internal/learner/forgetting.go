@@ -64,6 +64,14 @@ type ForgettingConfig struct {
 	// FisherDiagonal (the default when empty, what the learner uses),
 	// FisherEmpirical or FisherKronecker.
 	Fisher string
+	// Retrains is how many consecutive retrains the continuation on B is
+	// (1 when 0), each FineTune's, as the learner's retrains follow each
+	// other on a lasting regime: each starts from and is anchored at the
+	// previous one, and the diagonal Fisher is updated online with Gamma.
+	// More than one needs a diagonal Fisher.
+	Retrains int
+	// Gamma is the online Fisher's decay between retrains (the learner's).
+	Gamma float64
 	// Seeds is how many seeds to run (at least 1): the i-th run trains with
 	// Train.Seed+i and FineTune.Seed+i, and the result is their mean (see
 	// ForgettingResult.Seeds).
@@ -147,6 +155,8 @@ type ForgettingResult struct {
 	Seeds []*ForgettingResult `json:"seeds,omitempty"`
 	// TrainSeeds are the seeds of the training on A, one per run.
 	TrainSeeds []int64 `json:"train_seeds"`
+	// Retrains is how many consecutive retrains the continuation on B was.
+	Retrains int `json:"retrains"`
 }
 
 // JointScore is the joint-training reference of the forgetting benchmark.
@@ -182,6 +192,12 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
 		}
 	}
+	if cfg.Retrains > 1 && cfg.Fisher == FisherKronecker {
+		return nil, errors.New("forgetting: retrains: chained retrains need a diagonal Fisher (K-FAC has no online update)")
+	}
+	if !(cfg.Gamma >= 0 && cfg.Gamma <= 1) {
+		return nil, fmt.Errorf("forgetting: gamma: must be in [0, 1], got %v", cfg.Gamma)
+	}
 	if cfg.Seeds > 1 {
 		var runs []*ForgettingResult
 		for i := range cfg.Seeds {
@@ -199,45 +215,72 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	return forgetting(ctx, cfg)
 }
 
+// retrainSeedStep separates the seeds of consecutive retrains.
+const retrainSeedStep = 1000
+
 // forgetting is one run of the benchmark, with cfg's seeds.
 func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, error) {
 	base, _, err := policy.Train(ctx, cfg.Train, cfg.A.TrainX, cfg.A.TrainY, nil)
 	if err != nil {
 		return nil, fmt.Errorf("forgetting: train on %s: %w", cfg.A.Name, err)
 	}
-	var ewc func(lambda float64) *policy.EWC
+	// The penalty of a retrain anchored at n with the diagonal Fisher f
+	// (nil with K-FAC, which is only computed on A).
+	var ewc func(lambda float64, n *policy.Network, f *policy.Fisher) *policy.EWC
+	var fisherA *policy.Fisher
 	if cfg.Fisher == FisherKronecker {
 		k, err := policy.ComputeKroneckerFisher(base, cfg.A.TrainX)
 		if err != nil {
 			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
 		}
-		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Kronecker: k} }
+		ewc = func(lambda float64, n *policy.Network, _ *policy.Fisher) *policy.EWC {
+			return &policy.EWC{Lambda: lambda, Anchor: n, Kronecker: k}
+		}
 	} else {
-		f, err := policy.ComputeFisher(base, cfg.A.TrainX)
 		if cfg.Fisher == FisherEmpirical {
-			f, err = policy.ComputeEmpiricalFisher(base, cfg.A.TrainX, cfg.A.TrainY)
+			fisherA, err = policy.ComputeEmpiricalFisher(base, cfg.A.TrainX, cfg.A.TrainY)
+		} else {
+			fisherA, err = policy.ComputeFisher(base, cfg.A.TrainX)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("forgetting: Fisher on %s: %w", cfg.A.Name, err)
 		}
-		ewc = func(lambda float64) *policy.EWC { return &policy.EWC{Lambda: lambda, Anchor: base, Fisher: f} }
+		ewc = func(lambda float64, n *policy.Network, f *policy.Fisher) *policy.EWC {
+			return &policy.EWC{Lambda: lambda, Anchor: n, Fisher: f}
+		}
 	}
 	res := &ForgettingResult{
 		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
 		TrainSeeds:  []int64{cfg.Train.Seed},
+		Retrains:    max(cfg.Retrains, 1),
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
 		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
 	}
 	run := func(lambda float64) (ForgettingRun, error) {
-		tc := cfg.FineTune
-		tc.Start = base
-		if lambda > 0 {
-			tc.EWC = ewc(lambda)
-		}
-		n, _, err := policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil)
-		if err != nil {
-			return ForgettingRun{}, fmt.Errorf("forgetting: continue on %s (λ %v): %w", cfg.B.Name, lambda, err)
+		// Retrain after retrain, as the learner does: each starts from and
+		// is anchored at the one before, and the Fisher is updated
+		// online, F ← γF + F_new, F_new on what the retrain learned.
+		n, f := base, fisherA
+		for i := range max(cfg.Retrains, 1) {
+			tc := cfg.FineTune
+			tc.Start, tc.Seed = n, tc.Seed+int64(i)*retrainSeedStep
+			if lambda > 0 {
+				tc.EWC = ewc(lambda, n, f)
+			}
+			var err error
+			if n, _, err = policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil); err != nil {
+				return ForgettingRun{}, fmt.Errorf("forgetting: continue on %s (λ %v, retrain %d): %w", cfg.B.Name, lambda, i+1, err)
+			}
+			if lambda > 0 && f != nil && i+1 < cfg.Retrains {
+				fnew, err := policy.ComputeFisher(n, thin(cfg.B.TrainX, maxFisherSamples))
+				if err == nil {
+					f, err = f.Combine(cfg.Gamma, fnew)
+				}
+				if err != nil {
+					return ForgettingRun{}, fmt.Errorf("forgetting: Fisher after retrain %d: %w", i+1, err)
+				}
+			}
 		}
 		r := ForgettingRun{
 			Lambda: lambda,
@@ -311,7 +354,7 @@ func meanResult(runs []*ForgettingResult) *ForgettingResult {
 	}
 	first := runs[0]
 	res := &ForgettingResult{
-		RegimeA: first.RegimeA, RegimeB: first.RegimeB, Fisher: first.Fisher, SamplesA: first.SamplesA, SamplesB: first.SamplesB,
+		RegimeA: first.RegimeA, RegimeB: first.RegimeB, Fisher: first.Fisher, SamplesA: first.SamplesA, SamplesB: first.SamplesB, Retrains: first.Retrains,
 		ABefore:     meanScore(func(r *ForgettingResult) Score { return r.ABefore }),
 		ATestBefore: meanScore(func(r *ForgettingResult) Score { return r.ATestBefore }),
 		BBefore:     meanScore(func(r *ForgettingResult) Score { return r.BBefore }),
@@ -418,6 +461,9 @@ func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
 // WriteTable prints the benchmark as a text table.
 func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d); EWC with the %s Fisher\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB, r.Fisher)
+	if r.Retrains > 1 {
+		fmt.Fprintf(w, "the continuation on B is %d retrains in a row, each anchored at the one before, the Fisher updated online\n", r.Retrains)
+	}
 	if len(r.Seeds) > 1 {
 		fmt.Fprintf(w, "means over %d seeds (training on A with seeds %s); drop cut and B/plain from the means\n", len(r.Seeds), joinSeeds(r.TrainSeeds))
 	}

@@ -138,3 +138,55 @@ func TestForgettingSeedsMean(t *testing.T) {
 		t.Errorf("table:\n%s", buf.String())
 	}
 }
+
+// A continuation of several retrains chains them as the learner does: the
+// plain run is FineTune applied again from where the last one ended.
+func TestForgettingRetrains(t *testing.T) {
+	t.Parallel()
+	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 3}
+	ft := policy.TrainConfig{Epochs: 2, LearningRate: 1e-2, ClassWeights: true, Seed: 4}
+	cfg := ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{10}, Retrains: 2, Gamma: 0.9}
+	res, err := Forgetting(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n, _, err := policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		tc := ft
+		tc.Start, tc.Seed = n, ft.Seed+int64(i)*retrainSeedStep
+		if n, _, err = policy.Train(ctx, tc, B.TrainX, B.TrainY, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := score(n, A.TrainX, A.TrainY); res.Retrains != 2 || res.Plain.AAfter != want {
+		t.Errorf("plain after 2 retrains: %d retrains, A %+v; want 2 and %+v", res.Retrains, res.Plain.AAfter, want)
+	}
+	cfg.Retrains = 1
+	one, err := Forgetting(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.EWC[0].AAfter == res.EWC[0].AAfter {
+		t.Errorf("EWC after one retrain and after two score the same on A: %+v", one.EWC[0].AAfter)
+	}
+	for _, bad := range []ForgettingConfig{
+		{A: A, B: B, Lambdas: []float64{1}, Retrains: 2, Fisher: FisherKronecker},
+		{A: A, B: B, Lambdas: []float64{1}, Gamma: 1.5},
+	} {
+		if _, err := Forgetting(ctx, bad); err == nil {
+			t.Errorf("retrains %d, fisher %q, gamma %v: no error", bad.Retrains, bad.Fisher, bad.Gamma)
+		}
+	}
+}
