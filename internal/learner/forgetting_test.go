@@ -26,14 +26,7 @@ func TestForgetting(t *testing.T) {
 }
 
 func testForgetting(t *testing.T, fisher string) {
-	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	A, B := daxHalves(t)
 	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{16}}, Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 1}
 	ft := policy.TrainConfig{Epochs: 15, LearningRate: 1e-2, ClassWeights: true, Seed: 2}
 	res, err := Forgetting(context.Background(), ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{3, 100}, Fisher: fisher, Joint: fisher == FisherKronecker})
@@ -89,14 +82,7 @@ func TestForgettingBadInput(t *testing.T) {
 // judged on the means; each seed's run is the single run with its seeds.
 func TestForgettingSeedsMean(t *testing.T) {
 	t.Parallel()
-	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	A, B := daxHalves(t)
 	cfg := ForgettingConfig{
 		A: A, B: B, Lambdas: []float64{3, 100},
 		Train:    policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 7},
@@ -143,14 +129,7 @@ func TestForgettingSeedsMean(t *testing.T) {
 // plain run is FineTune applied again from where the last one ended.
 func TestForgettingRetrains(t *testing.T) {
 	t.Parallel()
-	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	B, err := LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	A, B := daxHalves(t)
 	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 3}
 	ft := policy.TrainConfig{Epochs: 2, LearningRate: 1e-2, ClassWeights: true, Seed: 4}
 	cfg := ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{10}, Retrains: 2, Gamma: 0.9}
@@ -189,4 +168,18 @@ func TestForgettingRetrains(t *testing.T) {
 			t.Errorf("retrains %d, fisher %q, gamma %v: no error", bad.Retrains, bad.Fisher, bad.Gamma)
 		}
 	}
+}
+
+// daxHalves is the tests' pair of regimes: the two halves of the DAX
+// series, labelled as `quantmesh train` labels them.
+func daxHalves(t *testing.T) (A, B *Regime) {
+	t.Helper()
+	A, err := LoadRegime(RegimeDAXFirst, 5, 0.5, 0.2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if B, err = LoadRegime(RegimeDAXSecond, 5, 0.5, 0.2); err != nil {
+		t.Fatal(err)
+	}
+	return A, B
 }
