@@ -195,7 +195,7 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	}
 	m := read()
 	for name, want := range map[string]float64{
-		"quantmesh.learner.retrains{published}": 1, "quantmesh.learner.retrains{rejected}": 1, "quantmesh.learner.retrains{failed}": 0,
+		"quantmesh.learner.retrains{result=published}": 1, "quantmesh.learner.retrains{result=rejected}": 1, "quantmesh.learner.retrains{result=failed}": 0,
 		"quantmesh.learner.consecutive_failures": 1, "quantmesh.learner.degradation_ratio": rep.Degradation,
 		"quantmesh.learner.training_loss": rep.TrainingLoss, "quantmesh.learner.outcomes": 600, "quantmesh.learner.replay_outcomes": 300,
 	} {

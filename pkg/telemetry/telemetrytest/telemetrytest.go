@@ -27,42 +27,38 @@ func Points(t testing.TB, r *sdkmetric.ManualReader) map[string]float64 {
 		for _, m := range sm.Metrics {
 			switch d := m.Data.(type) {
 			case metricdata.Sum[int64]:
-				for _, p := range d.DataPoints {
-					out[series(m.Name, p.Attributes)] = float64(p.Value)
-				}
+				values(out, m.Name, d.DataPoints)
 			case metricdata.Sum[float64]:
-				for _, p := range d.DataPoints {
-					out[series(m.Name, p.Attributes)] = p.Value
-				}
+				values(out, m.Name, d.DataPoints)
 			case metricdata.Gauge[int64]:
-				for _, p := range d.DataPoints {
-					out[series(m.Name, p.Attributes)] = float64(p.Value)
-				}
+				values(out, m.Name, d.DataPoints)
 			case metricdata.Gauge[float64]:
-				for _, p := range d.DataPoints {
-					out[series(m.Name, p.Attributes)] = p.Value
-				}
+				values(out, m.Name, d.DataPoints)
 			case metricdata.Histogram[int64]:
-				for _, p := range d.DataPoints {
-					histogram(out, m.Name, p.Attributes, p.Count, float64(p.Sum), p.Bounds, p.BucketCounts)
-				}
+				histograms(out, m.Name, d.DataPoints)
 			case metricdata.Histogram[float64]:
-				for _, p := range d.DataPoints {
-					histogram(out, m.Name, p.Attributes, p.Count, p.Sum, p.Bounds, p.BucketCounts)
-				}
+				histograms(out, m.Name, d.DataPoints)
 			}
 		}
 	}
 	return out
 }
 
-func histogram(out map[string]float64, name string, attrs attribute.Set, count uint64, sum float64, bounds []float64, buckets []uint64) {
-	out[series(name+"_count", attrs)] = float64(count)
-	out[series(name+"_sum", attrs)] = sum
-	var cum uint64
-	for i, b := range bounds {
-		cum += buckets[i]
-		out[series(name+"_bucket", attrs, attribute.String("le", fmt.Sprint(b)))] = float64(cum)
+func values[N int64 | float64](out map[string]float64, name string, points []metricdata.DataPoint[N]) {
+	for _, p := range points {
+		out[series(name, p.Attributes)] = float64(p.Value)
+	}
+}
+
+func histograms[N int64 | float64](out map[string]float64, name string, points []metricdata.HistogramDataPoint[N]) {
+	for _, p := range points {
+		out[series(name+"_count", p.Attributes)] = float64(p.Count)
+		out[series(name+"_sum", p.Attributes)] = float64(p.Sum)
+		var cum uint64
+		for i, b := range p.Bounds {
+			cum += p.BucketCounts[i]
+			out[series(name+"_bucket", p.Attributes, attribute.String("le", fmt.Sprint(b)))] = float64(cum)
+		}
 	}
 }
 
