@@ -90,25 +90,35 @@ func (b *tracedBus) Publish(ctx context.Context, msgs ...Message) error {
 	if len(msgs) == 0 {
 		return b.Bus.Publish(ctx, msgs...)
 	}
+	ctx, span := b.start(ctx, msgs, "send", trace.SpanKindProducer, semconv.MessagingOperationTypeSend)
+	err := b.Bus.Publish(ctx, b.inject(ctx, msgs)...)
+	end(span, err)
+	return err
+}
+
+// start begins the span of operation op ("send" or "process") on a batch
+// of one topic: a child of the batch's common parent, linked to the other
+// messages' contexts (batchParent).
+func (b *tracedBus) start(ctx context.Context, msgs []Message, op string, kind trace.SpanKind, opType attribute.KeyValue, extra ...attribute.KeyValue) (context.Context, trace.Span) {
 	topic := msgs[0].Topic
 	parent, links := batchParent(ctx, msgs)
-	ctx, span := b.tracer.Start(parent, "send "+topic,
-		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithLinks(links...),
-		trace.WithAttributes(
-			b.system,
-			semconv.MessagingOperationTypeSend,
-			semconv.MessagingOperationName("send"),
-			semconv.MessagingDestinationName(topic),
-			semconv.MessagingBatchMessageCount(len(msgs)),
-		))
-	defer span.End()
-	err := b.Bus.Publish(ctx, b.inject(ctx, msgs)...)
+	attrs := append([]attribute.KeyValue{
+		b.system,
+		opType,
+		semconv.MessagingOperationName(op),
+		semconv.MessagingDestinationName(topic),
+		semconv.MessagingBatchMessageCount(len(msgs)),
+	}, extra...)
+	return b.tracer.Start(parent, op+" "+topic, trace.WithSpanKind(kind), trace.WithLinks(links...), trace.WithAttributes(attrs...))
+}
+
+// end records err on span and ends it.
+func end(span trace.Span, err error) {
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
 	}
-	return err
+	span.End()
 }
 
 // inject returns msgs with their trace context in Headers (see
@@ -182,26 +192,10 @@ func (b *tracedBus) Consume(ctx context.Context, cfg ConsumerConfig, h BatchHand
 			return h(hctx, msgs)
 		}
 		b.extract(msgs)
-		topic := msgs[0].Topic
-		parent, links := batchParent(hctx, msgs)
-		sctx, span := b.tracer.Start(parent, "process "+topic,
-			trace.WithSpanKind(trace.SpanKindConsumer),
-			trace.WithLinks(links...),
-			trace.WithAttributes(
-				b.system,
-				semconv.MessagingOperationTypeProcess,
-				semconv.MessagingOperationName("process"),
-				semconv.MessagingDestinationName(topic),
-				semconv.MessagingDestinationPartitionID(strconv.Itoa(int(msgs[0].Partition))),
-				group,
-				semconv.MessagingBatchMessageCount(len(msgs)),
-			))
+		sctx, span := b.start(hctx, msgs, "process", trace.SpanKindConsumer, semconv.MessagingOperationTypeProcess,
+			semconv.MessagingDestinationPartitionID(strconv.Itoa(int(msgs[0].Partition))), group)
 		err := h(sctx, msgs)
-		if err != nil {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, err.Error())
-		}
-		span.End()
+		end(span, err)
 		return err
 	})
 }
