@@ -169,20 +169,13 @@ func (m *RegimeModel) scale(x, dst []float64) []float64 {
 // featureRows computes the feature vectors of closes and, beside each, the
 // one-bar log return of its bar.
 func featureRows(closes []float64, specs []features.Spec) (X [][]float64, rets []float64, err error) {
-	comp, err := features.NewComputer(specs)
+	err = features.EachClose(specs, closes, func(t int, vec []float64) error {
+		X = append(X, slices.Clone(vec))
+		rets = append(rets, math.Log(closes[t]/closes[t-1]))
+		return nil
+	})
 	if err != nil {
 		return nil, nil, err
-	}
-	vec := make([]float64, comp.Len())
-	for i, c := range closes {
-		ready, err := comp.Update(features.Point{Close: c}, vec)
-		if err != nil {
-			return nil, nil, fmt.Errorf("bar %d: %w", i, err)
-		}
-		if ready {
-			X = append(X, slices.Clone(vec))
-			rets = append(rets, math.Log(c/closes[i-1]))
-		}
 	}
 	return X, rets, nil
 }
@@ -236,27 +229,19 @@ func (m *RegimeModel) Filter(ctx context.Context, closes []float64, sm Smoothing
 
 // logLikelihoods is the local mixture's Classifier.
 func (m *RegimeModel) logLikelihoods(_ context.Context, closes []float64) ([][]float64, error) {
-	comp, err := features.NewComputer(m.specs)
-	if err != nil {
-		return nil, err
-	}
 	out := make([][]float64, len(closes))
-	vec := make([]float64, comp.Len())
-	z := make([]float64, comp.Len())
+	z := make([]float64, len(m.specs))
 	ll := make([]float64, m.mix.Components())
-	for t, c := range closes {
-		ready, err := comp.Update(features.Point{Close: c}, vec)
-		if err != nil {
-			return nil, fmt.Errorf("bar %d: %w", t, err)
-		}
-		if !ready {
-			continue
-		}
+	err := features.EachClose(m.specs, closes, func(t int, vec []float64) error {
 		m.mix.LogProb(m.scale(vec, z), ll)
 		out[t] = make([]float64, len(m.comps))
 		for j, cj := range m.comps {
 			out[t][j] = ll[cj]
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }

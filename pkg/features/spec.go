@@ -156,6 +156,31 @@ func NewComputer(specs []Spec) (*Computer, error) {
 	return c, nil
 }
 
+// EachClose feeds closes, one bar each, to a new computer of specs and calls
+// fn with every bar whose feature vector is ready (t its index in closes).
+// vec is reused between calls: copy it to keep it. An error from fn stops
+// the walk and is returned as is.
+func EachClose(specs []Spec, closes []float64, fn func(t int, vec []float64) error) error {
+	c, err := NewComputer(specs)
+	if err != nil {
+		return err
+	}
+	vec := make([]float64, c.Len())
+	for t, x := range closes {
+		ready, err := c.Update(Point{Close: x}, vec)
+		if err != nil {
+			return fmt.Errorf("bar %d: %w", t, err)
+		}
+		if !ready {
+			continue
+		}
+		if err := fn(t, vec); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Specs returns the computer's features, normalised.
 func (c *Computer) Specs() []Spec { return c.specs }
 

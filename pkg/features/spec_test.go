@@ -1,6 +1,7 @@
 package features
 
 import (
+	"errors"
 	"math"
 	"testing"
 )
@@ -110,5 +111,53 @@ func TestStandardiser(t *testing.T) {
 	}
 	if m, s := Standardiser(nil); m != nil || s != nil {
 		t.Errorf("no rows: %v %v", m, s)
+	}
+}
+
+// EachClose visits exactly the bars a computer fed bar by bar reports
+// ready, with their vectors, and stops at the first error.
+func TestEachClose(t *testing.T) {
+	specs := DefaultSpecs()
+	closes := make([]float64, 100)
+	for i := range closes {
+		closes[i] = 100 * math.Exp(0.01*math.Sin(float64(i)))
+	}
+	c, err := NewComputer(specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[int][]float64{}
+	vec := make([]float64, c.Len())
+	for i, x := range closes {
+		if ready, err := c.Update(Point{Close: x}, vec); err != nil {
+			t.Fatal(err)
+		} else if ready {
+			want[i] = append([]float64(nil), vec...)
+		}
+	}
+	seen := 0
+	err = EachClose(specs, closes, func(i int, v []float64) error {
+		seen++
+		w, ok := want[i]
+		if !ok || len(v) != len(w) {
+			t.Fatalf("bar %d visited with %d values; ready %v", i, len(v), ok)
+		}
+		for j := range w {
+			if v[j] != w[j] {
+				t.Fatalf("bar %d feature %d: %v, want %v", i, j, v[j], w[j])
+			}
+		}
+		return nil
+	})
+	if err != nil || seen != len(want) || seen == 0 {
+		t.Fatalf("visited %d bars (%v), want %d", seen, err, len(want))
+	}
+	stop := errors.New("stop")
+	calls := 0
+	if err := EachClose(specs, closes, func(int, []float64) error { calls++; return stop }); err != stop || calls != 1 {
+		t.Errorf("stopping: %v after %d calls, want the callback's error after 1", err, calls)
+	}
+	if err := EachClose(specs, []float64{1, -1}, func(int, []float64) error { return nil }); err == nil {
+		t.Error("a negative close: no error")
 	}
 }

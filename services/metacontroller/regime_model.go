@@ -104,10 +104,6 @@ func overlaps(field string, m *regimev1.Model, ds *dataset, firstEval int) error
 // and asks RegimeService for each one's regime probabilities; their logs
 // are the filter's per-bar log-likelihoods (up to a per-bar constant).
 func classifyCloses(ctx context.Context, client regimev1.RegimeServiceClient, field, id string, specs []features.Spec, regimes int, closes []float64) ([][]float64, error) {
-	comp, err := features.NewComputer(specs)
-	if err != nil {
-		return nil, err
-	}
 	out := make([][]float64, len(closes))
 	var rows []int
 	var vecs []*regimev1.FeatureVector
@@ -137,24 +133,18 @@ func classifyCloses(ctx context.Context, client regimev1.RegimeServiceClient, fi
 		rows, vecs = rows[:0], vecs[:0]
 		return nil
 	}
-	vec := make([]float64, comp.Len())
-	for t, c := range closes {
-		ready, err := comp.Update(features.Point{Close: c}, vec)
-		if err != nil {
-			return nil, fmt.Errorf("bar %d: %w", t, err)
-		}
-		if !ready {
-			continue
-		}
+	err := features.EachClose(specs, closes, func(t int, vec []float64) error {
 		rows = append(rows, t)
 		vecs = append(vecs, &regimev1.FeatureVector{Values: append([]float64(nil), vec...)})
 		if len(vecs) == classifyBatch {
-			if err := flush(); err != nil {
-				return nil, err
-			}
+			return flush()
 		}
+		return nil
+	})
+	if err == nil {
+		err = flush()
 	}
-	if err := flush(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return out, nil
