@@ -109,11 +109,11 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case f.folds < 1 || f.folds > 20:
 		return usagef("invalid --folds %d: want 1 to 20", f.folds)
 	}
-	series, err := loadColumns(f.data, f.column)
+	first, others, err := loadColumns(f.data, f.column)
 	if err != nil {
 		return usagef("%v", err)
 	}
-	rows := len(series[0].Bars)
+	rows := len(first.Bars)
 	end := f.end
 	if end == 0 {
 		end = rows
@@ -126,31 +126,23 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	case end <= f.start:
 		return usagef("empty range: --end %d is not after --start %d", end, f.start)
 	}
-	// Pooling is on by default; asked for explicitly, it needs another
-	// column. A portfolio of every column always trains on all of them.
+	// Without --column a file of several columns is one portfolio, and HRL
+	// trains on all of them. With it, pooling is on by default; asked for
+	// explicitly, it needs another column. The other columns follow the
+	// first in alphabetical order, as RunBacktest's every_column orders
+	// them, so that both train the same HRL policy.
 	poolSet := false
 	fs.Visit(func(fl *flag.Flag) { poolSet = poolSet || fl.Name == "pool" })
-	portfolio := len(series) > 1
-	// The first column is evaluated first and the others follow in
-	// alphabetical order, as RunBacktest's every_column orders them, so
-	// that both train the same HRL policy.
-	slices.SortFunc(series[1:], func(a, b marketdata.Series) int { return strings.Compare(a.Symbol, b.Symbol) })
-	if portfolio && !f.pool {
+	portfolio := f.column == "" && len(others) > 0
+	series := []marketdata.Series{first}
+	switch {
+	case portfolio && !f.pool:
 		return usagef("--pool=false trains HRL on the evaluated column alone: name it with --column")
-	}
-	if !portfolio && f.pool && (poolSet || slices.Contains(policies, backtest.HRL)) {
-		all, err := training.Load(f.data)
-		if err != nil {
-			return usagef("%v", err)
-		}
-		for _, s := range all {
-			if s.Symbol != series[0].Symbol {
-				series = append(series, s)
-			}
-		}
-		if len(series) == 1 && poolSet {
+	case portfolio || f.pool && (poolSet || slices.Contains(policies, backtest.HRL)):
+		if len(others) == 0 && poolSet {
 			return usagef("--pool: %s has no other column", f.data)
 		}
+		series = append(series, others...)
 	}
 	var columns []string
 	var pool [][]float64
@@ -200,12 +192,12 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	took := time.Since(began)
-	first := res.Series[0].Folds[0]
+	fold0 := res.Series[0].Folds[0]
 	hrlCols := columns
 	if !slices.Contains(policies, backtest.HRL) {
 		hrlCols = nil
 	}
-	trainRows, testRows := [2]int{f.start, f.start + first.TrainEnd}, [2]int{f.start + first.TrainEnd, f.start + len(closes)}
+	trainRows, testRows := [2]int{f.start, f.start + fold0.TrainEnd}, [2]int{f.start + fold0.TrainEnd, f.start + len(closes)}
 	evaluated := columns
 	if !portfolio {
 		evaluated = columns[:1]
@@ -305,61 +297,59 @@ func parsePolicies(s string) ([]backtest.PolicyKind, error) {
 	return out, nil
 }
 
-// loadColumns reads --data: the named column, or every column (in the
-// file's order) when column is empty.
-func loadColumns(data, column string) ([]marketdata.Series, error) {
+// loadColumns reads --data and returns the named column (the file's first
+// when column is empty) and the data's other columns, in alphabetical order.
+func loadColumns(data, column string) (marketdata.Series, []marketdata.Series, error) {
 	if data == training.Bundled {
-		return nil, fmt.Errorf("--data %s is several data sets; name one: %s, %s, or a CSV file", data, marketdata.EuStock, marketdata.TTRC)
+		return marketdata.Series{}, nil, fmt.Errorf("--data %s is several data sets; name one: %s, %s, or a CSV file", data, marketdata.EuStock, marketdata.TTRC)
 	}
-	series, err := training.Load(data)
+	series, err := training.Load(data) // in symbol order
 	if err != nil {
-		return nil, err
+		return marketdata.Series{}, nil, err
 	}
-	if column != "" {
-		var have []string
-		for _, s := range series {
-			if s.Symbol == column {
-				return []marketdata.Series{s}, nil
-			}
-			have = append(have, s.Symbol)
-		}
-		return nil, fmt.Errorf("invalid --column %q: have %s", column, strings.Join(have, ", "))
-	}
-	var cols []string
-	switch data {
-	case marketdata.EuStock, marketdata.TTRC:
-		cols, err = marketdata.BundledColumns(data)
-	default:
-		var fh *os.File
-		if fh, err = os.Open(data); err == nil {
-			cols, err = marketdata.Columns(fh)
-			fh.Close()
-		}
-	}
-	if err != nil {
-		return nil, err
-	}
-	out := make([]marketdata.Series, 0, len(series))
-	for _, c := range cols {
-		for _, s := range series {
-			if s.Symbol == c {
-				out = append(out, s)
+	if column == "" {
+		var cols []string
+		switch data {
+		case marketdata.EuStock, marketdata.TTRC:
+			cols, err = marketdata.BundledColumns(data)
+		default:
+			var fh *os.File
+			if fh, err = os.Open(data); err == nil {
+				cols, err = marketdata.Columns(fh)
+				fh.Close()
 			}
 		}
+		if err != nil {
+			return marketdata.Series{}, nil, err
+		}
+		column = series[0].Symbol // a single-instrument file (Date,Open,...) names no columns
+		if len(cols) > 0 {
+			column = cols[0]
+		}
 	}
-	if len(out) != len(series) {
-		// A single-instrument file (Date,Open,...) names no columns.
-		out = series
+	var have []string
+	var others []marketdata.Series
+	found := -1
+	for i, s := range series {
+		have = append(have, s.Symbol)
+		if s.Symbol == column {
+			found = i
+		} else {
+			others = append(others, s)
+		}
 	}
-	return out, nil
+	if found < 0 {
+		return marketdata.Series{}, nil, fmt.Errorf("invalid --column %q: have %s", column, strings.Join(have, ", "))
+	}
+	return series[found], others, nil
 }
 
 // loadColumn reads --data and picks one column: the first when column is
 // empty.
 func loadColumn(data, column string) (marketdata.Series, string, error) {
-	series, err := loadColumns(data, column)
+	s, _, err := loadColumns(data, column)
 	if err != nil {
 		return marketdata.Series{}, "", err
 	}
-	return series[0], series[0].Symbol, nil
+	return s, s.Symbol, nil
 }
