@@ -91,6 +91,8 @@ type meshFlags struct {
 	bootstrapModel  bool
 	riskTTL         time.Duration
 	riskTimezone    string
+	riskRetention   time.Duration
+	riskEventsKept  time.Duration
 	learn           bool
 	learner         learnFlags
 
@@ -121,6 +123,8 @@ func (f *meshFlags) register(fs *flag.FlagSet, serve bool) {
 	rd := risk.DefaultConfig()
 	fs.DurationVar(&f.riskTTL, "risk-reservation-ttl", rd.ReservationTTL, "how long an approved order's reservation lives unless the account's limits say otherwise")
 	fs.StringVar(&f.riskTimezone, "risk-timezone", "UTC", "IANA time zone whose midnight starts the trading day (daily loss, drawdown)")
+	fs.DurationVar(&f.riskRetention, "risk-retention", rd.Retention, "how long closed and expired reservations and their fills are kept (at least 168h, the longest duplicate window)")
+	fs.DurationVar(&f.riskEventsKept, "risk-event-retention", rd.EventRetention, "how long risk events are kept for resuming WatchRiskEvents streams (at least 24h)")
 	fs.BoolVar(&f.learn, "learn", false, "run the online learner here (EWC fine-tuning on decisions joined with bars from the bus; see 'quantmesh learn -h' and the --learn-* flags)")
 	f.learner.register(fs, "learn-")
 	if serve {
@@ -192,18 +196,9 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		}
 		exp.ArtifactRoot = "file://" + abs
 	}
-	riskCfg := risk.DefaultConfig()
-	riskCfg.ReservationTTL = f.riskTTL
-	if f.riskTimezone == "" {
-		f.riskTimezone = "UTC"
-	}
-	loc, err := time.LoadLocation(f.riskTimezone)
+	riskCfg, err := f.riskConfig()
 	if err != nil {
-		return mesh.Config{}, logCfg, usagef("invalid --risk-timezone %q: %v", f.riskTimezone, err)
-	}
-	riskCfg.Location = loc
-	if err := riskCfg.Validate(); err != nil {
-		return mesh.Config{}, logCfg, usagef("invalid --risk-reservation-ttl: %v", err)
+		return mesh.Config{}, logCfg, err
 	}
 	inf := inference.Config{}
 	for _, pair := range strings.Split(f.inferenceModels, ",") {
@@ -255,6 +250,38 @@ func (f *meshFlags) config(services []string) (mesh.Config, telemetry.LogConfig,
 		return mesh.Config{}, logCfg, usagef("invalid --%v", err)
 	}
 	return cfg, logCfg, nil
+}
+
+// riskConfig builds the risk service's configuration; an invalid value is
+// a usage error naming its flag.
+func (f *meshFlags) riskConfig() (risk.Config, error) {
+	tz := f.riskTimezone
+	if tz == "" {
+		tz = "UTC"
+	}
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		return risk.Config{}, usagef("invalid --risk-timezone %q: %v", tz, err)
+	}
+	cfg := risk.DefaultConfig()
+	// Each value is checked on the defaults, so that an error names its flag.
+	for _, v := range []struct {
+		flag string
+		set  func(*risk.Config)
+	}{
+		{"risk-reservation-ttl", func(c *risk.Config) { c.ReservationTTL = f.riskTTL }},
+		{"risk-timezone", func(c *risk.Config) { c.Location = loc }},
+		{"risk-retention", func(c *risk.Config) { c.Retention = f.riskRetention }},
+		{"risk-event-retention", func(c *risk.Config) { c.EventRetention = f.riskEventsKept }},
+	} {
+		one := risk.DefaultConfig()
+		v.set(&one)
+		if err := one.Validate(); err != nil {
+			return risk.Config{}, usagef("invalid --%s: %v", v.flag, err)
+		}
+		v.set(&cfg)
+	}
+	return cfg, nil
 }
 
 // isLoopback reports whether a listen address accepts loopback
