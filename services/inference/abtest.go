@@ -3,6 +3,7 @@ package inference
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -57,23 +58,27 @@ type routing struct {
 }
 
 // routeFor routes a request of unit on m; nil when it is not routed (no
-// unit, a pinned version, no running test or its arms not loaded yet).
-func routeFor(m *served, unit string, pinned bool) *routing {
+// unit, a pinned version, no test or its arms not loaded yet). A paused
+// test answers every unit with control, unrouted (no arm, no observation).
+func routeFor(m *served, unit string, pinned bool) (rt *routing, paused *loaded) {
 	if unit == "" || pinned {
-		return nil
+		return nil, nil
 	}
 	r := m.ab.Load()
-	if r == nil || !r.running || !r.armsLoaded() {
-		return nil
+	if r == nil || !r.armsLoaded() {
+		return nil, nil
+	}
+	if !r.running {
+		return nil, r.control
 	}
 	arm, _ := r.salt.Assign(unit, r.bps)
 	if r.mode == inferencev1.ABTestMode_AB_TEST_MODE_SHADOW {
-		return &routing{route: r, arm: inferencev1.Arm_ARM_CONTROL, answer: r.control, shadowRun: arm == abassign.Treatment}
+		return &routing{route: r, arm: inferencev1.Arm_ARM_CONTROL, answer: r.control, shadowRun: arm == abassign.Treatment}, nil
 	}
 	if arm == abassign.Treatment {
-		return &routing{route: r, arm: inferencev1.Arm_ARM_TREATMENT, answer: r.treatment}
+		return &routing{route: r, arm: inferencev1.Arm_ARM_TREATMENT, answer: r.treatment}, nil
 	}
-	return &routing{route: r, arm: inferencev1.Arm_ARM_CONTROL, answer: r.control}
+	return &routing{route: r, arm: inferencev1.Arm_ARM_CONTROL, answer: r.control}, nil
 }
 
 // armVersion returns a loaded arm of m's test with the given version, for
@@ -102,15 +107,28 @@ type abFollower struct {
 
 	tests map[string]map[string]*experimentv1.ABTest // model → test id → test
 	cache map[string]map[int64]*loaded               // model → version → weights
-	drops map[string]*atomic.Int64                   // test id → shadow drops
-	after uint64
+	// broken holds, by model and version, why a version's weights can
+	// never be served (a version is immutable, so it is not fetched again).
+	broken map[string]map[int64]error
+	drops  map[string]*atomic.Int64 // test id → shadow drops
+	after  uint64
 }
+
+// unservable is an arm that can never be served: its weights do not load,
+// its version is gone, or the two arms of a split test read different
+// features. Retrying does not help; the test stays unrouted until it
+// changes.
+type unservable struct{ err error }
+
+func (e unservable) Error() string { return e.err.Error() }
+func (e unservable) Unwrap() error { return e.err }
 
 // followABTests applies WatchABTests until ctx ends, reconnecting with
 // backoff and resuming from the last revision applied.
 func (s *Server) followABTests(ctx context.Context, registry experimentv1.ExperimentServiceClient) {
 	f := &abFollower{s: s, registry: registry, log: s.log,
-		tests: map[string]map[string]*experimentv1.ABTest{}, cache: map[string]map[int64]*loaded{}, drops: map[string]*atomic.Int64{}}
+		tests: map[string]map[string]*experimentv1.ABTest{}, cache: map[string]map[int64]*loaded{}, broken: map[string]map[int64]error{},
+		drops: map[string]*atomic.Int64{}}
 	delay := 100 * time.Millisecond
 	for {
 		delivered, err := f.stream(ctx)
@@ -136,7 +154,8 @@ func (s *Server) followABTests(ctx context.Context, registry experimentv1.Experi
 }
 
 // stream reads one WatchABTests stream; delivered says whether it applied
-// anything.
+// anything (false when it ends because arms failed to load, so that the
+// retries back off).
 func (f *abFollower) stream(ctx context.Context) (delivered bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -177,7 +196,7 @@ func (f *abFollower) stream(ctx context.Context) (delivered bool, err error) {
 				failed = cmp.Or(f.install(ctx, model), failed)
 			}
 			if failed != nil {
-				return delivered, f.retry(failed)
+				return false, f.retry(failed)
 			}
 			f.after = msg.GetRevision()
 		case experimentv1.WatchEventKind_WATCH_EVENT_KIND_UPDATE:
@@ -192,7 +211,7 @@ func (f *abFollower) stream(ctx context.Context) (delivered bool, err error) {
 				f.tests[model][t.GetAbTestId()] = t
 			}
 			if err := f.install(ctx, model); err != nil {
-				return delivered, f.retry(err)
+				return false, f.retry(err)
 			}
 			f.after = msg.GetRevision()
 		}
@@ -209,7 +228,8 @@ func (f *abFollower) retry(err error) error {
 // install computes and swaps in the route of model, loading arm weights
 // first. Until they load, the new test's route is reported with
 // arms_loaded false and requests stay unrouted; an error says they could
-// not be loaded.
+// not be loaded this time. An arm that can never be served is logged and
+// leaves the test unrouted without an error, so it is not retried.
 func (f *abFollower) install(ctx context.Context, model string) error {
 	m := f.s.models[model]
 	if m == nil {
@@ -257,6 +277,15 @@ func (f *abFollower) install(ctx context.Context, model string) error {
 		if r.control, err = f.version(ctx, m, r.controlVersion); err == nil {
 			r.treatment, err = f.version(ctx, m, r.treatmentVersion)
 		}
+		if err == nil && r.mode == inferencev1.ABTestMode_AB_TEST_MODE_SPLIT && r.control.net.Inputs() != r.treatment.net.Inputs() {
+			err = unservable{fmt.Errorf("split test arms read different features: control version %d takes %d, treatment version %d takes %d",
+				r.controlVersion, r.control.net.Inputs(), r.treatmentVersion, r.treatment.net.Inputs())}
+		}
+		if _, never := errors.AsType[unservable](err); never {
+			f.log.Error("A/B test cannot be served; requests stay unrouted until it changes", "model", model, "ab_test_id", r.testID, "err", err)
+			f.prune(model, r)
+			return nil
+		}
 		if err != nil {
 			f.log.Error("A/B test arms not loaded; requests stay unrouted", "model", model, "ab_test_id", r.testID, "err", err)
 			return err
@@ -269,11 +298,18 @@ func (f *abFollower) install(ctx context.Context, model string) error {
 	return nil
 }
 
-// prune forgets weights no route uses.
+// prune forgets weights, and why versions could not be served, that no
+// route uses.
 func (f *abFollower) prune(model string, r *abRoute) {
+	used := func(v int64) bool { return r != nil && (v == r.controlVersion || v == r.treatmentVersion) }
 	for v := range f.cache[model] {
-		if r == nil || (v != r.controlVersion && v != r.treatmentVersion) {
+		if !used(v) {
 			delete(f.cache[model], v)
+		}
+	}
+	for v := range f.broken[model] {
+		if !used(v) {
+			delete(f.broken[model], v)
 		}
 	}
 }
@@ -287,23 +323,39 @@ func (f *abFollower) version(ctx context.Context, m *served, version int64) (*lo
 	if lv := f.cache[m.spec.Name][version]; lv != nil {
 		return lv, nil
 	}
+	if err := f.broken[m.spec.Name][version]; err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	resp, err := f.registry.GetModelVersion(ctx, &experimentv1.GetModelVersionRequest{
 		ModelName: m.spec.Name, Version: version, View: experimentv1.ModelVersionView_MODEL_VERSION_VIEW_FULL,
 	})
+	if status.Code(err) == codes.NotFound {
+		return nil, f.markBroken(m.spec.Name, version, fmt.Errorf("version %d: %w", version, err))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("fetch version %d: %w", version, err)
 	}
 	lv, err := load(&experimentv1.WatchModelResponse{ModelVersion: resp.GetModelVersion()}, f.s.now())
 	if err != nil {
-		return nil, err
+		return nil, f.markBroken(m.spec.Name, version, err)
 	}
 	if f.cache[m.spec.Name] == nil {
 		f.cache[m.spec.Name] = map[int64]*loaded{}
 	}
 	f.cache[m.spec.Name][version] = lv
 	return lv, nil
+}
+
+// markBroken remembers that a version can never be served.
+func (f *abFollower) markBroken(model string, version int64, err error) error {
+	if f.broken[model] == nil {
+		f.broken[model] = map[int64]error{}
+	}
+	e := unservable{err}
+	f.broken[model][version] = e
+	return e
 }
 
 // observeAB records what a routed request saw: at once, or, when its

@@ -80,10 +80,13 @@ func (s *Server) registerGauges(meter metric.Meter) error {
 func (s *Server) Predict(ctx context.Context, req *inferencev1.PredictRequest) (*inferencev1.PredictResponse, error) {
 	start := time.Now()
 	tg, err := s.prepare("", req)
+	if err == nil {
+		err = tg.forward("", req)
+	}
 	if err != nil {
 		return nil, err
 	}
-	return s.answer(ctx, req, tg, start)
+	return s.answer(ctx, req, tg, start), nil
 }
 
 // target is what answers a request: a version of a served model, pinned or
@@ -93,10 +96,26 @@ type target struct {
 	lv     *loaded
 	pinned bool
 	rt     *routing // nil when not routed
+	// out and took are the forward pass's answer and duration.
+	out  policy.Output
+	took time.Duration
+}
+
+// forward runs the forward pass of the target's version. Features the
+// model cannot score (finite values whose logits overflow) are a violation
+// of prefix+"features".
+func (tg *target) forward(prefix string, req *inferencev1.PredictRequest) error {
+	start := time.Now()
+	if err := tg.lv.net.Predict(req.GetFeatures(), &tg.out); err != nil {
+		return apierr.Invalid(prefix+"features", "%v", err)
+	}
+	tg.took = time.Since(start)
+	return nil
 }
 
 // PredictBatch implements InferenceServiceServer: every request is
-// validated (and its model resolved) before any is answered.
+// validated, its model resolved and its forward pass run before any
+// decision is recorded, so a failed batch records nothing.
 func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatchRequest) (*inferencev1.PredictBatchResponse, error) {
 	start := time.Now()
 	reqs := req.GetRequests()
@@ -113,7 +132,11 @@ func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatch
 	ready := make([]target, len(reqs))
 	var firstErr error
 	for i, r := range reqs {
-		tg, err := s.prepare(fmt.Sprintf("requests[%d].", i), r)
+		prefix := fmt.Sprintf("requests[%d].", i)
+		tg, err := s.prepare(prefix, r)
+		if err == nil {
+			err = tg.forward(prefix, r)
+		}
 		if err != nil && !v.Merge(err) && firstErr == nil {
 			firstErr = err
 		}
@@ -127,11 +150,7 @@ func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatch
 	}
 	out := &inferencev1.PredictBatchResponse{Responses: make([]*inferencev1.PredictResponse, len(reqs))}
 	for i, r := range reqs {
-		resp, err := s.answer(ctx, r, ready[i], start)
-		if err != nil {
-			return nil, err
-		}
-		out.Responses[i] = resp
+		out.Responses[i] = s.answer(ctx, r, ready[i], start)
 	}
 	return out, nil
 }
@@ -153,7 +172,10 @@ func (s *Server) StreamPredict(stream grpc.BidiStreamingServer[inferencev1.Strea
 		var resp *inferencev1.PredictResponse
 		tg, err := s.prepare("request.", req)
 		if err == nil {
-			resp, err = s.answer(ctx, req, tg, start)
+			err = tg.forward("request.", req)
+		}
+		if err == nil {
+			resp = s.answer(ctx, req, tg, start)
 		}
 		if err != nil {
 			out.Result = &inferencev1.StreamPredictResponse_Error{Error: predictError(err)}
@@ -270,7 +292,10 @@ func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (target
 		}
 		pinned = true
 	}
-	rt := routeFor(m, req.GetUnitId(), pinned)
+	rt, paused := routeFor(m, req.GetUnitId(), pinned)
+	if paused != nil {
+		lv = paused
+	}
 	if rt != nil {
 		lv = rt.answer
 		if rt.shadowRun && rt.route.treatment.net.Inputs() != len(feats) {
@@ -284,26 +309,17 @@ func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (target
 	return target{m: m, lv: lv, pinned: pinned, rt: rt}, nil
 }
 
-// answer runs the forward pass of the target's version, records the
+// answer builds the response from the target's forward pass, records the
 // decision and, under an A/B test, the observation (or queues the shadow
 // run that completes it).
-func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg target, start time.Time) (*inferencev1.PredictResponse, error) {
-	m, lv, pinned, rt := tg.m, tg.lv, tg.pinned, tg.rt
-	var out policy.Output
-	fwd := time.Now()
-	if err := lv.net.Predict(req.GetFeatures(), &out); err != nil {
-		return nil, apierr.Invalid("features", "%v", err)
-	}
-	fwdTook := time.Since(fwd)
-	id, err := uuid.NewV7()
-	if err != nil {
-		return nil, fmt.Errorf("decision id: %w", err)
-	}
+func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg target, start time.Time) *inferencev1.PredictResponse {
+	m, lv, pinned, rt, out := tg.m, tg.lv, tg.pinned, tg.rt, tg.out
+	id := uuid.Must(uuid.NewV7())
 	now := s.now()
 	probs := &inferencev1.ActionProbabilities{Buy: out.Probs[policy.ActionBuy], Hold: out.Probs[policy.ActionHold], Sell: out.Probs[policy.ActionSell]}
 	action := actionToProto(out.Action)
 	alias := m.spec.Alias
-	if cur := m.current.Load(); pinned || (rt != nil && (rt.arm == inferencev1.Arm_ARM_TREATMENT || cur == nil || cur.version != lv.version)) {
+	if cur := m.current.Load(); pinned || cur == nil || cur.version != lv.version || (rt != nil && rt.arm == inferencev1.Arm_ARM_TREATMENT) {
 		alias = "" // the alias's version did not answer
 	}
 	took := time.Since(start)
@@ -314,7 +330,7 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg
 	}
 	if rt != nil {
 		resp.AbTestId, resp.Arm, resp.Shadow = rt.route.testID, rt.arm, rt.route.mode == inferencev1.ABTestMode_AB_TEST_MODE_SHADOW
-		s.observeAB(ctx, req, resp, rt, &out, fwdTook)
+		s.observeAB(ctx, req, resp, rt, &out, tg.took)
 	}
 	s.ins.predictions.Add(ctx, 1, metric.WithAttributes(attribute.String("model", m.spec.Name), attribute.String("action", out.Action.String())))
 	s.ins.duration.Record(ctx, took.Seconds(), metric.WithAttributes(attribute.String("model", m.spec.Name)))
@@ -326,7 +342,7 @@ func (s *Server) answer(ctx context.Context, req *inferencev1.PredictRequest, tg
 			Pinned: pinned, AbTestId: resp.AbTestId, Arm: resp.Arm, Shadow: resp.Shadow,
 		})
 	}
-	return resp, nil
+	return resp
 }
 
 func actionToProto(a policy.Action) inferencev1.Action {

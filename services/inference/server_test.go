@@ -324,7 +324,13 @@ func TestKeepsServingWithoutTheRegistry(t *testing.T) {
 func TestPredictBatchAndStream(t *testing.T) {
 	migrated(t, func(t *testing.T, db *store.DB) {
 		m := startMesh(t, db)
-		net := network(t, 7)
+		// ReLU, so that huge finite features overflow the logits.
+		cfg := policy.DefaultConfig(inputs)
+		cfg.Activation = policy.ActivationReLU
+		net, err := policy.New(cfg, 7)
+		if err != nil {
+			t.Fatal(err)
+		}
 		m.promote(t, m.register(t, net))
 		m.waitLoaded(t, 1)
 		ctx := context.Background()
@@ -346,9 +352,21 @@ func TestPredictBatchAndStream(t *testing.T) {
 		if len(ids) != 5 {
 			t.Errorf("%d distinct decision ids for 5 answers", len(ids))
 		}
-		// One bad request fails the whole batch, naming it.
+		// One bad request fails the whole batch, naming it, and records
+		// nothing: also when only its forward pass fails (finite features
+		// so large that the network's sums overflow).
 		batch.Requests[3].Features = []float64{1}
 		wantField(t, "batch with a short vector", "requests[3].features", func() error {
+			_, err := m.inf.PredictBatch(ctx, batch)
+			return err
+		})
+		batch.Requests[3].Features = features(3)
+		huge := request(9)
+		for j := range huge.Features {
+			huge.Features[j] = math.MaxFloat64
+		}
+		batch.Requests = append(batch.Requests, huge)
+		wantField(t, "batch whose last vector overflows", "requests[5].features", func() error {
 			_, err := m.inf.PredictBatch(ctx, batch)
 			return err
 		})
@@ -398,6 +416,34 @@ func TestPredictBatchAndStream(t *testing.T) {
 		}
 		if e := got[4].GetError(); e.GetCode() != int32(codes.NotFound) {
 			t.Errorf("unknown model in a stream: %v", e)
+		}
+
+		// Only the answered requests were recorded: the first batch's and
+		// the stream's three.
+		answered := map[string]bool{}
+		for _, r := range resp.GetResponses() {
+			answered[r.GetDecisionId()] = true
+		}
+		for _, i := range []int{0, 2, 5} {
+			answered[got[i].GetResponse().GetDecisionId()] = true
+		}
+		seen := 0
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		_ = m.bus.Consume(cctx, bus.ConsumerConfig{Group: "count", Topics: []string{bus.TopicDecisions}}, func(_ context.Context, msgs []bus.Message) error {
+			for _, msg := range msgs {
+				var d inferencev1.Decision
+				if err := proto.Unmarshal(msg.Value, &d); err != nil || !answered[d.GetDecisionId()] {
+					t.Errorf("decision %s recorded, but no answer carried it (%v)", d.GetDecisionId(), err)
+				}
+				if seen++; seen == len(answered) {
+					cancel()
+				}
+			}
+			return nil
+		})
+		if seen != len(answered) {
+			t.Errorf("%d decisions on the bus, want %d", seen, len(answered))
 		}
 	})
 }

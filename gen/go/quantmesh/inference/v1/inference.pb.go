@@ -459,8 +459,8 @@ type PredictResponse struct {
 	AbTestId string `protobuf:"bytes,9,opt,name=ab_test_id,json=abTestId,proto3" json:"ab_test_id,omitempty"`
 	// The arm that answered; ARM_UNSPECIFIED when not routed.
 	Arm Arm `protobuf:"varint,10,opt,name=arm,proto3,enum=quantmesh.inference.v1.Arm" json:"arm,omitempty"`
-	// True when the test is in shadow mode: control answered and the
-	// treatment runs off the request path.
+	// True when the test is in shadow mode: control answered, and for units
+	// in the treatment's share the treatment runs off the request path.
 	Shadow bool `protobuf:"varint,11,opt,name=shadow,proto3" json:"shadow,omitempty"`
 	// Server-side time from receiving the request to answering it (routing
 	// and forward pass, not transport), in milliseconds with microsecond
@@ -989,7 +989,8 @@ type ABTestStatus struct {
 	// Split or shadow.
 	Mode ABTestMode `protobuf:"varint,2,opt,name=mode,proto3,enum=quantmesh.inference.v1.ABTestMode" json:"mode,omitempty"`
 	// True while the test routes traffic; false while it is paused (every
-	// request goes to control).
+	// request with a unit_id is answered by control, unrouted: no arm, no
+	// observation).
 	Running bool `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
 	// The control version.
 	ControlVersion int64 `protobuf:"varint,4,opt,name=control_version,json=controlVersion,proto3" json:"control_version,omitempty"`

@@ -50,7 +50,8 @@ const (
 // assigned arm answers; in shadow mode control answers and the treatment
 // runs off the request path (never delaying or failing the request). A
 // request without a unit_id, or with a pinned model_version, is not routed:
-// the followed alias's version answers (or the pinned one).
+// the followed alias's version answers (or the pinned one). While the test
+// is paused, control answers every request with a unit_id, unrouted.
 //
 // Decisions: every answer gets a decision id and is published on the bus
 // topic "decisions" (features, outputs, version, latency, arm). The forensics
@@ -183,7 +184,8 @@ func (c *inferenceServiceClient) ListDecisions(ctx context.Context, in *ListDeci
 // assigned arm answers; in shadow mode control answers and the treatment
 // runs off the request path (never delaying or failing the request). A
 // request without a unit_id, or with a pinned model_version, is not routed:
-// the followed alias's version answers (or the pinned one).
+// the followed alias's version answers (or the pinned one). While the test
+// is paused, control answers every request with a unit_id, unrouted.
 //
 // Decisions: every answer gets a decision id and is published on the bus
 // topic "decisions" (features, outputs, version, latency, arm). The forensics
