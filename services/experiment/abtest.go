@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -118,8 +119,8 @@ func validateUnit(v *apierr.Violations, field, unit string) {
 	switch {
 	case unit == "":
 		v.Add(field, "required")
-	case len(unit) > maxUnit:
-		v.Add(field, "must be at most %d bytes, got %d", maxUnit, len(unit))
+	case utf8.RuneCountInString(unit) > maxUnit: // as InferenceService counts a unit_id
+		v.Add(field, "must be at most %d characters, got %d", maxUnit, utf8.RuneCountInString(unit))
 	}
 }
 

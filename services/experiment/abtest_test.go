@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,9 +100,13 @@ func TestABTestLifecycle(t *testing.T) {
 			t.Fatalf("updated %v", upd.GetAbTest())
 		}
 
-		// AssignUnit agrees with the shared assignment.
+		// AssignUnit agrees with the shared assignment, for any unit
+		// InferenceService routes (up to 250 characters, not bytes).
+		units := []string{strings.Repeat("é", 250)}
 		for i := range 50 {
-			unit := fmt.Sprintf("acct-%d", i)
+			units = append(units, fmt.Sprintf("acct-%d", i))
+		}
+		for _, unit := range units {
 			got, err := c.AssignUnit(ctx, &experimentv1.AssignUnitRequest{AbTestId: id, UnitId: unit})
 			if err != nil {
 				t.Fatal(err)

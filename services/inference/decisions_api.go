@@ -3,6 +3,7 @@ package inference
 import (
 	"context"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -55,8 +56,8 @@ func (s *Server) ListDecisions(ctx context.Context, req *inferencev1.ListDecisio
 			v.Add("end_time", "must not be before start_time")
 		}
 	}
-	if len(q.Symbol) > maxSymbol {
-		v.Add("symbol", "must be at most %d characters", maxSymbol)
+	if n := utf8.RuneCountInString(q.Symbol); n > maxSymbol { // as Predict counts it
+		v.Add("symbol", "must be at most %d characters, got %d", maxSymbol, n)
 	}
 	if len(q.ModelName) > maxModelName {
 		v.Add("model_name", "must be at most %d characters", maxModelName)
