@@ -74,7 +74,8 @@ func testLearnerInMesh(t *testing.T, kafka []string) {
 			t.Fatalf("no version newer than %d served in time; versions answered: %v", v1, versions)
 		}
 		price *= 1 + 0.02*r.NormFloat64()
-		bar, _ := proto.Marshal(&regimev1.Bar{Symbol: "SYN", Time: timestamppb.New(t0.Add(time.Duration(i) * time.Hour)), Open: price, High: price, Low: price, Close: price})
+		at := timestamppb.New(t0.Add(time.Duration(i) * time.Hour))
+		bar, _ := proto.Marshal(&regimev1.Bar{Symbol: "SYN", Time: at, Open: price, High: price, Low: price, Close: price})
 		if err := m.Publisher.Publish(tctx, bus.Message{Topic: bus.TopicMarketBars, Key: []byte("SYN"), Value: bar}); err != nil {
 			t.Fatal(err)
 		}
@@ -82,7 +83,9 @@ func testLearnerInMesh(t *testing.T, kafka []string) {
 		for j := range x {
 			x[j] = r.NormFloat64()
 		}
-		resp, err := inf.Predict(tctx, &inferencev1.PredictRequest{ModelName: "policy", Symbol: "SYN", Features: x, RequestId: fmt.Sprint(i)})
+		// client_time is the bar the features describe: the learner joins
+		// the decision to it.
+		resp, err := inf.Predict(tctx, &inferencev1.PredictRequest{ModelName: "policy", Symbol: "SYN", Features: x, RequestId: fmt.Sprint(i), ClientTime: at})
 		mu.Lock()
 		if err != nil {
 			failures = append(failures, err)

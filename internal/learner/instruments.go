@@ -18,10 +18,12 @@ import (
 //	quantmesh_learner_training_loss                    the last candidate's final training loss
 //	quantmesh_learner_since_last_publish_seconds       time since the last publish (since start before one)
 //	quantmesh_learner_outcomes_total                   outcomes added to the replay buffer
+//	quantmesh_learner_decisions_dropped_total{reason}  decisions that became no outcome (reason: unmatched, invalid)
 //	quantmesh_learner_replay_outcomes                  outcomes held in the replay buffer
 type instruments struct {
 	retrains metric.Int64Counter
 	outcomes metric.Int64Counter
+	dropped  metric.Int64Counter
 
 	mu           sync.Mutex
 	failures     int64
@@ -43,6 +45,10 @@ func newInstruments(meter metric.Meter, replayLength func() int) (*instruments, 
 	}
 	if ins.outcomes, err = meter.Int64Counter("quantmesh.learner.outcomes",
 		metric.WithDescription("Outcomes (decisions joined with their realised forward return) added to the replay buffer.")); err != nil {
+		return nil, err
+	}
+	if ins.dropped, err = meter.Int64Counter("quantmesh.learner.decisions.dropped",
+		metric.WithDescription("Decisions that became no outcome, by reason: unmatched (their bar is unknown: before the symbol's first bar, older than the bars kept, or too many waiting) or invalid (no finite features).")); err != nil {
 		return nil, err
 	}
 	failures, err := meter.Int64ObservableGauge("quantmesh.learner.consecutive_failures",
@@ -87,6 +93,9 @@ func newInstruments(meter metric.Meter, replayLength func() int) (*instruments, 
 	for _, r := range []string{resultPublished, resultRejected, resultFailed} {
 		ins.retrains.Add(ctx, 0, metric.WithAttributes(attribute.String("result", r)))
 	}
+	for _, r := range []string{dropUnmatched, dropInvalid} {
+		ins.dropped.Add(ctx, 0, metric.WithAttributes(attribute.String("reason", r)))
+	}
 	return ins, nil
 }
 
@@ -96,6 +105,19 @@ const (
 	resultRejected  = "rejected"
 	resultFailed    = "failed"
 )
+
+// Reasons a decision becomes no outcome.
+const (
+	dropUnmatched = "unmatched"
+	dropInvalid   = "invalid"
+)
+
+// droppedDecisions counts decisions the joiner dropped.
+func (ins *instruments) droppedDecisions(reason string, n int64) {
+	if n > 0 {
+		ins.dropped.Add(context.Background(), n, metric.WithAttributes(attribute.String("reason", reason)))
+	}
+}
 
 // retrained records one retrain attempt.
 func (ins *instruments) retrained(result string, degradation, loss float64, haveCandidate bool) {

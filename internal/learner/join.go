@@ -17,8 +17,12 @@ const volWindow = 20
 const maxPending = 10000
 
 // Joiner joins decisions with the realised forward return of their
-// symbol. A decision belongs to the latest bar of its symbol when it
-// arrives; once Horizon more bars have arrived its outcome is labelled as
+// symbol. A decision belongs to the symbol's latest bar at its decision
+// time: the newest bar whose time is not after it. Bars and decisions come
+// from two topics whose batches interleave in any order, so a decision is
+// held until a bar after its time arrives (only then is its bar known);
+// one that arrives late is matched to its bar among the recent ones. Once
+// Horizon bars have followed its bar, its outcome is labelled as
 // features.Labels labels that bar: BUY when the forward log return exceeds
 // LabelThreshold·vol·√Horizon (vol the 20-bar volatility at the bar), SELL
 // below minus that, HOLD between. It is not safe for concurrent use.
@@ -29,19 +33,29 @@ type Joiner struct {
 	// seen holds the ids of the newest decisions, to drop redeliveries.
 	seen    map[string]struct{}
 	seenLog []string
-	// Unmatched counts decisions dropped because no bar of their symbol
-	// had arrived (or too many were pending).
-	Unmatched int64
+	// Unmatched counts decisions dropped because their bar is not known:
+	// older than the bars kept, before the symbol's first bar, or beyond
+	// maxPending waiting. Invalid counts decisions without finite
+	// features.
+	Unmatched, Invalid int64
 }
 
 // maxSeen bounds the decision ids remembered for deduplication.
 const maxSeen = 100000
 
+// keptBars is how many of a symbol's newest bars are kept for decisions
+// that arrive late (the decisions topic lagging the bars topic).
+const keptBars = 1024
+
 type symbolBars struct {
-	closes  []float64 // the newest closes
-	first   int64     // bar index of closes[0]
-	count   int64     // bars seen
-	last    time.Time
+	closes []float64   // the newest closes
+	times  []time.Time // their bar times
+	first  int64       // bar index of closes[0]
+	count  int64       // bars seen
+	// open decisions are at or after the latest bar's time: their bar is
+	// that one unless a newer bar not after them arrives. pending ones
+	// know their bar and wait for the horizon.
+	open    []pending
 	pending []pending
 }
 
@@ -56,6 +70,15 @@ func NewJoiner(horizon int, threshold float64) *Joiner {
 	return &Joiner{horizon: horizon, threshold: threshold, symbols: map[string]*symbolBars{}, seen: map[string]struct{}{}}
 }
 
+func (j *Joiner) symbol(name string) *symbolBars {
+	s := j.symbols[name]
+	if s == nil {
+		s = &symbolBars{}
+		j.symbols[name] = s
+	}
+	return s
+}
+
 // Bar adds a bar of symbol and returns the outcomes it resolves. A bar not
 // after the symbol's latest (a redelivery) or with a non-positive close is
 // ignored.
@@ -63,25 +86,44 @@ func (j *Joiner) Bar(symbol string, t time.Time, close float64) []Outcome {
 	if !(close > 0) || math.IsInf(close, 0) {
 		return nil
 	}
-	s := j.symbols[symbol]
-	if s == nil {
-		s = &symbolBars{}
-		j.symbols[symbol] = s
-	}
-	if s.count > 0 && !t.After(s.last) {
+	s := j.symbol(symbol)
+	if s.count > 0 && !t.After(s.times[len(s.times)-1]) {
 		return nil
 	}
-	s.last = t
+	// Open decisions before this bar belong to the latest one.
+	n := 0
+	for _, d := range s.open {
+		switch {
+		case !d.time.Before(t):
+			s.open[n] = d
+			n++
+		case s.count == 0:
+			j.Unmatched++ // before the symbol's first bar
+		default:
+			d.bar = s.count - 1
+			s.pending = append(s.pending, d)
+		}
+	}
+	clear(s.open[n:])
+	s.open = s.open[:n]
+
 	s.closes = append(s.closes, close)
+	s.times = append(s.times, t)
 	s.count++
-	// Keep what the oldest pending decision (at least count-1-horizon)
-	// needs: its close, the volWindow returns before it and the horizon
-	// after.
-	if keep := volWindow + 1 + j.horizon; len(s.closes) > 2*keep {
+	// Keep what a decision up to keptBars late needs: its close, the
+	// volWindow returns before it and the horizon after.
+	if keep := keptBars + volWindow + 1 + j.horizon; len(s.closes) > keep+keep/4 {
 		drop := len(s.closes) - keep
 		s.closes = slices.Delete(s.closes, 0, drop)
+		s.times = slices.Delete(s.times, 0, drop)
 		s.first += int64(drop)
 	}
+	return j.resolve(symbol, s)
+}
+
+// resolve returns the outcomes of the pending decisions of s whose
+// horizon has passed.
+func (j *Joiner) resolve(symbol string, s *symbolBars) []Outcome {
 	latest := s.count - 1
 	var out []Outcome
 	n := 0
@@ -93,6 +135,8 @@ func (j *Joiner) Bar(symbol string, t time.Time, close float64) []Outcome {
 		}
 		if label, ok := j.label(s, p.bar); ok {
 			out = append(out, Outcome{Symbol: symbol, Time: p.time, Features: p.features, Label: label})
+		} else {
+			j.Unmatched++ // its bar's history is no longer kept
 		}
 	}
 	clear(s.pending[n:])
@@ -100,13 +144,14 @@ func (j *Joiner) Bar(symbol string, t time.Time, close float64) []Outcome {
 	return out
 }
 
-// Decision adds a decision on symbol taken at time t on the features, and
-// reports whether it was accepted (a bar of the symbol has arrived). A
-// non-empty id seen before (a redelivery) is ignored.
-func (j *Joiner) Decision(id, symbol string, t time.Time, x []float64) bool {
+// Decision adds a decision on symbol taken at time t on the features. It
+// reports whether it was accepted: it is not a redelivery (a non-empty id
+// seen before), its features are finite, and its bar is known or may still
+// arrive. A late decision whose horizon has passed is resolved at once.
+func (j *Joiner) Decision(id, symbol string, t time.Time, x []float64) ([]Outcome, bool) {
 	if id != "" {
 		if _, dup := j.seen[id]; dup {
-			return false
+			return nil, false
 		}
 		j.seen[id] = struct{}{}
 		j.seenLog = append(j.seenLog, id)
@@ -117,13 +162,32 @@ func (j *Joiner) Decision(id, symbol string, t time.Time, x []float64) bool {
 			j.seenLog = slices.Delete(j.seenLog, 0, len(j.seenLog)-maxSeen)
 		}
 	}
-	s := j.symbols[symbol]
-	if s == nil || s.count == 0 || len(s.pending) >= maxPending {
-		j.Unmatched++
-		return false
+	if len(x) == 0 || slices.ContainsFunc(x, func(v float64) bool { return v-v != 0 }) {
+		j.Invalid++
+		return nil, false
 	}
-	s.pending = append(s.pending, pending{bar: s.count - 1, time: t, features: slices.Clone(x)})
-	return true
+	s := j.symbol(symbol)
+	if len(s.open)+len(s.pending) >= maxPending {
+		j.Unmatched++
+		return nil, false
+	}
+	d := pending{time: t, features: slices.Clone(x)}
+	if s.count == 0 || !t.Before(s.times[len(s.times)-1]) {
+		s.open = append(s.open, d)
+		return nil, true
+	}
+	// A late decision: its bar is the newest kept bar not after t.
+	k, found := slices.BinarySearchFunc(s.times, t, func(bt, t time.Time) int { return bt.Compare(t) })
+	if !found {
+		k--
+	}
+	if k < 0 {
+		j.Unmatched++
+		return nil, false
+	}
+	d.bar = s.first + int64(k)
+	s.pending = append(s.pending, d)
+	return j.resolve(symbol, s), true
 }
 
 // label labels bar t of s (t+horizon has arrived), as features.Labels does.
@@ -177,7 +241,8 @@ func ReplaySeries(series []marketdata.Series, horizon int, threshold float64) ([
 		for i, b := range s.Bars {
 			out = append(out, j.Bar(s.Symbol, b.Time, b.Close)...)
 			if k := i - (features.Warmup - 1); k >= 0 && k < len(X) {
-				j.Decision("", s.Symbol, b.Time, X[k])
+				o, _ := j.Decision("", s.Symbol, b.Time, X[k])
+				out = append(out, o...)
 			}
 		}
 	}

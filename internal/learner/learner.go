@@ -2,6 +2,7 @@ package learner
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -277,6 +278,13 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 			return nil, err
 		}
 	}
+	// The previous evaluation set (the last hold-out, now older than the
+	// newest outcomes, or the bundled data's) must not be trained on, or
+	// the stability check would score the candidate on what it learned.
+	trainX, trainY = without(trainX, trainY, l.evalX)
+	if len(trainX) == 0 {
+		return nil, fmt.Errorf("replay: all %d outcomes before the hold-out are in version %d's evaluation set; waiting for new ones", split, cur.version)
+	}
 	l.trainedAt = added
 
 	tc := policy.TrainConfig{
@@ -304,7 +312,7 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	if rep.Degradation > l.cfg.DegradationThreshold {
 		rep.Reason = fmt.Sprintf("accuracy drops %.1f%% (hold-out %.3f → %.3f, previous evaluation set %.3f → %.3f), more than the %.0f%% threshold",
 			100*rep.Degradation, rep.PrevHoldOut, rep.CandHoldOut, rep.PrevEval, rep.CandEval, 100*l.cfg.DegradationThreshold)
-		rep.RunID = l.logRun(ctx, rep, stats, experimentv1.RunStatus_RUN_STATUS_FAILED)
+		rep.RunID = l.logRun(ctx, rep, stats)
 		return rep, nil
 	}
 	if err := l.publish(ctx, cur, cand, rep, stats); err != nil {
@@ -327,6 +335,33 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	return rep, nil
 }
 
+// without returns the samples of X (and their labels) whose feature
+// vector is not in except.
+func without(X [][]float64, y []policy.Action, except [][]float64) ([][]float64, []policy.Action) {
+	if len(except) == 0 {
+		return X, y
+	}
+	key := func(x []float64) string {
+		b := make([]byte, 0, 8*len(x))
+		for _, v := range x {
+			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+		}
+		return string(b)
+	}
+	skip := make(map[string]struct{}, len(except))
+	for _, x := range except {
+		skip[key(x)] = struct{}{}
+	}
+	var keptX [][]float64
+	var keptY []policy.Action
+	for i, x := range X {
+		if _, ok := skip[key(x)]; !ok {
+			keptX, keptY = append(keptX, x), append(keptY, y[i])
+		}
+	}
+	return keptX, keptY
+}
+
 // drop is the relative accuracy drop from prev to cand (negative when cand
 // is better), 0 when prev is 0.
 func drop(prev, cand float64) float64 {
@@ -336,24 +371,34 @@ func drop(prev, cand float64) float64 {
 	return (prev - cand) / prev
 }
 
-// logRun records a retrain in ExperimentService and returns the run id
-// ("" when ExperimentService failed; a rejection is still a rejection).
-func (l *Learner) logRun(ctx context.Context, rep *Report, stats []policy.EpochStats, st experimentv1.RunStatus) string {
-	id, err := l.createRun(ctx, rep, stats, st)
+// Decisions of a retrain, its run's tag "decision".
+const (
+	decisionPublished = "published"
+	decisionRejected  = "rejected"
+	// decisionFailed: the candidate passed the check but could not be
+	// registered or published.
+	decisionFailed = "failed"
+)
+
+// logRun records a rejected retrain in ExperimentService as a FAILED run
+// and returns the run id ("" when ExperimentService failed; a rejection is
+// still a rejection).
+func (l *Learner) logRun(ctx context.Context, rep *Report, stats []policy.EpochStats) string {
+	id, err := l.createRun(ctx, rep, stats, decisionRejected)
+	if err == nil {
+		err = l.endRun(ctx, id, experimentv1.RunStatus_RUN_STATUS_FAILED)
+	}
 	if err != nil {
 		l.log.Warn("online learning: run not logged", "err", err)
 	}
 	return id
 }
 
-func (l *Learner) createRun(ctx context.Context, rep *Report, stats []policy.EpochStats, st experimentv1.RunStatus) (string, error) {
+// createRun logs a retrain as a running run with its params and metrics.
+func (l *Learner) createRun(ctx context.Context, rep *Report, stats []policy.EpochStats, decision string) (string, error) {
 	exp, err := experimentID(ctx, l.client, l.cfg.Experiment)
 	if err != nil {
 		return "", err
-	}
-	decision := "published"
-	if st != experimentv1.RunStatus_RUN_STATUS_FINISHED {
-		decision = "rejected"
 	}
 	run, err := l.client.CreateRun(ctx, &experimentv1.CreateRunRequest{
 		ExperimentId: exp, RunName: fmt.Sprintf("%s-from-v%d", l.cfg.Model, rep.From),
@@ -383,12 +428,17 @@ func (l *Learner) createRun(ctx context.Context, rep *Report, stats []policy.Epo
 	if _, err := l.client.LogBatch(ctx, batch); err != nil {
 		return id, fmt.Errorf("log run %s: %w", id, err)
 	}
+	return id, nil
+}
+
+// endRun sets a run's final status.
+func (l *Learner) endRun(ctx context.Context, id string, st experimentv1.RunStatus) error {
 	if _, err := l.client.UpdateRun(ctx, &experimentv1.UpdateRunRequest{
 		Run: &experimentv1.Run{RunId: id, Status: st}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"status"}},
 	}); err != nil {
-		return id, fmt.Errorf("finish run %s: %w", id, err)
+		return fmt.Errorf("end run %s: %w", id, err)
 	}
-	return id, nil
+	return nil
 }
 
 // metrics are the stability check's numbers (the finite ones).
@@ -407,13 +457,27 @@ func (rep *Report) metrics() map[string]float64 {
 }
 
 // publish logs the run, registers the candidate and moves the alias, if
-// it still points where the candidate came from.
-func (l *Learner) publish(ctx context.Context, cur *current, cand *policy.Network, rep *Report, stats []policy.EpochStats) error {
-	runID, err := l.createRun(ctx, rep, stats, experimentv1.RunStatus_RUN_STATUS_FINISHED)
+// it still points where the candidate came from. The run is FINISHED
+// (decision published) only once the alias has moved; otherwise it ends
+// FAILED with decision failed.
+func (l *Learner) publish(ctx context.Context, cur *current, cand *policy.Network, rep *Report, stats []policy.EpochStats) (err error) {
+	runID, err := l.createRun(ctx, rep, stats, decisionPublished)
 	if err != nil {
 		return err
 	}
 	rep.RunID = runID
+	defer func() {
+		st := experimentv1.RunStatus_RUN_STATUS_FINISHED
+		if err != nil {
+			st = experimentv1.RunStatus_RUN_STATUS_FAILED
+			if _, terr := l.client.SetRunTag(ctx, &experimentv1.SetRunTagRequest{RunId: runID, Key: "decision", Value: decisionFailed}); terr != nil {
+				l.log.Warn("online learning: run not tagged failed", "run", runID, "err", terr)
+			}
+		}
+		if eerr := l.endRun(ctx, runID, st); eerr != nil {
+			l.log.Warn("online learning: run not ended", "run", runID, "err", eerr)
+		}
+	}()
 	weights, err := cand.MarshalBinary()
 	if err != nil {
 		return err

@@ -279,3 +279,74 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("bad label: %v", err)
 	}
 }
+
+// aliasMover moves the alias to another version just before the learner
+// publishes, as another trainer might.
+type aliasMover struct {
+	experimentv1.ExperimentServiceClient
+	to int64
+}
+
+func (c aliasMover) SetModelAlias(ctx context.Context, req *experimentv1.SetModelAliasRequest, opts ...grpc.CallOption) (*experimentv1.SetModelAliasResponse, error) {
+	if _, err := c.ExperimentServiceClient.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: req.GetModelName(), Alias: req.GetAlias(), Version: c.to}); err != nil {
+		return nil, err
+	}
+	return c.ExperimentServiceClient.SetModelAlias(ctx, req, opts...)
+}
+
+// A candidate that cannot be published (the alias moved meanwhile) fails
+// the retrain, and its run ends FAILED with decision "failed", not as a
+// published one.
+func TestPublishLostRace(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	v1 := registerInitial(t, client)
+	current, err := client.GetModelVersion(context.Background(), &experimentv1.GetModelVersionRequest{ModelName: "policy", Version: v1,
+		View: experimentv1.ModelVersionView_MODEL_VERSION_VIEW_FULL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A second version, not behind the alias.
+	mv, err := client.CreateModelVersion(context.Background(), &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format,
+		Weights: current.GetModelVersion().GetWeights()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := mv.GetModelVersion().GetVersion()
+	cfg := testConfig()
+	cfg.DegradationThreshold = 1
+	l, err := learner.New(cfg, aliasMover{client, other}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(synthetic(300, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := l.Retrain(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "moved while the learner trained") {
+		t.Fatalf("retrain: %+v, %v; want the lost race reported", rep, err)
+	}
+	if got := aliasVersion(t, client); got != other {
+		t.Errorf("production at version %d, want %d (the other trainer's)", got, other)
+	}
+	runs, err := client.SearchRuns(context.Background(), &experimentv1.SearchRunsRequest{ExperimentIds: []string{experimentIDOf(t, client, cfg.Experiment)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(runs.GetRuns()); n != 1 {
+		t.Fatalf("%d runs, want 1", n)
+	}
+	if r := runs.GetRuns()[0]; r.GetStatus() != experimentv1.RunStatus_RUN_STATUS_FAILED || r.GetTags()["decision"] != "failed" {
+		t.Errorf("run %v, want FAILED with decision failed", r)
+	}
+}
+
+func experimentIDOf(t *testing.T, client experimentv1.ExperimentServiceClient, name string) string {
+	t.Helper()
+	got, err := client.GetExperimentByName(context.Background(), &experimentv1.GetExperimentByNameRequest{Name: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got.GetExperiment().GetExperimentId()
+}

@@ -17,7 +17,8 @@ const ConsumerGroup = "learner"
 // Consume feeds the learner from the bus until ctx is done: decisions of
 // its model (topic decisions) joined with bars (topic market.bars) into
 // outcomes in the replay buffer. Undecodable messages are skipped and
-// logged.
+// logged; decisions that become no outcome are counted
+// (quantmesh_learner_decisions_dropped_total).
 func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 	var mu sync.Mutex // the bus may run the handler for several partitions at once
 	j := NewJoiner(l.cfg.Horizon, l.cfg.LabelThreshold)
@@ -25,6 +26,11 @@ func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 		func(_ context.Context, msgs []bus.Message) error {
 			mu.Lock()
 			defer mu.Unlock()
+			unmatched, invalid := j.Unmatched, j.Invalid
+			defer func() {
+				l.ins.droppedDecisions(dropUnmatched, j.Unmatched-unmatched)
+				l.ins.droppedDecisions(dropInvalid, j.Invalid-invalid)
+			}()
 			var outs []Outcome
 			for _, m := range msgs {
 				switch m.Topic {
@@ -41,10 +47,18 @@ func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 						l.log.Error("learner: undecodable decision skipped", "offset", m.Offset, "err", err)
 						continue
 					}
-					if d.GetModelName() != l.cfg.Model || d.GetShadow() {
+					if d.GetModelName() != l.cfg.Model {
 						continue
 					}
-					j.Decision(d.GetDecisionId(), d.GetSymbol(), d.GetDecisionTime().AsTime(), d.GetFeatures())
+					// The client's time (the bar its features describe, when
+					// it says so) places the decision among the bars; the
+					// server's clock only when the client gave none.
+					at := d.GetDecisionTime()
+					if d.GetClientTime() != nil {
+						at = d.GetClientTime()
+					}
+					resolved, _ := j.Decision(d.GetDecisionId(), d.GetSymbol(), at.AsTime(), d.GetFeatures())
+					outs = append(outs, resolved...)
 				}
 			}
 			if len(outs) > 0 {

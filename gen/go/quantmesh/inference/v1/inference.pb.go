@@ -340,7 +340,9 @@ type PredictRequest struct {
 	// sent twice is two decisions, both carrying this id.
 	RequestId string `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Optional time the client built the request (for example the bar's
-	// time); recorded with the decision.
+	// time); recorded with the decision. The online learner joins the
+	// decision to the symbol's latest bar at this time (at the decision time
+	// when it is not set).
 	ClientTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=client_time,json=clientTime,proto3" json:"client_time,omitempty"`
 	// Optional version pin, for replay and debugging. Only a version this
 	// service has loaded (the followed alias's version, or an arm of the
