@@ -194,6 +194,12 @@ func (c *Computer) Warmup() int { return c.warmup }
 // Bars is how many bars the computer has seen.
 func (c *Computer) Bars() int { return c.bars }
 
+// SeedHigh raises the running high that drawdown over every bar (window 0)
+// measures from to high. A computer rebuilt from the last bars of a longer
+// history is seeded with the highest close of that history, so that its
+// drawdown is the one a computer fed every bar would give.
+func (c *Computer) SeedHigh(high float64) { c.allHigh = math.Max(c.allHigh, high) }
+
 // ErrNoVolume is returned for a bar without a volume when a feature needs
 // volumes; the computer is unchanged.
 var ErrNoVolume = errors.New("the bar has no volume and a volume z-score feature needs one")

@@ -99,6 +99,33 @@ func TestComputerWindowedDrawdownAndErrors(t *testing.T) {
 	}
 }
 
+// A computer fed the last bars of a history and seeded with its high gives
+// the drawdown of one fed every bar.
+func TestComputerSeedHigh(t *testing.T) {
+	t.Parallel()
+	closes := []float64{10, 40, 20, 25, 30, 28}
+	specs := []Spec{{Drawdown, 0}, {Momentum, 2}}
+	var want []float64
+	if err := EachClose(specs, closes, func(_ int, vec []float64) error { want = vec; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewComputer(specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SeedHigh(40)
+	c.SeedHigh(35) // never lowers it
+	got := make([]float64, c.Len())
+	for _, x := range closes[len(closes)-c.Warmup():] {
+		if _, err := c.Update(Point{Close: x}, got); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("seeded %v, every bar %v", got, want)
+	}
+}
+
 func TestStandardiser(t *testing.T) {
 	t.Parallel()
 	mean, std := Standardiser([][]float64{{1, 5}, {3, 5}, {5, 5}})

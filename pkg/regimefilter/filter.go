@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // Smoothing configures the forward filter and the dominant-regime rules.
@@ -89,7 +90,20 @@ func New(cfg Smoothing) Filter { return Filter{cfg: cfg} }
 
 // Resume returns a filter that continues from a bar's state: its smoothed
 // probabilities (copied), dominant regime and the bars it has been held.
+// Probabilities that are no distribution (NaN, as states stored before
+// Next guarded against it could hold) restart the filter at its next bar
+// instead of carrying NaN forward.
 func Resume(cfg Smoothing, smoothed []float64, dominant int, dwell int64) Filter {
+	var sum float64
+	for _, p := range smoothed {
+		if !(p >= 0 && p <= 1) {
+			return New(cfg)
+		}
+		sum += p
+	}
+	if sum == 0 {
+		return New(cfg)
+	}
 	return Filter{cfg: cfg, probs: append([]float64(nil), smoothed...), dominant: dominant, dwell: dwell}
 }
 
@@ -106,8 +120,9 @@ type Step struct {
 var ErrNoRegimes = errors.New("regime: no regimes")
 
 // Next filters one bar. logLik[j] is the log of the bar's likelihood under
-// regime j (any additive constant); prior is the regime distribution the
-// filter starts from at its first bar (the model's regime weights).
+// regime j (any additive constant; NaN counts as -Inf); prior is the regime
+// distribution the filter starts from at its first bar (the model's regime
+// weights). The probabilities are never NaN.
 func (f *Filter) Next(logLik, prior []float64) (Step, error) {
 	r := len(logLik)
 	if r == 0 {
@@ -129,10 +144,16 @@ func (f *Filter) Next(logLik, prior []float64) (Step, error) {
 			pred[j] = s*f.probs[j] + off*(1-f.probs[j])
 		}
 	}
-	// Update with the bar's likelihood, in log space.
+	// Update with the bar's likelihood, in log space. A bar no regime
+	// explains (every likelihood 0 or NaN) is no evidence: the prediction
+	// stands rather than a uniform guess.
+	evidence := slices.ContainsFunc(logLik, func(x float64) bool { return x > math.Inf(-1) })
 	post := make([]float64, r)
 	for j := range post {
-		post[j] = f.cfg.Tempering*logLik[j] + math.Log(max(pred[j], 1e-300))
+		post[j] = math.Log(max(pred[j], 1e-300))
+		if evidence {
+			post[j] += f.cfg.Tempering * logLik[j]
+		}
 	}
 	smoothed := SoftmaxLog(post, post)
 	st := Step{Raw: raw, Smoothed: smoothed, RawDominant: Argmax(raw), RawEntropy: Entropy(raw), Entropy: Entropy(smoothed)}
@@ -153,18 +174,38 @@ func (f *Filter) Next(logLik, prior []float64) (Step, error) {
 }
 
 // SoftmaxLog turns log weights into probabilities, into dst (allocated when
-// nil; it may be logw).
+// nil; it may be logw). It never gives NaN: a NaN weight counts as -Inf,
+// +Inf weights share all the probability, and when every weight is -Inf
+// the probabilities are uniform.
 func SoftmaxLog(logw, dst []float64) []float64 {
 	if dst == nil {
 		dst = make([]float64, len(logw))
 	}
 	m := math.Inf(-1)
 	for _, v := range logw {
-		m = math.Max(m, v)
+		if v > m {
+			m = v
+		}
+	}
+	if math.IsInf(m, -1) {
+		for i := range logw {
+			dst[i] = 1 / float64(len(logw))
+		}
+		return dst
 	}
 	var sum float64
 	for i, v := range logw {
-		dst[i] = math.Exp(v - m)
+		switch {
+		case math.IsNaN(v):
+			dst[i] = 0
+		case math.IsInf(m, 1):
+			dst[i] = 0
+			if v == m {
+				dst[i] = 1
+			}
+		default:
+			dst[i] = math.Exp(v - m)
+		}
 		sum += dst[i]
 	}
 	for i := range dst {

@@ -2,8 +2,10 @@ package regime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -144,15 +146,25 @@ func (e *Engine) activeModelID(symbol string) string {
 }
 
 // state returns symbol's live state, rebuilding it from the store when it
-// is not cached: the active model, the feature windows from the last bars,
-// and the filter from the latest state under that model. Callers hold
-// e.mu.
+// is not cached. Callers hold e.mu.
 func (e *Engine) state(ctx context.Context, symbol string) (*symbolState, error) {
 	if st, ok := e.symbols.Get(symbol); ok {
 		e.ins.cache(ctx, true)
 		return st, nil
 	}
 	e.ins.cache(ctx, false)
+	st, err := e.build(ctx, symbol)
+	if err != nil {
+		return nil, err
+	}
+	e.symbols.Add(symbol, st)
+	return st, nil
+}
+
+// build rebuilds symbol's live state from the store: the active model, the
+// feature windows from the last bars, and the filter from the latest state
+// under that model. Callers hold e.mu.
+func (e *Engine) build(ctx context.Context, symbol string) (*symbolState, error) {
 	st := &symbolState{symbol: symbol}
 	specs := features.DefaultSpecs()
 	if id := e.activeModelID(symbol); id != "" {
@@ -172,6 +184,16 @@ func (e *Engine) state(ctx context.Context, symbol string) (*symbolState, error)
 	if err != nil {
 		return nil, err
 	}
+	if len(bars) == comp.Warmup() {
+		// Drawdown over every bar measures from the high of the whole
+		// history, not of the bars replayed here (when fewer, they are the
+		// whole history).
+		high, err := e.st.MaxClose(ctx, symbol)
+		if err != nil {
+			return nil, err
+		}
+		comp.SeedHigh(high)
+	}
 	for _, b := range bars {
 		// Stored bars were valid when ingested; a feature error here means
 		// a model needing volumes on bars without them: the windows stay
@@ -186,7 +208,6 @@ func (e *Engine) state(ctx context.Context, symbol string) (*symbolState, error)
 	} else if st.model != nil {
 		st.filter = regimefilter.New(st.model.smoothing)
 	}
-	e.symbols.Add(symbol, st)
 	return st, nil
 }
 
@@ -220,9 +241,10 @@ type SymbolLast struct {
 // checked against each symbol's stored history first (times strictly
 // increase per symbol; an exact copy of a stored bar is a duplicate and
 // skipped); an invalid bar rejects the message with nothing written. Then
-// each new bar updates its symbol's features and, with an active model and
-// filled windows, gives a regime state; bars and states commit in one
-// transaction, after which the states are published.
+// each new bar updates its symbol's features (a bar whose features are not
+// finite is invalid too) and, with an active model and filled windows,
+// gives a regime state; bars and states commit in one transaction, after
+// which the states are published.
 func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -274,8 +296,9 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 	touched := map[string]*symbolState{}
 	seq0 := e.seq
 	var write Write
+	overflowed := map[string]bool{} // later bars of these would only repeat the violation
 	for i, b := range bars {
-		if !accept[i] {
+		if !accept[i] || overflowed[b.Symbol] {
 			continue
 		}
 		st, err := e.state(ctx, b.Symbol)
@@ -289,6 +312,12 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 		c.Accepted++
 		res.PerSymbol[b.Symbol] = c
 		state, err := e.apply(st, b)
+		var of *overflowError
+		if errors.As(err, &of) {
+			v.Add(fmt.Sprintf("bars[%d].%s", i, of.field), "%v", of)
+			overflowed[b.Symbol] = true
+			continue
+		}
 		if err != nil {
 			e.rollback(touched, seq0)
 			return IngestResult{}, err
@@ -296,6 +325,10 @@ func (e *Engine) Ingest(ctx context.Context, bars []Bar) (IngestResult, error) {
 		if state != nil {
 			write.States = append(write.States, state)
 		}
+	}
+	if err := v.Err(); err != nil {
+		e.rollback(touched, seq0)
+		return IngestResult{}, err
 	}
 	start := time.Now()
 	if err := e.st.Commit(ctx, write); err != nil {
@@ -351,15 +384,45 @@ func (e *Engine) rollback(touched map[string]*symbolState, seq uint64) {
 	e.seq = seq
 }
 
+// overflowError is apply's error for a bar of finite prices whose
+// features are not: a ratio of closes (1e-200 then 1e200) or a sum of
+// volumes overflows. Classified, such a bar would make the symbol's
+// filter NaN.
+type overflowError struct {
+	field  string // of the bar: close or volume
+	reason string
+}
+
+func (e *overflowError) Error() string { return e.reason + "; the bar's features are not finite" }
+
 // apply adds a bar to a symbol's windows and, when a model is active and
-// the windows are filled, classifies it.
+// the windows are filled, classifies it. After an *overflowError the
+// symbol's windows are spoilt: the caller drops its state.
 func (e *Engine) apply(st *symbolState, b Bar) (*regimev1.RegimeState, error) {
+	// Checked during the warm-up too, when no features are computed yet:
+	// an infinite return would stay in the windows.
+	if st.hasBar && !finite(math.Log(b.Close/st.lastBar.Close)) {
+		return nil, &overflowError{"close", fmt.Sprintf("the log return from the previous close %v to %v overflows", st.lastBar.Close, b.Close)}
+	}
 	ready, err := st.comp.Update(point(b), st.vec)
 	if err != nil {
 		return nil, err
 	}
 	st.lastBar, st.hasBar = b, true
-	if !ready || st.model == nil {
+	if !ready {
+		return nil, nil
+	}
+	for i, x := range st.vec {
+		if !finite(x) {
+			sp := st.comp.Specs()[i]
+			field := "close"
+			if sp.Kind == features.VolumeZScore {
+				field = "volume"
+			}
+			return nil, &overflowError{field, fmt.Sprintf("%s is %v", sp.Name(), x)}
+		}
+	}
+	if st.model == nil {
 		return nil, nil
 	}
 	return e.classify(st, b)
@@ -410,9 +473,14 @@ func (e *Engine) Latest(symbol string) *regimev1.RegimeState {
 func (e *Engine) Readiness(ctx context.Context, symbol string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	st, err := e.state(ctx, symbol)
-	if err != nil {
-		return err
+	st, ok := e.symbols.Peek(symbol)
+	if !ok {
+		// Not cached: clients may ask about any symbol, and a symbol's
+		// state is built anew for its next bar anyway.
+		var err error
+		if st, err = e.build(ctx, symbol); err != nil {
+			return err
+		}
 	}
 	switch {
 	case !st.hasBar:
@@ -449,8 +517,9 @@ func sortStates(states []*regimev1.RegimeState) {
 // Activate makes model the active model of symbols ("*": the default).
 // Each affected symbol with bars has its latest bar reclassified at once
 // under the new model (its filter restarts there from the model's regime
-// weights), giving a new state. Symbols already on the model are left
-// alone.
+// weights), giving a new state. Symbols already on the model, their own or
+// the default, keep their state; one on it through the default has the
+// activation recorded as its own.
 func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string) ([]*regimev1.RegimeState, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -458,10 +527,19 @@ func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string)
 	if err != nil {
 		return nil, err
 	}
+	// change holds the activations to record; affected the symbols whose
+	// model changes, to reclassify: the named ones not already on it
+	// through the default, and with "*" every symbol without its own
+	// activation.
 	var change []string
+	affected := map[string]bool{}
 	for _, sym := range symbols {
-		if e.active[sym] != modelID {
-			change = append(change, sym)
+		if e.active[sym] == modelID {
+			continue
+		}
+		change = append(change, sym)
+		if sym != DefaultSymbol && e.activeModelID(sym) != modelID {
+			affected[sym] = true
 		}
 	}
 	if len(change) == 0 {
@@ -475,14 +553,6 @@ func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string)
 	for _, sym := range change {
 		e.active[sym] = modelID
 	}
-	// The symbols whose model changes: the named ones, and with "*" every
-	// symbol without its own activation.
-	affected := map[string]bool{}
-	for _, sym := range change {
-		if sym != DefaultSymbol {
-			affected[sym] = true
-		}
-	}
 	if slices.Contains(change, DefaultSymbol) {
 		all, err := e.st.Symbols(ctx)
 		if err != nil {
@@ -492,6 +562,13 @@ func (e *Engine) Activate(ctx context.Context, modelID string, symbols []string)
 		for _, sym := range all {
 			if _, own := e.active[sym]; !own {
 				affected[sym] = true
+			}
+		}
+		// Symbols cached without stored bars (asked about, or named in a
+		// rejected message) hold the old default too.
+		for _, sym := range e.symbols.Keys() {
+			if _, own := e.active[sym]; !own {
+				e.symbols.Remove(sym)
 			}
 		}
 	}

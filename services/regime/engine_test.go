@@ -7,9 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -238,5 +240,173 @@ func TestEngineReadsDuringCommit(t *testing.T) {
 	after := e.Latest("DAX")
 	if states, seq := e.Snapshot(nil); after.GetSequence() != before.GetSequence()+5 || seq != after.GetSequence() || states[0] != after {
 		t.Errorf("after the commit: latest sequence %d, snapshot at %d; want %d", after.GetSequence(), seq, before.GetSequence()+5)
+	}
+}
+
+// A symbol rebuilt from its last bars (after a restart, a cache eviction or
+// an activation) gets the features a computer fed every bar gives:
+// drawdown_0 measures from the high of the whole history, here 5 bars
+// long before the 31 replayed.
+func TestEngineRebuildKeepsRunningHigh(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		st := NewSQLStore(db)
+		const modelB = "0192f1f0-5b7e-7c3a-9d2e-000000000002"
+		fakeModel(t, st, "0192f1f0-5b7e-7c3a-9d2e-000000000001", DefaultSymbol)
+		fakeModel(t, st, modelB)
+		closes := append([]float64{150, 200, 200, 180, 150}, walkCloses(70)...)
+		bars := series("DAX", time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), closes...)
+		var want [][]float64
+		if err := features.EachClose(features.DefaultSpecs(), closes, func(_ int, vec []float64) error {
+			want = append(want, append([]float64(nil), vec...))
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		engine := func() *Engine {
+			e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.decode = decodeFake
+			return e
+		}
+		if _, err := engine().Ingest(ctx, bars[:len(bars)-1]); err != nil {
+			t.Fatal(err)
+		}
+		// After a restart.
+		e := engine()
+		res, err := e.Ingest(ctx, bars[len(bars)-1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want[len(want)-1], res.States[0].GetFeatures()); diff != "" {
+			t.Errorf("features of the first bar after a restart (-every bar +rebuilt):\n%s", diff)
+		}
+		// At an activation, which rebuilds the symbol.
+		states, err := e.Activate(ctx, modelB, []string{"DAX"})
+		if err != nil || len(states) != 1 {
+			t.Fatalf("activation: %v %v", states, err)
+		}
+		if diff := cmp.Diff(want[len(want)-1], states[0].GetFeatures()); diff != "" {
+			t.Errorf("features reclassified at the activation (-every bar +rebuilt):\n%s", diff)
+		}
+	})
+}
+
+// A symbol a client asks about before its feed starts, or one named in a
+// rejected message, is served by a default model activated after that.
+func TestEngineDefaultReachesSymbolsWithoutBars(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := NewSQLStore(storetest.SQLite(t, Migrations()))
+	const model = "0192f1f0-5b7e-7c3a-9d2e-000000000001"
+	fakeModel(t, st, model)
+	e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.decode = decodeFake
+	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	for _, sym := range []string{"EARLY", "NOPE1", "NOPE2"} {
+		if err := e.Readiness(ctx, sym); !errors.Is(err, apierr.ErrNotFound) {
+			t.Errorf("readiness of %s without bars: %v", sym, err)
+		}
+	}
+	if n := e.symbols.Len(); n != 0 {
+		t.Errorf("asking about symbols without bars cached %d of them", n)
+	}
+	back := series("LATE", t0.Add(-time.Hour), 1)[0]
+	if _, err := e.Ingest(ctx, []Bar{series("LATE", t0, 1)[0], back}); !errors.Is(err, apierr.ErrInvalidArgument) {
+		t.Fatalf("a bar going back in time: %v", err)
+	}
+	if _, err := e.Activate(ctx, model, []string{DefaultSymbol}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sym := range []string{"EARLY", "LATE"} {
+		res, err := e.Ingest(ctx, series(sym, t0, walkCloses(40)...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.States) != 10 || res.States[0].GetModelId() != model {
+			t.Errorf("%s: %d states after 40 bars under the default model, want 10", sym, len(res.States))
+		}
+	}
+}
+
+// Activating by name the model a symbol has through the default changes
+// nothing of its state: no new state, and the filter's dwell goes on.
+func TestEngineActivateEffectiveModelIsNoop(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := NewSQLStore(storetest.SQLite(t, Migrations()))
+	const model = "0192f1f0-5b7e-7c3a-9d2e-000000000001"
+	fakeModel(t, st, model, DefaultSymbol)
+	e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.decode = decodeFake
+	bars := series("DAX", time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), walkCloses(41)...)
+	if _, err := e.Ingest(ctx, bars[:40]); err != nil {
+		t.Fatal(err)
+	}
+	last := e.Latest("DAX")
+	states, err := e.Activate(ctx, model, []string{"DAX"})
+	if err != nil || len(states) != 0 {
+		t.Fatalf("activating the model DAX already has: %v %v", states, err)
+	}
+	if got := e.Latest("DAX"); got != last {
+		t.Errorf("latest state changed from sequence %d to %d", last.GetSequence(), got.GetSequence())
+	}
+	// The activation is DAX's own now: a later default does not move it.
+	if acts, err := st.Activations(ctx); err != nil || acts["DAX"] != model {
+		t.Errorf("stored activations: %v %v", acts, err)
+	}
+	if got := e.ActiveSymbols(model); len(got) != 2 || got[0] != DefaultSymbol || got[1] != "DAX" {
+		t.Errorf("active symbols: %v", got)
+	}
+	res, err := e.Ingest(ctx, bars[40:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res.States[0]; s.GetSequence() != last.GetSequence()+1 || s.GetDwellBars() != last.GetDwellBars()+1 {
+		t.Errorf("next bar: sequence %d dwell %d, want %d and %d", s.GetSequence(), s.GetDwellBars(), last.GetSequence()+1, last.GetDwellBars()+1)
+	}
+}
+
+// A stored model without regimes (fitted before FitModel refused them) is
+// refused at activation with a clear error, and ingestion goes on.
+func TestEngineRefusesModelWithoutRegimes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := NewSQLStore(storetest.SQLite(t, Migrations()))
+	const empty = "0192f1f0-5b7e-7c3a-9d2e-000000000001"
+	mix, _ := json.Marshal(&fakeMixture{W: []float64{0.5, 0.5}, Mu: []float64{0, 0}, Sigma: 1})
+	m := &regimev1.Model{
+		ModelId: empty, CreateTime: timestamppb.Now(),
+		Features:  &regimev1.FeatureConfig{Features: []*regimev1.FeatureSpec{{Kind: regimev1.FeatureKind_FEATURE_KIND_LOG_RETURN, Window: 1}}},
+		Mixture:   &regimev1.MixtureConfig{EffectiveWeightThreshold: proto.Float64(0.95)},
+		Smoothing: smoothingToProto(DefaultSmoothing()),
+	}
+	if err := st.CreateModel(ctx, StoredModel{Model: m, Mixture: mix}, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(ctx, EngineConfig{}, st, quiet, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.decode = decodeFake
+	bars := series("DAX", time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), walkCloses(40)...)
+	if _, err := e.Ingest(ctx, bars[:35]); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.Activate(ctx, empty, []string{DefaultSymbol})
+	if !errors.Is(err, apierr.ErrFailedPrecondition) || !strings.Contains(err.Error(), "no regimes") {
+		t.Fatalf("activating a model without regimes: %v", err)
+	}
+	if _, err := e.Ingest(ctx, bars[35:]); err != nil {
+		t.Errorf("ingest after the refused activation: %v", err)
 	}
 }

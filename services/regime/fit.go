@@ -112,6 +112,12 @@ func (s *Server) FitModel(ctx context.Context, req *regimev1.FitModelRequest) (*
 		threshold = mc.GetEffectiveWeightThreshold()
 	}
 	model, meta := describe(mix, rep, data, X, scaler, threshold)
+	if len(model.GetRegimes()) == 0 {
+		// A model without regimes would fail every bar of every symbol it
+		// classifies.
+		return nil, apierr.Invalid("mixture.effective_weight_threshold", "%v leaves no regime: the largest of the mixture's %d component weights is %.4g; lower the threshold",
+			threshold, mix.Components(), slices.Max(mix.Weights()))
+	}
 	id, err := uuid.NewV7()
 	if err != nil {
 		return nil, err
@@ -395,12 +401,17 @@ func (s *Server) trainingSeries(ctx context.Context, src *regimev1.TrainingSourc
 			validSymbol(&v, fmt.Sprintf("source.stored_bars.symbols[%d]", i), sym, false)
 		}
 		var start, end time.Time
-		if sb.GetStartTime() != nil {
-			start = sb.GetStartTime().AsTime()
+		if ts := sb.GetStartTime(); ts != nil {
+			if err := ts.CheckValid(); err != nil {
+				v.Add("source.stored_bars.start_time", "invalid timestamp: %v", err)
+			} else {
+				start = ts.AsTime()
+			}
 		}
-		if sb.GetEndTime() != nil {
-			end = sb.GetEndTime().AsTime()
-			if !start.IsZero() && !end.After(start) {
+		if ts := sb.GetEndTime(); ts != nil {
+			if err := ts.CheckValid(); err != nil {
+				v.Add("source.stored_bars.end_time", "invalid timestamp: %v", err)
+			} else if end = ts.AsTime(); !start.IsZero() && !end.After(start) {
 				v.Add("source.stored_bars.end_time", "must be after start_time")
 			}
 		}
@@ -408,7 +419,12 @@ func (s *Server) trainingSeries(ctx context.Context, src *regimev1.TrainingSourc
 			return nil, err
 		}
 		var out []trainingSeries
-		for i, sym := range uniq(sb.GetSymbols()) {
+		seen := map[string]bool{}
+		for i, sym := range sb.GetSymbols() {
+			if seen[sym] {
+				continue
+			}
+			seen[sym] = true
 			bars, err := s.engine.st.Bars(ctx, sym, start, end)
 			if err != nil {
 				return nil, err
@@ -449,7 +465,12 @@ func (s *Server) trainingSeries(ctx context.Context, src *regimev1.TrainingSourc
 			names = append(names, s.Symbol)
 		}
 		var out []trainingSeries
-		for i, col := range uniq(ds.GetColumns()) {
+		seen := map[string]bool{}
+		for i, col := range ds.GetColumns() {
+			if seen[col] {
+				continue
+			}
+			seen[col] = true
 			s, ok := byName[col]
 			if !ok {
 				v.Add(fmt.Sprintf("source.dataset.columns[%d]", i), "unknown column %q (have %s)", truncate(col), strings.Join(names, ", "))

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -126,6 +127,16 @@ func TestFitBadInput(t *testing.T) {
 		}
 	}
 	ds := func(r *regimev1.FitModelRequest) *regimev1.DatasetSlice { return r.GetSource().GetDataset() }
+	if _, err := ingest(t, c, pbBars("A", time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC), randomWalk(100, 1))); err != nil {
+		t.Fatal(err)
+	}
+	stored := func(mutate func(sb *regimev1.StoredBars)) func() error {
+		return with(func(r *regimev1.FitModelRequest) {
+			sb := &regimev1.StoredBars{Symbols: []string{"A"}}
+			mutate(sb)
+			r.Source = &regimev1.TrainingSource{Source: &regimev1.TrainingSource_StoredBars{StoredBars: sb}}
+		})
+	}
 	for _, tt := range []struct {
 		name, field string
 		call        func() error
@@ -133,6 +144,14 @@ func TestFitBadInput(t *testing.T) {
 		{"no source", "source", with(func(r *regimev1.FitModelRequest) { r.Source = nil })},
 		{"unknown dataset", "source.dataset.dataset_id", with(func(r *regimev1.FitModelRequest) { ds(r).DatasetId = "nasdaq" })},
 		{"unknown column", "source.dataset.columns[0]", with(func(r *regimev1.FitModelRequest) { ds(r).Columns = []string{"NIKKEI"} })},
+		{"unknown column after a repeated one", "source.dataset.columns[2]", with(func(r *regimev1.FitModelRequest) { ds(r).Columns = []string{"DAX", "DAX", "NIKKEI"} })},
+		{"symbol without bars after a repeated one", "source.stored_bars.symbols[2]", stored(func(sb *regimev1.StoredBars) { sb.Symbols = []string{"A", "A", "B"} })},
+		{"start time out of range", "source.stored_bars.start_time", stored(func(sb *regimev1.StoredBars) { sb.StartTime = &timestamppb.Timestamp{Seconds: math.MaxInt64} })},
+		{"end time out of range", "source.stored_bars.end_time", stored(func(sb *regimev1.StoredBars) { sb.EndTime = &timestamppb.Timestamp{Seconds: math.MinInt64} })},
+		{"bad end time nanos", "source.stored_bars.end_time", stored(func(sb *regimev1.StoredBars) { sb.EndTime = &timestamppb.Timestamp{Nanos: -1} })},
+		{"no regime above the threshold", "mixture.effective_weight_threshold", with(func(r *regimev1.FitModelRequest) {
+			r.Mixture.EffectiveWeightThreshold = proto.Float64(0.95)
+		})},
 		{"empty range", "source.dataset.end_index", with(func(r *regimev1.FitModelRequest) { ds(r).StartIndex, ds(r).EndIndex = 10, 10 })},
 		{"too few samples", "source", with(func(r *regimev1.FitModelRequest) { ds(r).EndIndex = 33 })},
 		{"zero components", "mixture.n_components", with(func(r *regimev1.FitModelRequest) { r.Mixture.NComponents = proto.Int32(0) })},

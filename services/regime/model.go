@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
+	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/features"
 )
@@ -42,6 +43,11 @@ func loadModel(sm StoredModel, decode func([]byte) (mixture, error)) (*loadedMod
 		return nil, err
 	}
 	m := sm.Model
+	if len(m.GetRegimes()) == 0 {
+		// Stored before FitModel refused such fits; it could classify no bar.
+		return nil, apierr.FailedPrecondition("MODEL_HAS_NO_REGIMES", "model %s has no regimes (its effective_weight_threshold %v left none of its components); fit another",
+			m.GetModelId(), m.GetMixture().GetEffectiveWeightThreshold())
+	}
 	lm := &loadedModel{id: m.GetModelId(), proto: m, scaler: sm.Meta.Scaler, mix: mix}
 	for _, f := range m.GetFeatures().GetFeatures() {
 		s := features.Spec{Kind: features.Kind(f.GetKind()), Window: int(f.GetWindow())}

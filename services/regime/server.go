@@ -355,7 +355,8 @@ func (s *Server) ConsumeBars(ctx context.Context, c bus.Consumer) error {
 			_, err := s.engine.Ingest(ctx, bars)
 			var inv *apierr.InvalidError
 			if errors.As(err, &inv) {
-				// Out-of-order bars: apply the batch without them.
+				// Out-of-order bars, or bars whose features overflow:
+				// apply the batch without them.
 				bad := map[int]bool{}
 				for _, viol := range inv.Violations {
 					var i int
@@ -363,7 +364,7 @@ func (s *Server) ConsumeBars(ctx context.Context, c bus.Consumer) error {
 						bad[i] = true
 					}
 				}
-				s.log.Error("market.bars: bars out of order skipped", "bars", len(bad), "err", err)
+				s.log.Error("market.bars: rejected bars skipped", "bars", len(bad), "err", err)
 				var keep []Bar
 				for i, b := range bars {
 					if !bad[i] {

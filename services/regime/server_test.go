@@ -261,3 +261,71 @@ func TestRegimeBadInput(t *testing.T) {
 		})
 	})
 }
+
+// Prices each finite and positive whose ratio overflows (1e-200 then
+// 1e200) are refused, with nothing of the message written, after and
+// during the feature windows' warm-up; no state is ever NaN.
+func TestIngestOverflowingPrices(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		c, st := serveRegime(t, db)
+		ctx := context.Background()
+		t0 := time.Date(2026, 4, 1, 9, 0, 0, 0, time.UTC)
+		closes := walkCloses(40)
+		if _, err := ingest(t, c, pbBars("DAX", t0, closes), pbBars("NEW", t0, closes[:3])); err != nil {
+			t.Fatal(err)
+		}
+		before, err := c.GetRegime(ctx, &regimev1.GetRegimeRequest{Symbol: "DAX"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		extreme := func(symbol string, from int, closes ...float64) []*regimev1.Bar {
+			return pbBars(symbol, t0.Add(time.Duration(from)*time.Minute), closes)
+		}
+		apierrtest.Field(t, "after the warm-up", "bars[2].close", func() error {
+			_, err := ingest(t, c, append(pbBars("SMI", t0, []float64{5}), extreme("DAX", 40, 1e-200, 1e200)...))
+			return err
+		})
+		apierrtest.Field(t, "during the warm-up", "bars[1].close", func() error {
+			_, err := ingest(t, c, extreme("NEW", 3, 1e-200, 1e200))
+			return err
+		})
+		for sym, n := range map[string]int{"DAX": 40, "NEW": 3, "SMI": 0} {
+			if bars, err := st.LastBars(ctx, sym, 100); err != nil || len(bars) != n {
+				t.Errorf("%s has %d bars after the rejected messages, want %d (%v)", sym, len(bars), n, err)
+			}
+		}
+		if got, err := c.GetRegime(ctx, &regimev1.GetRegimeRequest{Symbol: "DAX"}); err != nil || !proto.Equal(got.GetState(), before.GetState()) {
+			t.Errorf("DAX's state changed: %v %v", got, err)
+		}
+		// The tiny close alone is acceptable; the huge one after it is not,
+		// whatever message it comes in.
+		resp, err := ingest(t, c, extreme("DAX", 40, 1e-200))
+		if err != nil || resp.GetRegimesUpdated() != 1 {
+			t.Fatalf("a tiny close: %v %v", resp, err)
+		}
+		apierrtest.Field(t, "alone", "bars[0].close", func() error {
+			_, err := ingest(t, c, extreme("DAX", 41, 1e200))
+			return err
+		})
+		// Every one-bar return finite, but the 10-bar momentum from 1e-200
+		// to 1e200 is not.
+		steps := make([]float64, 10)
+		for j := range steps {
+			steps[j] = math.Pow(10, float64(-160+40*j))
+		}
+		apierrtest.Field(t, "momentum", "bars[9].close", func() error {
+			_, err := ingest(t, c, extreme("DAX", 41, steps...))
+			return err
+		})
+		got, err := c.GetRegime(ctx, &regimev1.GetRegimeRequest{Symbol: "DAX"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range append(got.GetState().GetSmoothedProbabilities(), got.GetState().GetRawProbabilities()...) {
+			if math.IsNaN(p) {
+				t.Fatalf("NaN state: %v", got.GetState())
+			}
+		}
+	})
+}

@@ -214,6 +214,13 @@ func (s *SQLStore) LastBars(ctx context.Context, symbol string, n int) ([]Bar, e
 	return bars, nil
 }
 
+// MaxClose implements Store.
+func (s *SQLStore) MaxClose(ctx context.Context, symbol string) (float64, error) {
+	var high sql.NullFloat64
+	err := s.db.Reader().QueryRowContext(ctx, `SELECT MAX(close) FROM regime_bars WHERE symbol = $1`, symbol).Scan(&high)
+	return high.Float64, store.Err("max close", err)
+}
+
 // BarAt implements Store.
 func (s *SQLStore) BarAt(ctx context.Context, symbol string, t time.Time) (*Bar, error) {
 	rows, err := s.db.Reader().QueryContext(ctx, `SELECT `+barColumns+` FROM regime_bars WHERE symbol = $1 AND bar_time = $2`, symbol, t.UnixMicro())

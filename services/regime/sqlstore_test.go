@@ -37,6 +37,12 @@ func TestStoreContract(t *testing.T) {
 		if err != nil || len(last) != 2 || !last[1].Time.Equal(bars[4].Time) || last[0].Close != bars[3].Close || last[0].HasVolume || !last[1].HasVolume {
 			t.Fatalf("last bars: %+v %v", last, err)
 		}
+		if high, err := st.MaxClose(ctx, "DAX"); err != nil || high != bars[4].Close {
+			t.Errorf("max close: %v %v, want %v", high, err, bars[4].Close)
+		}
+		if high, err := st.MaxClose(ctx, "SMI"); err != nil || high != 0 {
+			t.Errorf("max close without bars: %v %v", high, err)
+		}
 		if b, err := st.BarAt(ctx, "DAX", bars[2].Time); err != nil || b == nil || b.Close != bars[2].Close {
 			t.Fatalf("bar at: %+v %v", b, err)
 		}

@@ -65,6 +65,9 @@ type Store interface {
 	Commit(ctx context.Context, w Write) error
 	// LastBars returns the last n bars of symbol, oldest first.
 	LastBars(ctx context.Context, symbol string, n int) ([]Bar, error)
+	// MaxClose returns the highest close of symbol's bars (0 when none):
+	// the running high that drawdown features measure from.
+	MaxClose(ctx context.Context, symbol string) (float64, error)
 	// BarAt returns the bar of symbol at t, or nil.
 	BarAt(ctx context.Context, symbol string, t time.Time) (*Bar, error)
 	// Bars returns symbol's bars in [start, end) (zero times are open),

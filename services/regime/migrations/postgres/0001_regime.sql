@@ -34,7 +34,9 @@ CREATE TABLE regime_activations (
 
 -- Regime states, by service-wide sequence: the history WatchRegimes replays
 -- to a client that resumes. state is a serialized
--- quantmesh.regime.v1.RegimeState. Old states are pruned.
+-- quantmesh.regime.v1.RegimeState. Kept until deleted: the service prunes
+-- none itself (Store.PruneStates deletes old ones; regime_latest keeps each
+-- symbol's latest).
 CREATE TABLE regime_states (
     sequence BIGINT PRIMARY KEY,
     symbol   TEXT   NOT NULL,
