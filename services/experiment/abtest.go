@@ -14,6 +14,7 @@ import (
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/abassign"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/page"
 )
 
@@ -140,8 +141,8 @@ func (s *Server) existingVersion(ctx context.Context, model string, version int6
 // CreateABTest implements ExperimentServiceServer.
 func (s *Server) CreateABTest(ctx context.Context, req *experimentv1.CreateABTestRequest) (*experimentv1.CreateABTestResponse, error) {
 	var v apierr.Violations
-	validateName(&v, "name", req.GetName())
-	validateModelName(&v, "model_name", req.GetModelName())
+	naming.Name(&v, "name", req.GetName())
+	naming.ModelName(&v, "model_name", req.GetModelName())
 	validateVersion(&v, "control_version", req.GetControlVersion())
 	validateVersion(&v, "treatment_version", req.GetTreatmentVersion())
 	if req.GetControlVersion() > 0 && req.GetControlVersion() == req.GetTreatmentVersion() {
@@ -214,7 +215,7 @@ func (s *Server) ListABTests(ctx context.Context, req *experimentv1.ListABTestsR
 	size, err := experimentPages.Size("page_size", req.GetPageSize())
 	v.Merge(err)
 	if req.GetModelName() != "" {
-		validateModelName(&v, "model_name", req.GetModelName())
+		naming.ModelName(&v, "model_name", req.GetModelName())
 	}
 	if _, ok := experimentv1.ABTestState_name[int32(req.GetState())]; !ok {
 		v.Add("state", "unknown state %d", int32(req.GetState()))
@@ -353,7 +354,7 @@ func (s *Server) StopABTest(ctx context.Context, req *experimentv1.StopABTestReq
 	v.Merge(validateID("ab_test_id", req.GetAbTestId()))
 	alias := req.GetPromoteAlias()
 	if alias != "" {
-		validateAlias(&v, "promote_alias", alias)
+		naming.Alias(&v, "promote_alias", alias)
 		if !req.GetPromoteTreatment() {
 			v.Add("promote_alias", "set only with promote_treatment")
 		}

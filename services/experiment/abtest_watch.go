@@ -11,6 +11,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/stream"
 )
 
@@ -140,7 +141,7 @@ func (s *Server) WatchABTests(req *experimentv1.WatchABTestsRequest, srv grpc.Se
 	model := req.GetModelName()
 	if model != "" {
 		var v apierr.Violations
-		validateModelName(&v, "model_name", model)
+		naming.ModelName(&v, "model_name", model)
 		if err := v.Err(); err != nil {
 			return err
 		}

@@ -14,6 +14,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/page"
 )
 
@@ -48,7 +49,7 @@ func (s *Server) LogCheckpoint(ctx context.Context, req *experimentv1.LogCheckpo
 	if req.GetSizeBytes() < 0 {
 		v.Add("size_bytes", "must not be negative, got %d", req.GetSizeBytes())
 	}
-	validateName(&v, "metric_key", req.GetMetricKey())
+	naming.Name(&v, "metric_key", req.GetMetricKey())
 	if x := req.GetMetricValue(); math.IsNaN(x) || math.IsInf(x, 0) {
 		v.Add("metric_value", "must be finite, got %v", x)
 	}
@@ -209,7 +210,7 @@ func retentionPolicyFromProto(req *experimentv1.ApplyRetentionPolicyRequest) (Re
 		v.Merge(validateID("experiment_id", req.GetExperimentId()))
 	}
 	p := RetentionPolicy{MetricKey: req.GetMetricKey(), KeepBest: DefaultKeepBest, KeepDays: DefaultKeepDays}
-	validateName(&v, "metric_key", req.GetMetricKey())
+	naming.Name(&v, "metric_key", req.GetMetricKey())
 	switch req.GetGoal() {
 	case experimentv1.MetricGoal_METRIC_GOAL_UNSPECIFIED, experimentv1.MetricGoal_METRIC_GOAL_MINIMIZE:
 		p.Goal = Minimize
@@ -262,7 +263,7 @@ func validateModelRef(v *apierr.Violations, name string, version int64) {
 		v.Add("model_name", "required with model_version")
 	}
 	if name != "" {
-		validateModelName(v, "model_name", name)
+		naming.ModelName(v, "model_name", name)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/page"
 )
 
@@ -28,7 +29,7 @@ const (
 // CreateRegisteredModel implements ExperimentServiceServer.
 func (s *Server) CreateRegisteredModel(ctx context.Context, req *experimentv1.CreateRegisteredModelRequest) (*experimentv1.CreateRegisteredModelResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "name", req.GetName())
+	naming.ModelName(&v, "name", req.GetName())
 	validateText(&v, "description", req.GetDescription(), maxDescription)
 	validateTags(&v, "tags", req.GetTags())
 	if err := v.Err(); err != nil {
@@ -51,7 +52,7 @@ func (s *Server) CreateRegisteredModel(ctx context.Context, req *experimentv1.Cr
 // GetRegisteredModel implements ExperimentServiceServer.
 func (s *Server) GetRegisteredModel(ctx context.Context, req *experimentv1.GetRegisteredModelRequest) (*experimentv1.GetRegisteredModelResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "name", req.GetName())
+	naming.ModelName(&v, "name", req.GetName())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -101,7 +102,7 @@ func (s *Server) UpdateRegisteredModel(ctx context.Context, req *experimentv1.Up
 		v.Add("registered_model", "required")
 		return nil, v.Err()
 	}
-	validateModelName(&v, "registered_model.name", in.GetName())
+	naming.ModelName(&v, "registered_model.name", in.GetName())
 	paths := maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"description", "tags"}, "")
 	for _, p := range paths {
 		switch p {
@@ -136,7 +137,7 @@ func (s *Server) UpdateRegisteredModel(ctx context.Context, req *experimentv1.Up
 // DeleteRegisteredModel implements ExperimentServiceServer.
 func (s *Server) DeleteRegisteredModel(ctx context.Context, req *experimentv1.DeleteRegisteredModelRequest) (*experimentv1.DeleteRegisteredModelResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "name", req.GetName())
+	naming.ModelName(&v, "name", req.GetName())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -155,7 +156,7 @@ func (s *Server) DeleteRegisteredModel(ctx context.Context, req *experimentv1.De
 // CreateModelVersion implements ExperimentServiceServer.
 func (s *Server) CreateModelVersion(ctx context.Context, req *experimentv1.CreateModelVersionRequest) (*experimentv1.CreateModelVersionResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
+	naming.ModelName(&v, "model_name", req.GetModelName())
 	validateFormat(&v, "format", req.GetFormat())
 	sum := sha256.Sum256(req.GetWeights())
 	checksum := hex.EncodeToString(sum[:])
@@ -199,7 +200,7 @@ func (s *Server) CreateModelVersion(ctx context.Context, req *experimentv1.Creat
 // GetModelVersion implements ExperimentServiceServer.
 func (s *Server) GetModelVersion(ctx context.Context, req *experimentv1.GetModelVersionRequest) (*experimentv1.GetModelVersionResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
+	naming.ModelName(&v, "model_name", req.GetModelName())
 	validateVersion(&v, "version", req.GetVersion())
 	weights := weightsWanted(&v, "view", req.GetView())
 	if err := v.Err(); err != nil {
@@ -219,7 +220,7 @@ type versionCursor struct {
 // ListModelVersions implements ExperimentServiceServer.
 func (s *Server) ListModelVersions(ctx context.Context, req *experimentv1.ListModelVersionsRequest) (*experimentv1.ListModelVersionsResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
+	naming.ModelName(&v, "model_name", req.GetModelName())
 	size, err := page.Standard.Size("page_size", req.GetPageSize())
 	v.Merge(err)
 	fp := page.Fingerprint("model_versions", req.GetModelName())
@@ -251,7 +252,7 @@ func (s *Server) UpdateModelVersion(ctx context.Context, req *experimentv1.Updat
 		v.Add("model_version", "required")
 		return nil, v.Err()
 	}
-	validateModelName(&v, "model_version.model_name", in.GetModelName())
+	naming.ModelName(&v, "model_version.model_name", in.GetModelName())
 	validateVersion(&v, "model_version.version", in.GetVersion())
 	paths := maskPaths(&v, req.GetUpdateMask().GetPaths(), []string{"description", "tags"}, " (versions are immutable otherwise)")
 	for _, p := range paths {
@@ -285,8 +286,8 @@ func (s *Server) UpdateModelVersion(ctx context.Context, req *experimentv1.Updat
 // SetModelAlias implements ExperimentServiceServer.
 func (s *Server) SetModelAlias(ctx context.Context, req *experimentv1.SetModelAliasRequest) (*experimentv1.SetModelAliasResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
-	validateAlias(&v, "alias", req.GetAlias())
+	naming.ModelName(&v, "model_name", req.GetModelName())
+	naming.Alias(&v, "alias", req.GetAlias())
 	validateVersion(&v, "version", req.GetVersion())
 	if err := v.Err(); err != nil {
 		return nil, err
@@ -308,8 +309,8 @@ func (s *Server) SetModelAlias(ctx context.Context, req *experimentv1.SetModelAl
 // DeleteModelAlias implements ExperimentServiceServer.
 func (s *Server) DeleteModelAlias(ctx context.Context, req *experimentv1.DeleteModelAliasRequest) (*experimentv1.DeleteModelAliasResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
-	validateAlias(&v, "alias", req.GetAlias())
+	naming.ModelName(&v, "model_name", req.GetModelName())
+	naming.Alias(&v, "alias", req.GetAlias())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -323,8 +324,8 @@ func (s *Server) DeleteModelAlias(ctx context.Context, req *experimentv1.DeleteM
 // GetModelVersionByAlias implements ExperimentServiceServer.
 func (s *Server) GetModelVersionByAlias(ctx context.Context, req *experimentv1.GetModelVersionByAliasRequest) (*experimentv1.GetModelVersionByAliasResponse, error) {
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
-	validateAlias(&v, "alias", req.GetAlias())
+	naming.ModelName(&v, "model_name", req.GetModelName())
+	naming.Alias(&v, "alias", req.GetAlias())
 	weights := weightsWanted(&v, "view", req.GetView())
 	if err := v.Err(); err != nil {
 		return nil, err
@@ -347,8 +348,8 @@ func (s *Server) GetModelVersionByAlias(ctx context.Context, req *experimentv1.G
 func (s *Server) WatchModel(req *experimentv1.WatchModelRequest, stream grpc.ServerStreamingServer[experimentv1.WatchModelResponse]) error {
 	ctx := stream.Context()
 	var v apierr.Violations
-	validateModelName(&v, "model_name", req.GetModelName())
-	validateAlias(&v, "alias", req.GetAlias())
+	naming.ModelName(&v, "model_name", req.GetModelName())
+	naming.Alias(&v, "alias", req.GetAlias())
 	if err := v.Err(); err != nil {
 		return err
 	}
@@ -394,62 +395,6 @@ func (s *Server) WatchModel(req *experimentv1.WatchModelRequest, stream grpc.Ser
 			return ctx.Err()
 		}
 	}
-}
-
-// validateModelName checks a registered model's name: 1 to 250 ASCII
-// letters, digits, '-', '_' and '.', and not "." or ".." (path segments
-// that HTTP clients resolve away in REST URLs).
-func validateModelName(v *apierr.Violations, field, name string) {
-	if name == "" {
-		v.Add(field, "required")
-		return
-	}
-	for _, r := range name {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			v.Add(field, "%q may hold only letters, digits, '-', '_' and '.'", truncate(name))
-			return
-		}
-	}
-	switch {
-	case len(name) > maxName:
-		v.Add(field, "must be at most %d characters, got %d", maxName, len(name))
-	case name == "." || name == "..":
-		v.Add(field, "must not be %q", name)
-	}
-}
-
-// validateAlias checks an alias: 1 to 250 lowercase letters, digits, '-'
-// and '_'; "latest" and v<digits> are reserved (they would read as a
-// version).
-func validateAlias(v *apierr.Violations, field, alias string) {
-	if alias == "" {
-		v.Add(field, "required")
-		return
-	}
-	for _, r := range alias {
-		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			v.Add(field, "%q may hold only lowercase letters, digits, '-' and '_'", truncate(alias))
-			return
-		}
-	}
-	switch {
-	case len(alias) > maxName:
-		v.Add(field, "must be at most %d characters, got %d", maxName, len(alias))
-	case alias == "latest" || isVersionName(alias):
-		v.Add(field, "%q is reserved (latest and v<digits> name versions)", alias)
-	}
-}
-
-func isVersionName(s string) bool {
-	if len(s) < 2 || s[0] != 'v' {
-		return false
-	}
-	for _, r := range s[1:] {
-		if r < '0' || r > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 func validateVersion(v *apierr.Violations, field string, version int64) {

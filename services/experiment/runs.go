@@ -11,6 +11,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 )
 
 // Limits of what one LogBatch carries (MLflow's).
@@ -25,7 +26,7 @@ func (s *Server) CreateRun(ctx context.Context, req *experimentv1.CreateRunReque
 	var v apierr.Violations
 	v.Merge(validateID("experiment_id", req.GetExperimentId()))
 	if req.GetRunName() != "" {
-		validateName(&v, "run_name", req.GetRunName())
+		naming.Name(&v, "run_name", req.GetRunName())
 	}
 	validateTags(&v, "tags", req.GetTags())
 	now := s.now().UTC().Truncate(time.Millisecond)
@@ -101,7 +102,7 @@ func (s *Server) UpdateRun(ctx context.Context, req *experimentv1.UpdateRunReque
 				end = validTime(&v, "run.end_time", in.GetEndTime())
 			}
 		case "run_name":
-			validateName(&v, "run.run_name", in.GetRunName())
+			naming.Name(&v, "run.run_name", in.GetRunName())
 		}
 	}
 	if err := v.Err(); err != nil {

@@ -23,6 +23,7 @@ import (
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/auth"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/page"
 	"github.com/quantmesh/quantmesh/pkg/server"
 )
@@ -108,7 +109,7 @@ var experimentPages = page.Standard
 // CreateExperiment implements ExperimentServiceServer.
 func (s *Server) CreateExperiment(ctx context.Context, req *experimentv1.CreateExperimentRequest) (*experimentv1.CreateExperimentResponse, error) {
 	var v apierr.Violations
-	validateName(&v, "name", req.GetName())
+	naming.Name(&v, "name", req.GetName())
 	validateText(&v, "description", req.GetDescription(), maxDescription)
 	validateText(&v, "artifact_location", req.GetArtifactLocation(), maxArtifactLocation)
 	validateTags(&v, "tags", req.GetTags())
@@ -154,7 +155,7 @@ func (s *Server) GetExperiment(ctx context.Context, req *experimentv1.GetExperim
 // GetExperimentByName implements ExperimentServiceServer.
 func (s *Server) GetExperimentByName(ctx context.Context, req *experimentv1.GetExperimentByNameRequest) (*experimentv1.GetExperimentByNameResponse, error) {
 	var v apierr.Violations
-	validateName(&v, "name", req.GetName())
+	naming.Name(&v, "name", req.GetName())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -213,7 +214,7 @@ func (s *Server) UpdateExperiment(ctx context.Context, req *experimentv1.UpdateE
 	for _, p := range paths {
 		switch p {
 		case "name":
-			validateName(&v, "experiment.name", in.GetName())
+			naming.Name(&v, "experiment.name", in.GetName())
 		case "description":
 			validateText(&v, "experiment.description", in.GetDescription(), maxDescription)
 		case "tags":

@@ -64,21 +64,6 @@ func validateID(field, id string) error {
 	return nil
 }
 
-func validateName(v *apierr.Violations, field, name string) {
-	switch {
-	case name == "":
-		v.Add(field, "required")
-	case !utf8.ValidString(name):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(name) > maxName:
-		v.Add(field, "must be at most %d characters, got %d", maxName, utf8.RuneCountInString(name))
-	case hasControl(name):
-		v.Add(field, "must not contain control characters")
-	case isBlank(name):
-		v.Add(field, "must not be blank")
-	}
-}
-
 func validateText(v *apierr.Violations, field, text string, max int) {
 	switch {
 	case !utf8.ValidString(text):
