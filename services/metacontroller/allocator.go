@@ -50,6 +50,9 @@ type symbolState struct {
 	runner  *hrl.Runner
 	runnerP *loadedPolicy // the policy runner belongs to
 	last    *metacontrollerv1.Allocation
+	// resync accepts the next regime state whatever its sequence: the
+	// regime stream restarted on a new history.
+	resync bool
 }
 
 // allocator computes allocations. Not safe for concurrent use (the server
@@ -100,11 +103,20 @@ func (a *allocator) setPolicy(p *loadedPolicy, detail string) {
 // is not newer than the one already applied for its symbol.
 func (a *allocator) onRegime(rs *regimev1.RegimeState, model *regimeModel, modelErr string) *metacontrollerv1.Allocation {
 	st := a.state(rs.GetSymbol())
-	if st.regime != nil && rs.GetSequence() <= st.regime.GetSequence() {
+	if st.regime != nil && !st.resync && rs.GetSequence() <= st.regime.GetSequence() {
 		return nil
 	}
-	st.regime, st.model, st.modelEr = rs, model, modelErr
+	st.regime, st.model, st.modelEr, st.resync = rs, model, modelErr, false
 	return a.allocate(rs.GetSymbol(), st, true)
+}
+
+// resetSequences makes every symbol accept its next regime state, whatever
+// its sequence: RegimeService's history was reset, and the new one numbers
+// its states from the start again.
+func (a *allocator) resetSequences() {
+	for _, st := range a.symbols {
+		st.resync = true
+	}
 }
 
 // reallocate recomputes every symbol's allocation after a change of the

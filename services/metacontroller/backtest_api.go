@@ -402,6 +402,15 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 			cfg.Pool = ds.pool
 		}
 	}
+	if cfg.TrainHRL != nil {
+		// Training HRL per fold is a training like TrainPolicy's: it takes
+		// one of the same MaxTrainings slots.
+		release, err := s.acquireTraining()
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+	}
 	var res *backtest.Portfolio
 	if req.GetEveryColumn() {
 		cfg.Pool = ds.pool

@@ -113,7 +113,10 @@ func (s *Server) followRegimes(ctx context.Context, client regimev1.RegimeServic
 			return
 		}
 		if status.Code(err) == codes.OutOfRange {
+			// RegimeService's history was reset: follow the new one from
+			// its start, whose sequences may be below those applied.
 			after = 0
+			s.resetRegimeSequences()
 		}
 		s.setRegimeDown(true, fmt.Sprintf("regime stream: %v", err))
 		if progressed {
@@ -151,6 +154,12 @@ func (s *Server) regimeSession(ctx context.Context, client regimev1.RegimeServic
 		model, modelErr := s.regimeModel(ctx, client, rs.GetModelId(), models)
 		s.onRegime(rs, model, modelErr)
 	}
+}
+
+func (s *Server) resetRegimeSequences() {
+	s.work.Lock()
+	defer s.work.Unlock()
+	s.alloc.resetSequences()
 }
 
 // onRegime allocates for a regime update.

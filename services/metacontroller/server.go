@@ -43,7 +43,8 @@ type Config struct {
 	// History is how many allocations WatchAllocations can replay to a
 	// resuming client.
 	History int
-	// MaxTrainings bounds concurrent TrainPolicy calls.
+	// MaxTrainings bounds concurrent trainings: TrainPolicy calls and
+	// RunBacktest calls that train HRL.
 	MaxTrainings int
 	// ReconnectBackoff is the first delay before reopening the regime
 	// stream; it doubles up to 5 s.
@@ -94,7 +95,7 @@ type Server struct {
 	seq      uint64
 	broker   *stream.Broker[*metacontrollerv1.Allocation]
 	training chan struct{}
-	requests sync.Map // request_id -> *trainCall
+	requests trainCalls
 	ins      *instruments
 }
 

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -578,14 +579,28 @@ func TestTrainPolicyInvalid(t *testing.T) {
 		{"bad options", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{NumOptions: proto.Int32(17)}}, "hrl.num_options"},
 		{"nan learning rate", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Hrl: &metacontrollerv1.HrlConfig{LearningRate: proto.Float64(math.NaN())}}, "hrl.learning_rate"},
 		{"long request id", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), RequestId: string(make([]byte, 129))}, "request_id"},
+		// The registry's naming rules, checked before training.
+		{"uppercase alias", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Promote: true, PromoteAlias: "Production"}, "promote_alias"},
+		{"version alias", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Promote: true, PromoteAlias: "v2"}, "promote_alias"},
+		{"latest alias", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), Promote: true, PromoteAlias: "latest"}, "promote_alias"},
+		{"model name with a space", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), ModelName: "my model"}, "model_name"},
+		{"dot dot model name", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), ModelName: ".."}, "model_name"},
+		{"long model name", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), ModelName: strings.Repeat("m", 251)}, "model_name"},
+		{"blank experiment", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), ExperimentName: "  "}, "experiment_name"},
+		{"experiment with a newline", &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil), ExperimentName: "a\nb"}, "experiment_name"},
 	} {
 		_, err := s.TrainPolicy(ctx, tc.req)
 		t.Run(tc.name, func(t *testing.T) { wantInvalid(t, err, tc.field) })
 	}
 	// Valid, but ExperimentService is not reachable: Unavailable, nothing
 	// trained.
-	_, err := s.TrainPolicy(ctx, &metacontrollerv1.TrainPolicyRequest{Dataset: eustockDAX(nil)})
-	if st, _ := apierr.Status(err); st.Code() != codes.Unavailable {
-		t.Fatalf("without a registry: %v, want Unavailable", err)
+	for _, req := range []*metacontrollerv1.TrainPolicyRequest{
+		{Dataset: eustockDAX(nil)},
+		{Dataset: eustockDAX(nil), ExperimentName: "Policy trainings / 2", ModelName: "hrl.policy-2_x", Promote: true, PromoteAlias: "staging-v2_1"},
+	} {
+		_, err := s.TrainPolicy(ctx, req)
+		if st, _ := apierr.Status(err); st.Code() != codes.Unavailable {
+			t.Fatalf("without a registry: %v, want Unavailable", err)
+		}
 	}
 }

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
@@ -18,6 +21,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/backtest"
 	"github.com/quantmesh/quantmesh/pkg/hrl"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/strategy"
 )
 
@@ -28,11 +32,97 @@ const RequestIDTag = "quantmesh.request_id"
 // training runs.
 const progressEvery = 10
 
+// How long and how many TrainPolicy calls are remembered by request_id.
+// A completed call is kept for requestTTL after it ended, and at most
+// maxRequests completed calls are kept, the oldest dropped first; running
+// calls are never dropped. Each holds its response, with up to 100,000
+// epoch objectives (800 KB), so the count bounds memory too (about 100 MB
+// at worst). A retry after that, or after a restart, trains again.
+const (
+	requestTTL  = 24 * time.Hour
+	maxRequests = 128
+)
+
+// detachedTimeout bounds the registry calls made after a version is
+// registered, which no longer follow the caller's context.
+const detachedTimeout = 30 * time.Second
+
 // trainCall is a TrainPolicy call by request_id, for retries.
 type trainCall struct {
-	done chan struct{}
-	resp *metacontrollerv1.TrainPolicyResponse
-	err  error
+	ended time.Time // zero while running
+	resp  *metacontrollerv1.TrainPolicyResponse
+	err   error
+	// registered is the unpromoted response of a call that registered its
+	// version but could not promote it: a retry only promotes it.
+	registered *metacontrollerv1.TrainPolicyResponse
+}
+
+// trainCalls remembers TrainPolicy calls by request_id (see requestTTL).
+type trainCalls struct {
+	mu    sync.Mutex
+	calls map[string]*trainCall
+}
+
+// begin starts a call with request_id id and returns it, or returns the
+// answer of the call already holding id: ABORTED while it runs, its
+// response once it has succeeded. A call that registered its version but
+// could not promote it hands the version to the new call (registered).
+func (c *trainCalls) begin(id string, now time.Time) (*trainCall, *metacontrollerv1.TrainPolicyResponse, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.evict(now)
+	call := &trainCall{}
+	if prev, ok := c.calls[id]; ok {
+		switch {
+		case prev.ended.IsZero():
+			return nil, nil, status.Errorf(codes.Aborted, "a TrainPolicy call with request_id %q is still running", id)
+		case prev.err == nil:
+			return nil, prev.resp, nil
+		}
+		call.registered = prev.registered
+	}
+	if c.calls == nil {
+		c.calls = map[string]*trainCall{}
+	}
+	c.calls[id] = call
+	return call, nil, nil
+}
+
+// end records the outcome of call, begun with id. A call that failed
+// without registering a version is forgotten: a retry trains.
+func (c *trainCalls) end(id string, call *trainCall, resp *metacontrollerv1.TrainPolicyResponse, err error, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	call.ended, call.resp, call.err = now, resp, err
+	var pe *promoteError
+	if errors.As(err, &pe) {
+		call.registered = pe.resp
+	}
+	if err != nil && call.registered == nil {
+		delete(c.calls, id)
+	}
+	c.evict(now)
+}
+
+// evict drops the completed calls past requestTTL, then the oldest beyond
+// maxRequests. Called with mu held.
+func (c *trainCalls) evict(now time.Time) {
+	var ended []string
+	for id, call := range c.calls {
+		switch {
+		case call.ended.IsZero():
+		case now.Sub(call.ended) >= requestTTL:
+			delete(c.calls, id)
+		default:
+			ended = append(ended, id)
+		}
+	}
+	if over := len(ended) - maxRequests; over > 0 {
+		slices.SortFunc(ended, func(a, b string) int { return c.calls[a].ended.Compare(c.calls[b].ended) })
+		for _, id := range ended[:over] {
+			delete(c.calls, id)
+		}
+	}
 }
 
 // TrainPolicy implements MetaControllerServiceServer.
@@ -55,38 +145,51 @@ func (s *Server) TrainPolicy(ctx context.Context, req *metacontrollerv1.TrainPol
 			return nil, err
 		}
 	}
-	if id := req.GetRequestId(); id != "" {
-		call := &trainCall{done: make(chan struct{})}
-		if prev, loaded := s.requests.LoadOrStore(id, call); loaded {
-			p := prev.(*trainCall)
-			select {
-			case <-p.done:
-				if p.err == nil {
-					return p.resp, nil
-				}
-				// A failed call may be retried: replace it.
-				s.requests.Store(id, call)
-			default:
-				return nil, status.Errorf(codes.Aborted, "a TrainPolicy call with request_id %q is still running", id)
-			}
-		}
-		defer func() { close(call.done) }()
-		resp, err := s.trainLimited(ctx, registry, req, job)
-		call.resp, call.err = resp, err
+	id := req.GetRequestId()
+	if id == "" {
+		return s.trainLimited(ctx, registry, req, job)
+	}
+	call, resp, err := s.requests.begin(id, time.Now())
+	if call == nil {
 		return resp, err
 	}
-	return s.trainLimited(ctx, registry, req, job)
+	// Replaced on return; left as is a panic ends the call as failed
+	// rather than running forever.
+	err = errors.New("TrainPolicy panicked")
+	defer func() { s.requests.end(id, call, resp, err, time.Now()) }()
+	if call.registered != nil {
+		// The first call with this id trained and registered, then
+		// failed to promote: only the promotion is left to do.
+		resp, err = s.promote(ctx, registry, call.registered, job.alias, id)
+	} else {
+		resp, err = s.trainLimited(ctx, registry, req, job)
+	}
+	return resp, err
 }
 
-func (s *Server) trainLimited(ctx context.Context, registry experimentv1.ExperimentServiceClient, req *metacontrollerv1.TrainPolicyRequest, job *trainJob) (*metacontrollerv1.TrainPolicyResponse, error) {
+// acquireTraining takes one of the MaxTrainings slots, shared by
+// TrainPolicy and the backtests that train HRL, or fails with
+// RESOURCE_EXHAUSTED when every one is taken.
+func (s *Server) acquireTraining() (release func(), err error) {
 	select {
 	case s.training <- struct{}{}:
-		defer func() { <-s.training }()
+		return func() { <-s.training }, nil
 	default:
 		return nil, status.Errorf(codes.ResourceExhausted, "already running %d training(s), the maximum; retry later", cap(s.training))
 	}
+}
+
+func (s *Server) trainLimited(ctx context.Context, registry experimentv1.ExperimentServiceClient, req *metacontrollerv1.TrainPolicyRequest, job *trainJob) (*metacontrollerv1.TrainPolicyResponse, error) {
+	release, err := s.acquireTraining()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	resp, err := s.train(ctx, registry, req, job)
-	if ctx.Err() != nil {
+	var pe *promoteError
+	if err != nil && ctx.Err() != nil && !errors.As(err, &pe) {
+		// Nothing was registered, and the caller's deadline or
+		// cancellation is why.
 		return nil, status.FromContextError(ctx.Err()).Err()
 	}
 	return resp, err
@@ -110,6 +213,21 @@ type trainJob struct {
 
 func (s *Server) validateTraining(req *metacontrollerv1.TrainPolicyRequest) (*trainJob, error) {
 	job := &trainJob{frac: 0.7, periods: 252, experiment: req.GetExperimentName(), model: req.GetModelName(), alias: req.GetPromoteAlias()}
+	// Names the registry would refuse fail here, before any training
+	// (and, for the alias, before a version is registered).
+	var v apierr.Violations
+	if job.experiment != "" {
+		naming.Name(&v, "experiment_name", job.experiment)
+	}
+	if job.model != "" {
+		naming.ModelName(&v, "model_name", job.model)
+	}
+	if job.alias != "" {
+		naming.Alias(&v, "promote_alias", job.alias)
+	}
+	if err := v.Err(); err != nil {
+		return nil, err
+	}
 	var err error
 	if job.ds, err = readDataset("dataset", req.GetDataset()); err != nil {
 		return nil, err
@@ -171,7 +289,10 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	}
 	runID := run.GetRun().GetRunId()
 	finish := func(st experimentv1.RunStatus) {
-		_, _ = registry.UpdateRun(context.WithoutCancel(ctx), &experimentv1.UpdateRunRequest{
+		// Also after the caller has gone: the run must not stay RUNNING.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+		defer cancel()
+		_, _ = registry.UpdateRun(fctx, &experimentv1.UpdateRunRequest{
 			Run: &experimentv1.Run{RunId: runID, Status: st}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"status"}},
 		})
 	}
@@ -318,21 +439,66 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 	if err != nil {
 		return fail(upstream("register model version", err))
 	}
-	resp := &metacontrollerv1.TrainPolicyResponse{
-		ExperimentId: expID, RunId: runID,
-		Model: &metacontrollerv1.PolicyModel{ModelName: job.model, Version: mv.GetModelVersion().GetVersion()},
-	}
-	if req.GetPromote() {
-		if _, err := registry.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: job.model, Alias: job.alias, Version: resp.Model.Version}); err != nil {
-			return fail(upstream("promote", err))
-		}
-		resp.Promoted, resp.Model.Alias = true, job.alias
-	}
+	// The version is registered: from here the call completes whatever
+	// happens to the caller's context, so that a failed call still means
+	// nothing was registered and a retry with the same request_id gets this
+	// response instead of training again.
 	finish(experimentv1.RunStatus_RUN_STATUS_FINISHED)
 	summary.Duration = durationpb.New(time.Since(began))
-	resp.Summary = summary
-	s.log.Info("policy trained", "model", job.model, "version", resp.Model.Version, "run", runID, "promoted", resp.Promoted)
+	resp := &metacontrollerv1.TrainPolicyResponse{
+		ExperimentId: expID, RunId: runID, Summary: summary,
+		Model: &metacontrollerv1.PolicyModel{ModelName: job.model, Version: mv.GetModelVersion().GetVersion()},
+	}
+	s.log.Info("policy trained", "model", job.model, "version", resp.Model.Version, "run", runID)
+	if req.GetPromote() {
+		return s.promote(ctx, registry, resp, job.alias, req.GetRequestId())
+	}
 	return resp, nil
+}
+
+// promoteError is the failure of a call that registered its version but
+// could not point the alias at it.
+type promoteError struct {
+	resp *metacontrollerv1.TrainPolicyResponse // registered, not promoted
+	err  error                                 // an *apierr.Error
+}
+
+func (e *promoteError) Error() string { return e.err.Error() }
+func (e *promoteError) Unwrap() error { return e.err }
+
+// promote points alias at the version registered in resp and returns the
+// promoted response. It runs detached from the caller's cancellation: the
+// version is registered whether or not the caller is still there. When the
+// registry refuses or cannot be reached the call fails with a
+// *promoteError naming the registered version (the run stays FINISHED: its
+// training and registration succeeded); with a request_id a retry then
+// only repeats the promotion, without training or registering again.
+func (s *Server) promote(ctx context.Context, registry experimentv1.ExperimentServiceClient, resp *metacontrollerv1.TrainPolicyResponse, alias, requestID string) (*metacontrollerv1.TrainPolicyResponse, error) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), detachedTimeout)
+	defer cancel()
+	m := resp.GetModel()
+	_, err := registry.SetModelAlias(pctx, &experimentv1.SetModelAliasRequest{ModelName: m.GetModelName(), Alias: alias, Version: m.GetVersion()})
+	if err != nil {
+		s.log.Warn("policy registered but not promoted", "model", m.GetModelName(), "version", m.GetVersion(), "alias", alias, "run", resp.GetRunId(), "err", err)
+		// Retryable unless the registry said why not.
+		kind := apierr.ErrUnavailable
+		switch status.Code(err) {
+		case codes.InvalidArgument, codes.NotFound, codes.FailedPrecondition, codes.PermissionDenied, codes.Unauthenticated:
+			kind = apierr.ErrFailedPrecondition
+		}
+		msg := fmt.Sprintf("version %d of %s is registered (run %s) but alias %s could not be moved to it", m.GetVersion(), m.GetModelName(), resp.GetRunId(), alias)
+		if requestID != "" {
+			msg += "; a retry with the same request_id promotes it without training again"
+		}
+		return nil, &promoteError{resp: resp, err: &apierr.Error{
+			Kind: kind, Reason: "POLICY_NOT_PROMOTED", Message: msg, Cause: err,
+			Metadata: map[string]string{"model_name": m.GetModelName(), "version": strconv.FormatInt(m.GetVersion(), 10), "alias": alias, "run_id": resp.GetRunId()},
+		}}
+	}
+	out := proto.Clone(resp).(*metacontrollerv1.TrainPolicyResponse)
+	out.Promoted, out.Model.Alias = true, alias
+	s.log.Info("policy promoted", "model", m.GetModelName(), "version", m.GetVersion(), "alias", alias)
+	return out, nil
 }
 
 // versionTags are a registered version's tags.

@@ -2620,8 +2620,11 @@ type TrainPolicyRequest struct {
 	PromoteAlias string `protobuf:"bytes,9,opt,name=promote_alias,json=promoteAlias,proto3" json:"promote_alias,omitempty"`
 	// Optional client-chosen id, at most 128 characters. A retry with the
 	// same id returns the first call's response once it has completed, or
-	// ABORTED while it is still running, instead of training twice. The run is
-	// tagged quantmesh.request_id with it.
+	// ABORTED while it is still running, instead of training twice; a call
+	// that failed before registering anything is forgotten and a retry
+	// trains. Completed calls are remembered for 24 hours (at most 128 of
+	// them, in memory: not across a restart). The run is tagged
+	// quantmesh.request_id with it.
 	RequestId string `protobuf:"bytes,10,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Bars per year for annualising the summary's metrics; 252 when unset.
 	PeriodsPerYear *int32 `protobuf:"varint,11,opt,name=periods_per_year,json=periodsPerYear,proto3,oneof" json:"periods_per_year,omitempty"`

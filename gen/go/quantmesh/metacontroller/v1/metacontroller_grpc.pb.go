@@ -98,7 +98,9 @@ type MetaControllerServiceClient interface {
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
 	// the features and the fit; a registered policy or regime model trained
-	// on rows of the same dataset that are evaluated here.
+	// on rows of the same dataset that are evaluated here. A backtest that
+	// trains HRL takes one of the server's training slots (shared with
+	// TrainPolicy): RESOURCE_EXHAUSTED when none is free.
 	RunBacktest(ctx context.Context, in *RunBacktestRequest, opts ...grpc.CallOption) (*RunBacktestResponse, error)
 	// TrainPolicy trains the hierarchical policy on the first part of a range,
 	// evaluates it and the baselines on the held-out rest, logs everything to
@@ -112,11 +114,19 @@ type MetaControllerServiceClient interface {
 	// deadline (REST: the Grpc-Timeout header). Progress can be followed while
 	// it runs on the ExperimentService run, which is created first and tagged
 	// quantmesh.request_id with the request's request_id. When the deadline
-	// passes or the client cancels, training stops, the run is marked KILLED,
-	// nothing is registered and the call fails with DEADLINE_EXCEEDED or
-	// CANCELLED. RESOURCE_EXHAUSTED when the server is already running its
-	// maximum number of concurrent trainings (1 by default); UNAVAILABLE when
-	// ExperimentService cannot be reached (nothing is trained).
+	// passes or the client cancels before the version is registered,
+	// training stops, the run is marked KILLED, nothing is registered and the
+	// call fails with DEADLINE_EXCEEDED or CANCELLED; once it is registered
+	// the call completes (and the promotion is made) whatever the client
+	// does. If the promotion then fails, the call fails with reason
+	// POLICY_NOT_PROMOTED naming the registered version (UNAVAILABLE, or
+	// FAILED_PRECONDITION when the registry refused); a retry with the same
+	// request_id only repeats the promotion. RESOURCE_EXHAUSTED when the
+	// server is already running its maximum number of concurrent trainings
+	// (1 by default, shared with RunBacktest's HRL trainings); UNAVAILABLE
+	// when ExperimentService cannot be reached (nothing is trained).
+	// experiment_name, model_name and promote_alias are checked against the
+	// registry's naming rules before anything is trained.
 	TrainPolicy(ctx context.Context, in *TrainPolicyRequest, opts ...grpc.CallOption) (*TrainPolicyResponse, error)
 }
 
@@ -259,7 +269,9 @@ type MetaControllerServiceServer interface {
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
 	// the features and the fit; a registered policy or regime model trained
-	// on rows of the same dataset that are evaluated here.
+	// on rows of the same dataset that are evaluated here. A backtest that
+	// trains HRL takes one of the server's training slots (shared with
+	// TrainPolicy): RESOURCE_EXHAUSTED when none is free.
 	RunBacktest(context.Context, *RunBacktestRequest) (*RunBacktestResponse, error)
 	// TrainPolicy trains the hierarchical policy on the first part of a range,
 	// evaluates it and the baselines on the held-out rest, logs everything to
@@ -273,11 +285,19 @@ type MetaControllerServiceServer interface {
 	// deadline (REST: the Grpc-Timeout header). Progress can be followed while
 	// it runs on the ExperimentService run, which is created first and tagged
 	// quantmesh.request_id with the request's request_id. When the deadline
-	// passes or the client cancels, training stops, the run is marked KILLED,
-	// nothing is registered and the call fails with DEADLINE_EXCEEDED or
-	// CANCELLED. RESOURCE_EXHAUSTED when the server is already running its
-	// maximum number of concurrent trainings (1 by default); UNAVAILABLE when
-	// ExperimentService cannot be reached (nothing is trained).
+	// passes or the client cancels before the version is registered,
+	// training stops, the run is marked KILLED, nothing is registered and the
+	// call fails with DEADLINE_EXCEEDED or CANCELLED; once it is registered
+	// the call completes (and the promotion is made) whatever the client
+	// does. If the promotion then fails, the call fails with reason
+	// POLICY_NOT_PROMOTED naming the registered version (UNAVAILABLE, or
+	// FAILED_PRECONDITION when the registry refused); a retry with the same
+	// request_id only repeats the promotion. RESOURCE_EXHAUSTED when the
+	// server is already running its maximum number of concurrent trainings
+	// (1 by default, shared with RunBacktest's HRL trainings); UNAVAILABLE
+	// when ExperimentService cannot be reached (nothing is trained).
+	// experiment_name, model_name and promote_alias are checked against the
+	// registry's naming rules before anything is trained.
 	TrainPolicy(context.Context, *TrainPolicyRequest) (*TrainPolicyResponse, error)
 	mustEmbedUnimplementedMetaControllerServiceServer()
 }
