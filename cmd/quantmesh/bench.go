@@ -16,11 +16,8 @@ import (
 	"github.com/quantmesh/quantmesh/internal/bench"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/pkg/auth"
-	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
-	"github.com/quantmesh/quantmesh/services/inference"
-	"github.com/quantmesh/quantmesh/services/risk"
 )
 
 // envBenchAPIKey holds the API key bench sends to a --target mesh that
@@ -255,20 +252,11 @@ func startBenchMesh(ctx context.Context, f benchFlags, log *slog.Logger) (_ *mes
 		}
 	}()
 
-	mf := meshFlags{
-		grpcAddr:        "127.0.0.1:0",
-		httpAddr:        "127.0.0.1:0",
-		dataDir:         dir,
-		databaseURL:     f.databaseURL,
-		timescale:       store.TimescaleAuto,
-		shutdownTimeout: 5 * time.Second,
-		maxRecvBytes:    server.DefaultConfig().MaxRecvBytes,
-		logLevel:        f.logLevel,
-		logFormat:       "text",
-		riskTTL:         risk.DefaultConfig().ReservationTTL,
-		riskTimezone:    "UTC",
-		inferenceModels: inference.DefaultConfig().Models[0].Name + "=" + inference.DefaultConfig().Models[0].Alias,
-	}
+	// Every mesh flag at its default, then the bench's own settings.
+	var mf meshFlags
+	mf.register(flag.NewFlagSet("bench", flag.ContinueOnError), false)
+	mf.grpcAddr, mf.httpAddr, mf.dataDir, mf.databaseURL = "127.0.0.1:0", "127.0.0.1:0", dir, f.databaseURL
+	mf.shutdownTimeout, mf.logLevel, mf.bootstrapModel = 5*time.Second, f.logLevel, false
 	cfg, _, err := mf.config(mesh.Runnable())
 	if err != nil {
 		return nil, "", nil, err
