@@ -295,9 +295,12 @@ func (p *Policy) attempt(ctx context.Context, timeout bool, fn func(context.Cont
 	case err == nil:
 		return v, nil
 	case expired(ctx):
-		// The caller gave up: neither retried nor a failure. Counting it as
-		// a success is failsafe-go's only way to release a half-open permit.
-		return nil, &attemptError{err: err}
+		// The caller gave up: not retried, and not held against the target
+		// while the breaker is closed (the caller's deadline may be short).
+		// A half-open probe that ended so proved nothing, though: it counts
+		// as a failure, or probes abandoned against a hung target would
+		// close the breaker.
+		return nil, &attemptError{err: err, decision: Decision{Failure: p.breaker.IsHalfOpen()}}
 	case expired(actx):
 		p.timeouts.Add(ctx, 1, p.attrs)
 		err = &policyError{

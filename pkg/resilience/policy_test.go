@@ -366,3 +366,30 @@ func TestCustomClassifier(t *testing.T) {
 		t.Errorf("State() = %s, want closed", got)
 	}
 }
+
+// A half-open probe whose caller gave up proved nothing about the target:
+// it counts as a failure, so probes abandoned against a hung target reopen
+// the breaker instead of closing it.
+func TestAbandonedHalfOpenProbeReopens(t *testing.T) {
+	t.Parallel()
+	cfg := fastConfig()
+	cfg.Timeout, cfg.FailureThreshold, cfg.FailureWindow, cfg.OpenDelay = time.Minute, 1, 1, 20*time.Millisecond
+	h := newHarness(t, "peer:risk", cfg)
+	down := func(context.Context) error { return status.Error(codes.Unavailable, "down") }
+	for i := 0; i < 20 && h.p.State() != resilience.StateOpen; i++ {
+		_ = h.p.Run(context.Background(), down)
+	}
+	if h.p.State() != resilience.StateOpen {
+		t.Fatalf("state %s after failures, want open", h.p.State())
+	}
+	time.Sleep(2 * cfg.OpenDelay) // the next call is a half-open probe
+	hang := func(ctx context.Context) error { <-ctx.Done(); return status.FromContextError(ctx.Err()).Err() }
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := h.p.Run(ctx, hang); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("probe: %v, want the caller's deadline", err)
+	}
+	if got := h.p.State(); got != resilience.StateOpen {
+		t.Errorf("state %s after an abandoned half-open probe, want open again", got)
+	}
+}

@@ -28,6 +28,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
@@ -102,12 +103,16 @@ type Options struct {
 
 // Server is a running gRPC and HTTP server pair.
 type Server struct {
-	cfg      Config
-	log      *slog.Logger
-	grpc     *grpc.Server
-	health   *health.Server
-	http     *http.Server
-	grpcLis  net.Listener
+	cfg     Config
+	log     *slog.Logger
+	grpc    *grpc.Server
+	health  *health.Server
+	http    *http.Server
+	grpcLis net.Listener
+	// gwLis is the in-memory listener the gateway's calls reach gRPC
+	// through: REST never depends on the TCP listener, which shutdown
+	// closes first.
+	gwLis    *bufconn.Listener
 	httpLis  net.Listener
 	gwConn   *grpc.ClientConn
 	ready    func(ctx context.Context) error
@@ -203,8 +208,10 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	}
 	sort.Strings(s.names)
 
-	// The gateway dials this server like any client would.
-	s.gwConn, err = grpc.NewClient(dialTarget(grpcLis.Addr()),
+	// The gateway calls this server like any client would, in memory.
+	s.gwLis = bufconn.Listen(gatewayBuffer)
+	s.gwConn, err = grpc.NewClient("passthrough:///gateway",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return s.gwLis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(
 			otelgrpc.WithTracerProvider(tel.TracerProvider),
@@ -246,10 +253,17 @@ func New(ctx context.Context, opts Options) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		// Keep-alive connections left idle are closed; bodies may take
+		// their time (uploads, REST client streams).
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
+
+// gatewayBuffer is the in-memory connection's buffer between the gateway
+// and gRPC, in bytes.
+const gatewayBuffer = 1 << 20
 
 // headerMatcher forwards the credentials headers, and the gateway's
 // defaults, to gRPC metadata.
@@ -300,10 +314,15 @@ func (s *Server) Serve(ctx context.Context) error {
 	for _, n := range s.names {
 		s.health.SetServingStatus(n, healthpb.HealthCheckResponse_SERVING)
 	}
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() {
-		if err := s.grpc.Serve(s.grpcLis); err != nil {
+		if err := s.grpc.Serve(s.grpcLis); err != nil && !errors.Is(err, net.ErrClosed) {
 			errc <- fmt.Errorf("grpc server: %w", err)
+		}
+	}()
+	go func() {
+		if err := s.grpc.Serve(s.gwLis); err != nil && !errors.Is(err, net.ErrClosed) {
+			errc <- fmt.Errorf("grpc server (gateway): %w", err)
 		}
 	}()
 	go func() {
@@ -328,35 +347,34 @@ func (s *Server) shutdown() error {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
 
-	var wg sync.WaitGroup
-	var httpErr error
-	wg.Go(func() {
-		httpErr = s.http.Shutdown(ctx)
-		if httpErr != nil {
-			_ = s.http.Close()
-		}
-	})
-	wg.Go(func() {
-		done := make(chan struct{})
-		go func() {
-			s.grpc.GracefulStop()
-			close(done)
-		}()
+	// New gRPC connections are refused at once, but REST drains before
+	// gRPC stops: a REST call reaches gRPC through gwConn (in memory),
+	// which GracefulStop would cut, failing calls whose body is still
+	// arriving. Existing gRPC connections may start calls until then; both
+	// drain under the one deadline.
+	_ = s.grpcLis.Close()
+	httpErr := s.http.Shutdown(ctx)
+	if httpErr != nil {
+		_ = s.http.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.log.Warn("shutdown deadline reached; closing remaining calls", "timeout", s.cfg.ShutdownTimeout)
+		s.grpc.Stop()
+		// Stop cuts every connection but still waits for handlers; one
+		// that ignores its context must not hold the process forever.
 		select {
 		case <-done:
-		case <-ctx.Done():
-			s.log.Warn("shutdown deadline reached; closing remaining calls", "timeout", s.cfg.ShutdownTimeout)
-			s.grpc.Stop()
-			// Stop cuts every connection but still waits for handlers; one
-			// that ignores its context must not hold the process forever.
-			select {
-			case <-done:
-			case <-time.After(time.Second):
-				s.log.Error("handlers still running after shutdown; exiting without them")
-			}
+		case <-time.After(time.Second):
+			s.log.Error("handlers still running after shutdown; exiting without them")
 		}
-	})
-	wg.Wait()
+	}
 	s.gwConn.Close()
 	if httpErr != nil && !errors.Is(httpErr, context.DeadlineExceeded) {
 		return fmt.Errorf("http shutdown: %w", httpErr)
@@ -373,6 +391,9 @@ func (s *Server) Close() {
 func (s *Server) closeListeners() {
 	s.grpcLis.Close()
 	s.httpLis.Close()
+	if s.gwLis != nil {
+		s.gwLis.Close()
+	}
 }
 
 // Draining is closed when shutdown starts.

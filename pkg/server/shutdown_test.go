@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -346,5 +347,63 @@ func TestServeCancelledContext(t *testing.T) {
 	}
 	if !refusing(srv.GRPCAddr()) || !refusing(srv.HTTPAddr()) {
 		t.Error("listeners still open after Serve returned")
+	}
+}
+
+// A REST call whose body is still arriving when shutdown starts is served:
+// REST drains before gRPC stops, so the gateway can still reach gRPC.
+func TestShutdownServesRESTUploadInFlight(t *testing.T) {
+	t.Parallel()
+	fake := &fakeExperiments{
+		create: func(_ context.Context, req *experimentv1.CreateExperimentRequest) (*experimentv1.CreateExperimentResponse, error) {
+			return &experimentv1.CreateExperimentResponse{Experiment: &experimentv1.Experiment{ExperimentId: "e1", Name: req.GetName()}}, nil
+		},
+	}
+	cfg := testConfig()
+	cfg.ShutdownTimeout = 10 * time.Second
+	h := start(t, server.Options{Config: cfg, Services: []server.Registration{registration(fake)}})
+	pr, pw := io.Pipe()
+	wrote := make(chan struct{})
+	ctx := httptrace.WithClientTrace(t.Context(), &httptrace.ClientTrace{WroteHeaders: func() { close(wrote) }})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.baseURL+"/v1/experiments", pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	type result struct {
+		code int
+		body string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		done <- result{resp.StatusCode, string(b), err}
+	}()
+	if _, err := io.WriteString(pw, `{"name":"up`); err != nil {
+		t.Fatal(err)
+	}
+	<-wrote
+	time.Sleep(100 * time.Millisecond) // the server reads the headers: the request is in flight
+	h.cancel()
+	for !refusing(h.srv.GRPCAddr()) { // shutdown has begun
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := io.WriteString(pw, `load"}`); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	r := <-done
+	if r.err != nil || r.code != http.StatusOK || !strings.Contains(r.body, `"upload"`) {
+		t.Fatalf("REST call during shutdown: %d %s %v; want it served", r.code, r.body, r.err)
+	}
+	if err := h.stop(t); err != nil {
+		t.Errorf("Serve returned %v", err)
 	}
 }
