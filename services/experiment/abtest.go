@@ -273,10 +273,12 @@ func (s *Server) UpdateABTest(ctx context.Context, req *experimentv1.UpdateABTes
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
+	now := s.now().UTC().Truncate(time.Millisecond)
 	t, err := s.abUpdate(ctx, in.GetAbTestId(), func(t *ABTest) (*AliasMove, error) {
 		if t.State == stateStopped {
 			return nil, errTransition(t, "updated")
 		}
+		bps, mode := t.TreatmentBPS, t.Mode
 		for _, p := range paths {
 			switch p {
 			case "treatment_bps":
@@ -301,6 +303,10 @@ func (s *Server) UpdateABTest(ctx context.Context, req *experimentv1.UpdateABTes
 				}
 				t.Salt = in.GetSalt()
 			}
+		}
+		if t.TreatmentBPS != bps || t.Mode != mode {
+			// A new split starts a new sample-ratio-mismatch window.
+			t.SplitTime = now
 		}
 		return nil, nil
 	})

@@ -72,7 +72,7 @@ func (s *Server) checkGuardrails(ctx context.Context, ids map[string]bool) {
 		if err != nil || t.State != stateRunning || (t.MaxLatencyP95Ratio == 0 && t.MinAgreementRate == 0) {
 			continue
 		}
-		st, err := s.store.ABStats(ctx, id)
+		st, err := s.store.ABStats(ctx, id, time.Time{}) // guardrails do not use the SRM units
 		if err != nil {
 			s.log.Warn("A/B guardrails not evaluated", "ab_test_id", id, "err", err)
 			continue

@@ -2,6 +2,7 @@ package experiment
 
 import (
 	"context"
+	"time"
 
 	"github.com/quantmesh/quantmesh/pkg/resilience"
 )
@@ -43,6 +44,6 @@ func (r *resilientStore) RecordABObservations(ctx context.Context, obs []*ABObse
 	return resilience.Get(ctx, r.read, func(ctx context.Context) (int64, error) { return r.next.RecordABObservations(ctx, obs) })
 }
 
-func (r *resilientStore) ABStats(ctx context.Context, testID string) (*ABStats, error) {
-	return resilience.Get(ctx, r.read, func(ctx context.Context) (*ABStats, error) { return r.next.ABStats(ctx, testID) })
+func (r *resilientStore) ABStats(ctx context.Context, testID string, srmSince time.Time) (*ABStats, error) {
+	return resilience.Get(ctx, r.read, func(ctx context.Context) (*ABStats, error) { return r.next.ABStats(ctx, testID, srmSince) })
 }

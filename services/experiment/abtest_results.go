@@ -38,7 +38,7 @@ func (s *Server) GetABTestResults(ctx context.Context, req *experimentv1.GetABTe
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.store.ABStats(ctx, t.ID)
+	st, err := s.store.ABStats(ctx, t.ID, t.SplitTime)
 	if err != nil {
 		return nil, err
 	}
@@ -129,14 +129,18 @@ func twoProportionZ(x1, n1, x2, n2 int64) (z, p float64) {
 // test (1 degree of freedom) of the realised units per arm against the
 // configured split. In split mode the arms are the units answered by each;
 // in shadow mode, the units whose requests were shadowed against those
-// never shadowed. A cell expected empty but observed non-empty is a
-// certain mismatch (p = 0).
+// never shadowed. Only units observed since the split last changed count
+// (ABTest.SplitTime): those before were assigned under another split, and
+// a ramp from 10% to 50% would otherwise always look like a mismatch.
+// (Requests served under the old split until inference learns the new one
+// fall in the window: seconds against a test of hours.) A cell expected
+// empty but observed non-empty is a certain mismatch (p = 0).
 func srm(t *ABTest, st *ABStats) (chi, p float64) {
 	var treated, total int64
 	if t.Mode == modeShadow {
-		treated, total = st.Treatment.Units, st.Control.Units
+		treated, total = st.SRMTreatmentUnits, st.SRMControlUnits
 	} else {
-		treated, total = st.Treatment.Units, st.Control.Units+st.Treatment.Units
+		treated, total = st.SRMTreatmentUnits, st.SRMControlUnits+st.SRMTreatmentUnits
 	}
 	control := total - treated
 	if total == 0 {
@@ -174,6 +178,17 @@ func (s *Server) RecordObservations(ctx context.Context, req *experimentv1.Recor
 			continue
 		}
 		validateObservation(&v, field, o)
+		// Required here, not defaulted to now: with TimescaleDB the
+		// observe_time is part of the key that makes a redelivered
+		// observation a no-op, so a retry stamped with another "now" would
+		// be stored twice. (InferenceService always sets it; the bus path
+		// defaults it to the message's time, which a redelivery keeps.)
+		switch ts := o.GetObserveTime(); {
+		case ts == nil:
+			v.Add(field+".observe_time", "required: the time the request was served")
+		case !ts.IsValid():
+			v.Add(field+".observe_time", "must be a valid timestamp: %v", ts.CheckValid())
+		}
 		obs = append(obs, observationFromProto(o, s.now()))
 	}
 	if err := v.Err(); err != nil {

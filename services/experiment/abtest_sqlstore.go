@@ -19,7 +19,7 @@ import (
 
 const abColumns = `ab_test_id, name, model_name, control_version, treatment_version, treatment_bps, mode, salt, state,
 	max_latency_p95_ratio, min_agreement_rate, min_observations, outcome, description,
-	create_time, start_time, stop_time, promoted, revision`
+	create_time, start_time, stop_time, promoted, revision, split_time`
 
 func errABTestNotFound(id string) error { return apierr.NotFound("ab_test", id) }
 
@@ -47,7 +47,7 @@ func (s *SQLStore) CreateABTest(ctx context.Context, t *ABTest) error {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO ab_tests (`+abColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
 			abArgs(t, rev)...)
 		if store.IsUniqueViolation(err) {
 			if t.State == experimentv1.ABTestState_AB_TEST_STATE_RUNNING {
@@ -68,7 +68,7 @@ func abArgs(t *ABTest, rev uint64) []any {
 	return []any{t.ID, t.Name, t.Model, t.ControlVersion, t.TreatmentVersion, t.TreatmentBPS,
 		t.Mode.String(), t.Salt, t.State.String(),
 		t.MaxLatencyP95Ratio, t.MinAgreementRate, t.MinObservations, t.Outcome.String(), t.Description,
-		millis(t.CreateTime), nullMillis(t.StartTime), nullMillis(t.StopTime), boolInt(t.Promoted), int64(rev)}
+		millis(t.CreateTime), nullMillis(t.StartTime), nullMillis(t.StopTime), boolInt(t.Promoted), int64(rev), nullMillis(t.SplitTime)}
 }
 
 func nextABRevision(ctx context.Context, tx *sql.Tx) (uint64, error) {
@@ -160,7 +160,7 @@ func (s *SQLStore) UpdateABTest(ctx context.Context, id string, mutate func(*ABT
 		_, err = tx.ExecContext(ctx, `UPDATE ab_tests SET name = $2, model_name = $3, control_version = $4, treatment_version = $5,
 			treatment_bps = $6, mode = $7, salt = $8, state = $9, max_latency_p95_ratio = $10, min_agreement_rate = $11,
 			min_observations = $12, outcome = $13, description = $14, create_time = $15, start_time = $16, stop_time = $17,
-			promoted = $18, revision = $19 WHERE ab_test_id = $1`, args...)
+			promoted = $18, revision = $19, split_time = $20 WHERE ab_test_id = $1`, args...)
 		if store.IsUniqueViolation(err) {
 			return errSecondRunning(t.Model)
 		}
@@ -225,12 +225,13 @@ func scanABTest(r scanner) (*ABTest, error) {
 		mode, state, outcome string
 		created              int64
 		started, stopped     sql.NullInt64
+		split                sql.NullInt64
 		promoted             int64
 		rev                  int64
 	)
 	if err := r.Scan(&t.ID, &t.Name, &t.Model, &t.ControlVersion, &t.TreatmentVersion, &t.TreatmentBPS, &mode, &t.Salt, &state,
 		&t.MaxLatencyP95Ratio, &t.MinAgreementRate, &t.MinObservations, &outcome, &t.Description,
-		&created, &started, &stopped, &promoted, &rev); err != nil {
+		&created, &started, &stopped, &promoted, &rev, &split); err != nil {
 		return nil, err
 	}
 	t.Mode = experimentv1.ABTestMode(experimentv1.ABTestMode_value[mode])
@@ -242,6 +243,9 @@ func scanABTest(r scanner) (*ABTest, error) {
 	}
 	if stopped.Valid {
 		t.StopTime = time.UnixMilli(stopped.Int64).UTC()
+	}
+	if split.Valid {
+		t.SplitTime = time.UnixMilli(split.Int64).UTC()
 	}
 	t.Promoted = promoted != 0
 	t.Revision = uint64(rev)
@@ -472,7 +476,7 @@ func (s *SQLStore) rollupsTable() string {
 }
 
 // ABStats implements ABTestStore.
-func (s *SQLStore) ABStats(ctx context.Context, testID string) (*ABStats, error) {
+func (s *SQLStore) ABStats(ctx context.Context, testID string, srmSince time.Time) (*ABStats, error) {
 	var out *ABStats
 	err := s.readTx(ctx, func(tx *sql.Tx) error {
 		st := &ABStats{}
@@ -519,26 +523,33 @@ func (s *SQLStore) ABStats(ctx context.Context, testID string) (*ABStats, error)
 			return err
 		}
 		const (
-			control   = `SELECT latency_ms AS v, unit_id FROM ab_observations WHERE ab_test_id = $1 AND arm = 1`
-			treatment = `SELECT latency_ms AS v, unit_id FROM ab_observations WHERE ab_test_id = $1 AND arm = 2
-				UNION ALL SELECT shadow_latency_ms AS v, unit_id FROM ab_observations WHERE ab_test_id = $1 AND paired = 1`
+			control   = `SELECT latency_ms AS v, unit_id, observe_time FROM ab_observations WHERE ab_test_id = $1 AND arm = 1`
+			treatment = `SELECT latency_ms AS v, unit_id, observe_time FROM ab_observations WHERE ab_test_id = $1 AND arm = 2
+				UNION ALL SELECT shadow_latency_ms AS v, unit_id, observe_time FROM ab_observations WHERE ab_test_id = $1 AND paired = 1`
 			pairedControl   = `SELECT latency_ms AS v FROM ab_observations WHERE ab_test_id = $1 AND arm = 1 AND paired = 1`
 			pairedTreatment = `SELECT shadow_latency_ms AS v FROM ab_observations WHERE ab_test_id = $1 AND paired = 1`
 		)
 		for _, q := range []struct {
-			from     string
-			n        int64
-			units    *int64
-			p50, p95 *float64
+			from            string
+			n               int64
+			units, srmUnits *int64
+			p50, p95        *float64
 		}{
-			{control, st.Control.Requests, &st.Control.Units, &st.Control.LatencyP50MS, &st.Control.LatencyP95MS},
-			{treatment, st.Treatment.Requests, &st.Treatment.Units, &st.Treatment.LatencyP50MS, &st.Treatment.LatencyP95MS},
-			{pairedControl, st.Paired, nil, &st.PairedControlP50MS, &st.PairedControlP95MS},
-			{pairedTreatment, st.Paired, nil, &st.PairedTreatmentP50MS, &st.PairedTreatmentP95MS},
+			{control, st.Control.Requests, &st.Control.Units, &st.SRMControlUnits, &st.Control.LatencyP50MS, &st.Control.LatencyP95MS},
+			{treatment, st.Treatment.Requests, &st.Treatment.Units, &st.SRMTreatmentUnits, &st.Treatment.LatencyP50MS, &st.Treatment.LatencyP95MS},
+			{pairedControl, st.Paired, nil, nil, &st.PairedControlP50MS, &st.PairedControlP95MS},
+			{pairedTreatment, st.Paired, nil, nil, &st.PairedTreatmentP50MS, &st.PairedTreatmentP95MS},
 		} {
 			if q.units != nil {
 				if err := tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT unit_id) FROM (`+q.from+`) x`, testID).Scan(q.units); err != nil {
 					return err
+				}
+				*q.srmUnits = *q.units
+				if !srmSince.IsZero() {
+					if err := tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT unit_id) FROM (`+q.from+`) x WHERE observe_time >= $2`,
+						testID, millis(srmSince)).Scan(q.srmUnits); err != nil {
+						return err
+					}
 				}
 			}
 			if *q.p50, err = percentile(ctx, tx, q.from, testID, q.n, 50); err != nil {

@@ -35,6 +35,11 @@ type ABTest struct {
 	Promoted bool
 	// Revision is the A/B revision of the test's latest change.
 	Revision uint64
+	// SplitTime is when TreatmentBPS or Mode last changed after the test
+	// was created; zero when they never did. Units observed before it were
+	// assigned under another split, so the sample-ratio-mismatch check
+	// counts only those observed since.
+	SplitTime time.Time
 }
 
 // ABListQuery selects a page of tests, newest first.
@@ -89,6 +94,11 @@ type ABStats struct {
 	PairedControlP95MS   float64
 	PairedTreatmentP50MS float64
 	PairedTreatmentP95MS float64
+	// SRMControlUnits and SRMTreatmentUnits are Control.Units and
+	// Treatment.Units counted over the observations since the window
+	// ABStats was given: what the sample-ratio-mismatch check compares
+	// with the current split.
+	SRMControlUnits, SRMTreatmentUnits int64
 }
 
 // ABTestStore persists A/B tests, their observations and rollups.
@@ -119,6 +129,9 @@ type ABTestStore interface {
 	// them to the rollups, in one transaction; it returns how many were
 	// new. Observations of tests that do not exist are NotFound.
 	RecordABObservations(ctx context.Context, obs []*ABObservation) (int64, error)
-	// ABStats reads a test's aggregates, as of one snapshot.
-	ABStats(ctx context.Context, testID string) (*ABStats, error)
+	// ABStats reads a test's aggregates, as of one snapshot, with the
+	// units of the sample-ratio-mismatch check counted over the
+	// observations observed at or after srmSince (all of them when it is
+	// zero).
+	ABStats(ctx context.Context, testID string, srmSince time.Time) (*ABStats, error)
 }

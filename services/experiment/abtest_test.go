@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/abassign"
@@ -252,12 +253,21 @@ func TestABTestBadInput(t *testing.T) {
 				Action: experimentv1.TradeAction_TRADE_ACTION_BUY, Confidence: 1.5},
 		}})
 		abWantCode(t, err, codes.InvalidArgument, "observations[0].confidence")
+		// observe_time is required: a retry stamped with the server's "now"
+		// would not be recognised as a redelivery (TimescaleDB keys
+		// observations by it).
+		for _, ts := range []*timestamppb.Timestamp{nil, {Seconds: -1 << 62}} {
+			o := obs(ab.GetAbTestId(), "o2", "u", experimentv1.ABArm_AB_ARM_CONTROL, experimentv1.TradeAction_TRADE_ACTION_BUY, 0.5, 1)
+			o.ObserveTime = ts
+			_, err = c.RecordObservations(ctx, &experimentv1.RecordObservationsRequest{Observations: []*experimentv1.ABObservation{o}})
+			abWantCode(t, err, codes.InvalidArgument, "observations[0].observe_time")
+		}
 	})
 }
 
 func obs(test, id, unit string, arm experimentv1.ABArm, action experimentv1.TradeAction, conf, lat float64) *experimentv1.ABObservation {
 	return &experimentv1.ABObservation{ObservationId: id, AbTestId: test, UnitId: unit, Arm: arm, ModelVersion: int64(arm),
-		Action: action, Confidence: conf, LatencyMs: lat}
+		Action: action, Confidence: conf, LatencyMs: lat, ObserveTime: timestamppb.Now()}
 }
 
 func TestABTestResults(t *testing.T) {
@@ -342,6 +352,78 @@ func TestABTestResults(t *testing.T) {
 		res, _ = c.GetABTestResults(ctx, &experimentv1.GetABTestResultsRequest{AbTestId: split.GetAbTestId()})
 		if n := res.GetResults().GetArms()[0].GetRequests() + res.GetResults().GetArms()[1].GetRequests(); n != 1000 {
 			t.Errorf("partial write: %d requests", n)
+		}
+	})
+}
+
+// TestABTestSRMAfterSplitChange: ramping the treatment share mid-test is
+// not a sample ratio mismatch, since the check counts only the units
+// observed after the split last changed; a mismatch after it still is.
+func TestABTestSRMAfterSplitChange(t *testing.T) {
+	runRegistry(t, func(t *testing.T, db *store.DB) {
+		h := serveRegistry(t, db, "127.0.0.1:0")
+		c, ctx := h.client, context.Background()
+		abModel(t, c, "policy")
+		id := createAB(t, c, "policy", experimentv1.ABTestMode_AB_TEST_MODE_SPLIT, 1000).GetAbTestId()
+		if _, err := c.StartABTest(ctx, &experimentv1.StartABTestRequest{AbTestId: id}); err != nil {
+			t.Fatal(err)
+		}
+		// record observes units[i] under a split of bps, as inference
+		// assigns them, at a time.
+		record := func(prefix string, units []string, bps int32, at time.Time) {
+			t.Helper()
+			var batch []*experimentv1.ABObservation
+			for _, u := range units {
+				arm := experimentv1.ABArm_AB_ARM_CONTROL
+				if a, _ := abassign.Assign("salt-policy", u, bps); a == abassign.Treatment {
+					arm = experimentv1.ABArm_AB_ARM_TREATMENT
+				}
+				o := obs(id, prefix+u, u, arm, experimentv1.TradeAction_TRADE_ACTION_HOLD, 0.5, 1)
+				o.ObserveTime = timestamppb.New(at)
+				batch = append(batch, o)
+			}
+			if _, err := c.RecordObservations(ctx, &experimentv1.RecordObservationsRequest{Observations: batch}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		results := func() *experimentv1.ABTestResults {
+			t.Helper()
+			res, err := c.GetABTestResults(ctx, &experimentv1.GetABTestResultsRequest{AbTestId: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return res.GetResults()
+		}
+		var units []string
+		for i := range 2000 {
+			units = append(units, fmt.Sprintf("acct-%d", i))
+		}
+		record("ramp10-", units, 1000, time.Now().Add(-time.Hour))
+		if r := results(); r.GetSrmWarning() {
+			t.Fatalf("at 10%%: srm warning (chi %v p %v)", r.GetSrmChiSquare(), r.GetSrmPValue())
+		}
+		// Ramp to 50%: the same units again, a fifth of them now treated.
+		if _, err := c.UpdateABTest(ctx, &experimentv1.UpdateABTestRequest{
+			AbTest: &experimentv1.ABTest{AbTestId: id, TreatmentBps: 5000}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"treatment_bps"}},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		record("ramp50-", units, 5000, time.Now().Add(time.Second))
+		r := results()
+		if r.GetSrmWarning() || r.GetSrmPValue() < 0.001 {
+			t.Errorf("after a ramp from 10%% to 50%%: srm warning %v (chi %v p %v)", r.GetSrmWarning(), r.GetSrmChiSquare(), r.GetSrmPValue())
+		}
+		if ctl, trt := r.GetArms()[0].GetUnits(), r.GetArms()[1].GetUnits(); ctl+trt <= 2000 {
+			t.Errorf("arms count %d + %d units; want every unit of both phases (more than 2000)", ctl, trt)
+		}
+		// New units all answered by control after the ramp are a mismatch.
+		var extra []string
+		for i := range 600 {
+			extra = append(extra, fmt.Sprintf("late-%d", i))
+		}
+		record("", extra, 0, time.Now().Add(time.Second))
+		if r := results(); !r.GetSrmWarning() {
+			t.Errorf("control-only units after the ramp: no srm warning (chi %v p %v)", r.GetSrmChiSquare(), r.GetSrmPValue())
 		}
 	})
 }

@@ -172,7 +172,7 @@ func (s *Server) ApplyRetentionPolicy(ctx context.Context, req *experimentv1.App
 		}
 		if !dry {
 			s.ckpt.deleted.Add(ctx, int64(len(out.Deleted)))
-			counts := s.removeCheckpointFiles(ctx, files, out.Deleted)
+			counts := s.removeCheckpointFiles(ctx, files, out)
 			for _, o := range fileOutcomes {
 				attrs = append(attrs, "files_"+string(o), counts[o])
 			}
@@ -184,22 +184,49 @@ func (s *Server) ApplyRetentionPolicy(ctx context.Context, req *experimentv1.App
 }
 
 // removeCheckpointFiles removes the files of deleted checkpoints and
-// counts what became of each. It runs after the records are committed, so
-// it does not stop when the client goes away: nothing refers to the files
-// any more.
-func (s *Server) removeCheckpointFiles(ctx context.Context, files *artifactFiles, deleted []*Checkpoint) map[fileOutcome]int {
+// counts what became of each checkpoint's file. A local file is left alone
+// while a remaining checkpoint names it, by the same URI or by one
+// resolving to the same path, and is considered once however many deleted
+// checkpoints name it (they share its outcome). It runs after the records
+// are committed, so it does not stop when the client goes away.
+func (s *Server) removeCheckpointFiles(ctx context.Context, files *artifactFiles, out *RetentionOutcome) map[fileOutcome]int {
+	namedURIs, namedPaths := map[string]bool{}, map[string]bool{}
+	for _, u := range out.Survivors {
+		namedURIs[u] = true
+		if entry, target, ok := fileEntry(u); ok {
+			namedPaths[entry], namedPaths[target] = true, true
+		}
+	}
+	// A file's key: its entry when it is local, else its URI.
+	type fileKey struct{ entry, uri string }
 	counts := map[fileOutcome]int{}
-	for _, c := range deleted {
-		o, err := files.remove(c.URI)
+	done := map[fileKey]fileOutcome{}
+	for _, c := range out.Deleted {
+		key, named := fileKey{uri: c.URI}, false
+		if entry, _, ok := fileEntry(c.URI); ok {
+			key, named = fileKey{entry: entry}, namedURIs[c.URI] || namedPaths[entry]
+		}
+		o, seen := done[key]
+		if !seen {
+			var err error
+			if named {
+				o = fileStillReferenced
+			} else {
+				o, err = files.remove(c.URI)
+			}
+			done[key] = o
+			switch o {
+			case fileFailed:
+				s.log.WarnContext(ctx, "checkpoint file not removed", "checkpoint_id", c.ID, "uri", c.URI, "err", err)
+			case fileOutsideRoot:
+				s.log.InfoContext(ctx, "checkpoint file outside the artifact root left alone",
+					"checkpoint_id", c.ID, "uri", c.URI, "artifact_root", s.cfg.ArtifactRoot)
+			case fileStillReferenced:
+				s.log.InfoContext(ctx, "checkpoint file named by a remaining checkpoint left alone", "checkpoint_id", c.ID, "uri", c.URI)
+			}
+		}
 		counts[o]++
 		s.ckpt.files.Add(context.WithoutCancel(ctx), 1, metric.WithAttributes(attribute.String("outcome", string(o))))
-		switch o {
-		case fileFailed:
-			s.log.WarnContext(ctx, "checkpoint file not removed", "checkpoint_id", c.ID, "uri", c.URI, "err", err)
-		case fileOutsideRoot:
-			s.log.InfoContext(ctx, "checkpoint file outside the artifact root left alone",
-				"checkpoint_id", c.ID, "uri", c.URI, "artifact_root", s.cfg.ArtifactRoot)
-		}
 	}
 	return counts
 }

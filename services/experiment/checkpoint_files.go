@@ -34,9 +34,12 @@ const (
 	fileNotRegular fileOutcome = "not_regular"
 	// fileFailed: the removal failed (permissions, I/O); logged.
 	fileFailed fileOutcome = "failed"
+	// fileStillReferenced: a remaining checkpoint names the file (a run
+	// that overwrites best.pt, a copy in another experiment); left alone.
+	fileStillReferenced fileOutcome = "still_referenced"
 )
 
-var fileOutcomes = []fileOutcome{fileRemoved, fileMissing, fileOutsideRoot, fileOtherURI, fileNotRegular, fileFailed}
+var fileOutcomes = []fileOutcome{fileRemoved, fileMissing, fileOutsideRoot, fileOtherURI, fileNotRegular, fileFailed, fileStillReferenced}
 
 // checkpointInstruments are the checkpoint metrics. Prometheus names:
 //
@@ -56,7 +59,7 @@ func newCheckpointInstruments(meter metric.Meter) (*checkpointInstruments, error
 		err error
 	)
 	if ins.files, err = meter.Int64Counter("quantmesh.experiment.checkpoint.files",
-		metric.WithDescription("Files of checkpoints deleted by retention, by outcome: removed, missing, outside_root and other_uri (left alone), not_regular (left alone), failed.")); err != nil {
+		metric.WithDescription("Files of checkpoints deleted by retention, by outcome: removed, missing, outside_root and other_uri (left alone), not_regular (left alone), failed, still_referenced (left alone).")); err != nil {
 		return nil, err
 	}
 	if ins.deleted, err = meter.Int64Counter("quantmesh.experiment.checkpoints.deleted",
@@ -105,6 +108,27 @@ func localFilePath(uri string) (path string, ok bool) {
 		path = wd + string(filepath.Separator) + path
 	}
 	return path, true
+}
+
+// fileEntry returns the directory entry a local file:// URI names, with
+// the symlinks and ".." of its directory resolved (the entry remove acts
+// on), and, when the entry leads elsewhere (a symlink), where it leads. ok
+// is false for other URIs.
+func fileEntry(uri string) (entry, target string, ok bool) {
+	p, ok := localFilePath(uri)
+	if !ok {
+		return "", "", false
+	}
+	dir, base := filepath.Split(p)
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	entry = filepath.Join(dir, base)
+	target = entry
+	if real, err := filepath.EvalSymlinks(p); err == nil {
+		target = real
+	}
+	return entry, target, true
 }
 
 // within returns p relative to base when p lies under base (or is base).

@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/url"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -195,13 +197,79 @@ func (s *SQLStore) ApplyRetention(ctx context.Context, experimentID string, plan
 		// a planned row not deleted became protected after the read.
 		out.Reprieved = int64(len(ids) - len(out.Deleted))
 		out.Kept = int64(len(cands) - len(out.Deleted))
-		return nil
+		out.Survivors, err = survivingURIs(ctx, tx, out.Deleted)
+		return err
 	})
 	if err != nil {
 		return nil, store.Err("apply retention", err)
 	}
 	slices.SortFunc(out.Deleted, func(a, b *Checkpoint) int { return strings.Compare(b.ID, a.ID) })
 	return out, nil
+}
+
+// survivingURIs reads the distinct URIs of the remaining checkpoints that
+// may name the local file of a deleted one: the same URI, or a file:// URI
+// that contains the file's name (decoded or escaped), since one file has
+// many spellings (file://localhost/..., "..", a symlinked directory). A
+// checkpoint that names the file through a symlink of another name is not
+// found. Other URIs are left to their stores, so they are not looked up.
+func survivingURIs(ctx context.Context, tx *sql.Tx, deleted []*Checkpoint) ([]string, error) {
+	var uris, patterns []string
+	for _, c := range deleted {
+		if p, ok := localFilePath(c.URI); ok {
+			name := filepath.Base(p)
+			uris = append(uris, c.URI)
+			patterns = append(patterns, `%`+escapeLike(name)+`%`, `%`+escapeLike(url.PathEscape(name))+`%`)
+		}
+	}
+	slices.Sort(uris)
+	slices.Sort(patterns)
+	found := map[string]bool{}
+	for _, q := range []struct {
+		args []string
+		cond func(marks []string) string
+	}{
+		{slices.Compact(uris), func(marks []string) string { return `uri IN (` + strings.Join(marks, ", ") + `)` }},
+		{slices.Compact(patterns), func(marks []string) string {
+			return `lower(substr(uri, 1, 5)) = 'file:' AND (uri LIKE ` + strings.Join(marks, ` ESCAPE '\' OR uri LIKE `) + ` ESCAPE '\')`
+		}},
+	} {
+		for chunk := range slices.Chunk(q.args, checkpointDeleteChunk) {
+			args := make([]any, len(chunk))
+			marks := make([]string, len(chunk))
+			for i, a := range chunk {
+				args[i] = a
+				marks[i] = fmt.Sprintf("$%d", i+1)
+			}
+			rows, err := tx.QueryContext(ctx, `SELECT DISTINCT uri FROM checkpoints WHERE `+q.cond(marks), args...)
+			if err != nil {
+				return nil, err
+			}
+			for rows.Next() {
+				var u string
+				if err := rows.Scan(&u); err != nil {
+					rows.Close()
+					return nil, err
+				}
+				found[u] = true
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := make([]string, 0, len(found))
+	for u := range found {
+		out = append(out, u)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// escapeLike escapes the LIKE wildcards of s, with '\' as the escape.
+func escapeLike(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`).Replace(s)
 }
 
 func countProtected(cands []RetentionCandidate) int64 {

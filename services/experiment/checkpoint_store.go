@@ -65,6 +65,12 @@ type RetentionOutcome struct {
 	// Reprieved counts checkpoints planned for deletion that became
 	// protected before the delete ran, and were kept.
 	Reprieved int64
+	// Survivors are the distinct URIs of the checkpoints that remain, in
+	// any experiment, that may name the local file of a deleted one: the
+	// same URI, or a file:// URI containing the file's name (the caller
+	// compares resolved paths). Read after the delete, in its transaction;
+	// not set in a dry run.
+	Survivors []string
 }
 
 // CheckpointStore persists checkpoints and applies retention policies.
@@ -84,6 +90,7 @@ type CheckpointStore interface {
 	// returns one verdict per candidate, KeepNone to delete), and deletes
 	// the others, all in one transaction. The delete checks the protection
 	// again, so a checkpoint that became protected after the read is kept.
+	// The outcome's Survivors tell which deleted files are still named.
 	// With dryRun nothing is written. plan may be called more than once
 	// (retries) and must not have side effects. Concurrent calls on one
 	// experiment are serialised. NotFound for an unknown experiment.

@@ -832,7 +832,7 @@ func TestRetentionFiles(t *testing.T) {
 		if _, err := os.Lstat(link); err != nil {
 			t.Errorf("the escaping symlink itself: %v, want left alone", err)
 		}
-		want := map[string]int64{"removed": 1, "missing": 1, "outside_root": 4, "other_uri": 1, "not_regular": 1, "failed": 0}
+		want := map[string]int64{"removed": 1, "missing": 1, "outside_root": 4, "other_uri": 1, "not_regular": 1, "failed": 0, "still_referenced": 0}
 		if diff := cmp.Diff(want, env.fileCounts(t)); diff != "" {
 			t.Errorf("file counter (-want +got):\n%s", diff)
 		}
@@ -844,6 +844,78 @@ func TestRetentionFiles(t *testing.T) {
 		}
 		if !strings.Contains(env.logs.String(), "checkpoint file outside the artifact root left alone") {
 			t.Errorf("no line names a file left outside the root:\n%s", env.logs.String())
+		}
+	})
+}
+
+// TestRetentionSharedFiles: a file that a remaining checkpoint still
+// names, by the same URI or another spelling of its path, in the same or
+// another experiment, is left alone; a file named by several deleted
+// checkpoints is removed once.
+func TestRetentionSharedFiles(t *testing.T) {
+	runCheckpoints(t, func(t *testing.T, env *ckptEnv) {
+		exp, other := env.experiment(t, "shared"), env.experiment(t, "other")
+		run, otherRun := env.run(t, exp, experiment.StageActive), env.run(t, other, experiment.StageActive)
+		alias := filepath.Join(t.TempDir(), "alias")
+		if err := os.Symlink(env.root, alias); err != nil {
+			t.Fatal(err)
+		}
+		best, dup, model, prot, shadow := env.file(t, "run/best.pt"), env.file(t, "run/dup.pt"), env.file(t, "run/model.pt"),
+			env.file(t, "run/prot.pt"), env.file(t, "run/shadow.pt")
+		env.version(t, "net", 1, `{}`)
+		one := int64(1)
+		env.alias(t, "net", "production", &one, 1)
+		for _, req := range []*experimentv1.LogCheckpointRequest{
+			// A run that overwrites best.pt each time it improves.
+			{RunId: run, Uri: best, MetricValue: 0.9},
+			{RunId: run, Uri: best, MetricValue: 0.1}, // kept: the best
+			{RunId: run, Uri: dup, MetricValue: 0.5},
+			{RunId: run, Uri: dup, MetricValue: 0.5},
+			{RunId: run, Uri: strings.Replace(model, "file://", "file://localhost", 1), MetricValue: 0.6},
+			{RunId: run, Uri: prot, MetricValue: 0.7, ModelName: "net", ModelVersion: 1}, // kept: aliased
+			{RunId: run, Uri: prot, MetricValue: 0.8},
+			{RunId: run, Uri: shadow, MetricValue: 0.85},
+			// Another experiment names model.pt with "..", and shadow.pt
+			// through a symlink to the root.
+			{RunId: otherRun, Uri: "file://" + env.root + "/run/../run/model.pt", MetricValue: 1},
+			{RunId: otherRun, Uri: "file://" + filepath.Join(alias, "run", "shadow.pt"), MetricValue: 1},
+		} {
+			req.MetricKey = "val_loss"
+			env.logCheckpoint(t, req)
+		}
+		resp := env.apply(t, &experimentv1.ApplyRetentionPolicyRequest{ExperimentId: exp, MetricKey: "val_loss", KeepBest: proto.Int32(1), KeepDays: proto.Int32(0)})
+		if resp.GetDeletedCount() != 6 || resp.GetKept() != 2 {
+			t.Fatalf("deleted %d, kept %d; want 6 and 2", resp.GetDeletedCount(), resp.GetKept())
+		}
+		exists := func(uri string) bool {
+			_, err := os.Stat(strings.TrimPrefix(uri, "file://"))
+			return err == nil
+		}
+		for name, uri := range map[string]string{
+			"best.pt (kept checkpoint)": best, "prot.pt (aliased checkpoint)": prot,
+			"model.pt (other experiment)": model, "shadow.pt (other experiment, through a symlink)": shadow,
+		} {
+			if !exists(uri) {
+				t.Errorf("%s: removed while a remaining checkpoint names it", name)
+			}
+		}
+		if exists(dup) {
+			t.Error("dup.pt: not removed")
+		}
+		line := env.retentionLog(t, exp)
+		if line["files_removed"] != 2.0 || line["files_missing"] != 0.0 || line["files_still_referenced"] != 4.0 {
+			t.Errorf("log line: removed %v, missing %v, still referenced %v; want 2, 0 (removed once) and 4: %v",
+				line["files_removed"], line["files_missing"], line["files_still_referenced"], line)
+		}
+
+		// Once the last checkpoint naming it goes, so does the file (a
+		// path through a symlink to the root lies outside it).
+		env.apply(t, &experimentv1.ApplyRetentionPolicyRequest{ExperimentId: other, MetricKey: "val_loss", KeepBest: proto.Int32(0), KeepDays: proto.Int32(0)})
+		if exists(model) {
+			t.Error("model.pt: not removed with the last checkpoint naming it")
+		}
+		if got := env.fileCounts(t); got["removed"] != 3 || got["missing"] != 0 || got["still_referenced"] != 4 || got["outside_root"] != 1 {
+			t.Errorf("file counter: %v; want 3 removed, 0 missing, 4 still referenced, 1 outside the root", got)
 		}
 	})
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -24,9 +25,11 @@ import (
 // hundreds of concurrent streams share a few commits a second. A message is
 // acknowledged only after its transaction committed.
 //
-// Deduplication: the writer alone records the last stored sequence of each
-// stream id (table metric_streams, cached), so checking a message against
-// it and storing it happen in one order, the queue's.
+// Deduplication: metric_streams records the last stored sequence of each
+// stream id. A write transaction reads it (on PostgreSQL, locks the rows)
+// and decides each message from it, so processes sharing a database, and
+// retries of a write whose outcome was unknown, store a message once. The
+// writer's cache of it only answers duplicates early.
 type metricWriter struct {
 	st  *SQLStore
 	db  *store.DB
@@ -41,8 +44,8 @@ type metricWriter struct {
 	closeMu sync.RWMutex
 	closed  bool
 
-	// seqs caches metric_streams.last_sequence by stream id; owned by the
-	// writer goroutine.
+	// seqs caches metric_streams.last_sequence by stream id, never ahead of
+	// the table; owned by the writer goroutine.
 	seqs *lru.Cache[string, uint64]
 }
 
@@ -184,63 +187,48 @@ func (w *metricWriter) commit(group []*pendingAppend) {
 	}
 }
 
-// commitOnce decides duplicates, writes the group (retrying transient
-// failures) and answers every message it could decide on its own
-// (duplicates, sequence gaps). It returns the write's error for the rest.
+// commitOnce writes a group (retrying transient failures) and answers
+// every message once its outcome is known. It returns the write's error
+// and leaves the messages it did not answer to the caller.
 func (w *metricWriter) commitOnce(group []*pendingAppend) error {
 	ctx, cancel := context.WithTimeout(context.Background(), writerTimeout)
 	defer cancel()
-	last, err := w.lastSequences(ctx, group)
-	if err != nil {
-		return err
-	}
-	var (
-		rows     []pointRow
-		accepted []*pendingAppend
-	)
+	// A sequence at or below the cached one is a duplicate for certain: the
+	// cache holds only values read from metric_streams or committed to it,
+	// and a stream's last_sequence never decreases. Everything else is
+	// decided in the write transaction from the stored value, which may be
+	// ahead of the cache (another process wrote the stream, or a commit's
+	// outcome was unknown).
+	var pending []*pendingAppend
 	for _, p := range group {
 		if p.done == nil {
 			continue
 		}
-		if p.StreamID != "" {
-			prev := last[p.StreamID]
-			switch {
-			case p.Sequence <= prev:
-				w.ins.duplicates.Add(ctx, int64(len(p.Points)))
-				p.done <- AppendResult{Duplicate: true}
-				p.done = nil
-				continue
-			case p.Sequence != prev+1:
-				p.done <- AppendResult{Err: apierr.FailedPrecondition("STREAM_SEQUENCE_GAP",
-					"stream %q: sequence %d does not follow the last stored sequence %d; resend from %d", p.StreamID, p.Sequence, prev, prev+1)}
-				p.done = nil
-				continue
-			}
-			last[p.StreamID] = p.Sequence
+		if seq, ok := w.cached(p.StreamID); ok && p.Sequence <= seq {
+			w.ins.duplicates.Add(ctx, int64(len(p.Points)))
+			p.done <- AppendResult{Duplicate: true}
+			p.done = nil
+			continue
 		}
-		accepted = append(accepted, p)
-		for _, pt := range p.Points {
-			rows = append(rows, pointRow{runKey: p.RunKey, Point: pt})
-		}
+		pending = append(pending, p)
 	}
-	if len(accepted) == 0 {
+	if len(pending) == 0 {
 		return nil
 	}
-	streams := make(map[string]uint64)
-	for _, p := range accepted {
-		if p.StreamID != "" {
-			streams[p.StreamID] = p.Sequence
-		}
-	}
 	var links []trace.Link
-	for _, p := range accepted {
+	for _, p := range pending {
 		if p.span.IsSampled() && len(links) < maxBatchLinks && (len(links) == 0 || !links[len(links)-1].SpanContext.Equal(p.span)) {
 			links = append(links, trace.Link{SpanContext: p.span})
 		}
 	}
 	start := time.Now()
+	var (
+		plan *streamPlan
+		err  error
+	)
 	for attempt := 1; ; attempt++ {
-		err = w.write(ctx, rows, streams, links)
+		// Each attempt decides again: a failed attempt may have committed.
+		plan, err = w.write(ctx, pending, links)
 		if err == nil || !store.IsTransient(err) || attempt == writerAttempts {
 			break
 		}
@@ -251,46 +239,219 @@ func (w *metricWriter) commitOnce(group []*pendingAppend) error {
 		}
 	}
 	if err != nil {
+		// The write may have committed all the same. Drop the streams'
+		// cached sequences: their next messages are decided from the
+		// table alone.
+		for _, p := range pending {
+			if p.StreamID != "" {
+				w.seqs.Remove(p.StreamID)
+			}
+		}
 		return err
 	}
-	w.ins.written(ctx, "stream", len(rows), time.Since(start))
-	for id, seq := range streams {
+	if len(plan.rows) > 0 {
+		w.ins.written(ctx, "stream", len(plan.rows), time.Since(start))
+	}
+	for id, seq := range plan.last {
 		w.seqs.Add(id, seq)
 	}
-	for _, p := range accepted {
-		p.done <- AppendResult{}
+	for i, p := range pending {
+		if plan.results[i].Duplicate {
+			w.ins.duplicates.Add(ctx, int64(len(p.Points)))
+		}
+		p.done <- plan.results[i]
 		p.done = nil
 	}
 	return nil
 }
 
-// lastSequences returns the last stored sequence of every stream id in
-// group, from the cache or the table.
-func (w *metricWriter) lastSequences(ctx context.Context, group []*pendingAppend) (map[string]uint64, error) {
-	last := make(map[string]uint64)
-	var missing []any
-	for _, p := range group {
-		if p.StreamID == "" {
-			continue
-		}
-		if _, seen := last[p.StreamID]; seen {
-			continue
-		}
-		if seq, ok := w.seqs.Get(p.StreamID); ok {
-			last[p.StreamID] = seq
-			continue
-		}
-		last[p.StreamID] = 0
-		missing = append(missing, p.StreamID)
+// cached returns the cached last sequence of a stream id.
+func (w *metricWriter) cached(streamID string) (uint64, bool) {
+	if streamID == "" {
+		return 0, false
 	}
-	for start := 0; start < len(missing); start += 500 {
-		chunk := missing[start:min(start+500, len(missing))]
+	return w.seqs.Get(streamID)
+}
+
+// streamPlan is what one write does with its messages, decided in its
+// transaction.
+type streamPlan struct {
+	// results are the messages' answers once the write commits, in the
+	// messages' order.
+	results []AppendResult
+	// rows are the points of the messages written.
+	rows []pointRow
+	// raised holds the new last sequence of each stream written.
+	raised map[string]uint64
+	// last holds the last sequence of every stream of the group as the
+	// write leaves it.
+	last map[string]uint64
+}
+
+// planStreams decides each message from stored, the last stored sequence
+// of each stream: at or below it, a duplicate; the next one, written;
+// beyond it, a gap. A message repeating one accepted earlier in the group
+// (a client's retry that caught up with its original) is answered with
+// the original's outcome: a duplicate if the write commits, its error if
+// it fails (then no result is delivered).
+func planStreams(msgs []*pendingAppend, stored map[string]uint64) *streamPlan {
+	pl := &streamPlan{results: make([]AppendResult, len(msgs)), raised: map[string]uint64{}, last: map[string]uint64{}}
+	for id, seq := range stored {
+		pl.last[id] = seq
+	}
+	for i, p := range msgs {
+		if p.StreamID != "" {
+			prev := pl.last[p.StreamID]
+			switch {
+			case p.Sequence <= prev:
+				pl.results[i] = AppendResult{Duplicate: true}
+				continue
+			case p.Sequence != prev+1:
+				pl.results[i] = AppendResult{Err: apierr.FailedPrecondition("STREAM_SEQUENCE_GAP",
+					"stream %q: sequence %d does not follow the last stored sequence %d; resend from %d", p.StreamID, p.Sequence, prev, prev+1)}
+				continue
+			}
+			pl.last[p.StreamID] = p.Sequence
+			pl.raised[p.StreamID] = p.Sequence
+		}
+		for _, pt := range p.Points {
+			pl.rows = append(pl.rows, pointRow{runKey: p.RunKey, Point: pt})
+		}
+	}
+	return pl
+}
+
+// streamIDs returns the distinct stream ids of msgs, sorted (the order in
+// which their rows are locked).
+func streamIDs(msgs []*pendingAppend) []string {
+	var ids []string
+	for _, p := range msgs {
+		if p.StreamID != "" {
+			ids = append(ids, p.StreamID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+const upsertStreams = ` ON CONFLICT (stream_id) DO UPDATE SET last_sequence = excluded.last_sequence, update_time = excluded.update_time
+	WHERE excluded.last_sequence > metric_streams.last_sequence`
+
+// write reads the last stored sequences of the messages' streams, decides
+// each message from them, and stores the points and the streams' new last
+// sequences, all in one transaction. Several processes may write one
+// database: on PostgreSQL the streams' rows are locked (created first when
+// missing, so that there is a row to lock) until the commit; SQLite has
+// one writer, so the transaction's read is enough.
+func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links []trace.Link) (plan *streamPlan, err error) {
+	// The span counts the points offered; the transaction may find some
+	// of them stored already, and then sets the count it writes.
+	offered := 0
+	for _, p := range msgs {
+		offered += len(p.Points)
+	}
+	ctx, end := w.db.StartBatch(ctx, "metrics", offered, links...)
+	defer func() {
+		if plan != nil && len(plan.rows) != offered {
+			trace.SpanFromContext(ctx).SetAttributes(store.AttrBatchRows.Int(len(plan.rows)))
+		}
+		end(err)
+	}()
+	now := time.Now().UnixMilli()
+	ids := streamIDs(msgs)
+	if w.db.Dialect() == store.Postgres {
+		err := pgx.BeginFunc(ctx, w.db.Pool(), func(tx pgx.Tx) error {
+			stored := make(map[string]uint64, len(ids))
+			if len(ids) > 0 {
+				if _, err := tx.Exec(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time)
+					SELECT id, 0, $2 FROM unnest($1::text[]) AS t (id) ORDER BY id ON CONFLICT (stream_id) DO NOTHING`, ids, now); err != nil {
+					return err
+				}
+				rows, err := tx.Query(ctx, `SELECT stream_id, last_sequence FROM metric_streams
+					WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE`, ids)
+				if err != nil {
+					return err
+				}
+				for rows.Next() {
+					var (
+						id  string
+						seq int64
+					)
+					if err := rows.Scan(&id, &seq); err != nil {
+						rows.Close()
+						return err
+					}
+					stored[id] = uint64(seq)
+				}
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return err
+				}
+			}
+			plan = planStreams(msgs, stored)
+			if len(plan.rows) == 0 {
+				return nil
+			}
+			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"metrics"}, []string{"run_key", "key", "step", "ts", "value"}, &copyRows{rows: plan.rows, i: -1}); err != nil {
+				return err
+			}
+			runs, keys, steps, times, values := pointColumns(latestOf(plan.rows))
+			if _, err := tx.Exec(ctx, upsertLatestPG, runs, keys, steps, times, values); err != nil {
+				return err
+			}
+			if len(plan.raised) == 0 {
+				return nil
+			}
+			ids := make([]string, 0, len(plan.raised))
+			seqs := make([]int64, 0, len(plan.raised))
+			for id, seq := range plan.raised {
+				ids = append(ids, id)
+				seqs = append(seqs, int64(seq))
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time)
+				SELECT id, seq, $3 FROM unnest($1::text[], $2::bigint[]) AS t (id, seq)`+upsertStreams, ids, seqs, now)
+			return err
+		})
+		return plan, err
+	}
+	if err := w.st.preparePoints(ctx); err != nil {
+		return nil, err
+	}
+	err = w.db.InTx(ctx, func(tx *sql.Tx) error {
+		stored, err := readStreams(ctx, tx, ids)
+		if err != nil {
+			return err
+		}
+		plan = planStreams(msgs, stored)
+		if len(plan.rows) == 0 {
+			return nil
+		}
+		if err := w.st.writePointsSQLite(ctx, tx, plan.rows, latestOf(plan.rows)); err != nil {
+			return err
+		}
+		for id, seq := range plan.raised {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time) VALUES ($1, $2, $3)`+upsertStreams,
+				id, int64(seq), now); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return plan, err
+}
+
+// readStreams reads the last stored sequence of each stream id (0 for a
+// stream without a row).
+func readStreams(ctx context.Context, tx *sql.Tx, ids []string) (map[string]uint64, error) {
+	stored := make(map[string]uint64, len(ids))
+	for chunk := range slices.Chunk(ids, 500) {
+		args := make([]any, len(chunk))
 		in := make([]string, len(chunk))
-		for i := range chunk {
+		for i, id := range chunk {
+			args[i] = id
 			in[i] = fmt.Sprintf("$%d", i+1)
 		}
-		rows, err := w.db.Reader().QueryContext(ctx,
-			`SELECT stream_id, last_sequence FROM metric_streams WHERE stream_id IN (`+strings.Join(in, ", ")+`)`, chunk...)
+		rows, err := tx.QueryContext(ctx, `SELECT stream_id, last_sequence FROM metric_streams WHERE stream_id IN (`+strings.Join(in, ", ")+`)`, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -303,63 +464,14 @@ func (w *metricWriter) lastSequences(ctx context.Context, group []*pendingAppend
 				rows.Close()
 				return nil, err
 			}
-			last[id] = uint64(seq)
+			stored[id] = uint64(seq)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
 	}
-	return last, nil
-}
-
-const upsertStreams = ` ON CONFLICT (stream_id) DO UPDATE SET last_sequence = excluded.last_sequence, update_time = excluded.update_time
-	WHERE excluded.last_sequence > metric_streams.last_sequence`
-
-// write stores rows and the streams' new last sequences in one transaction.
-func (w *metricWriter) write(ctx context.Context, rows []pointRow, streams map[string]uint64, links []trace.Link) (err error) {
-	ctx, end := w.db.StartBatch(ctx, "metrics", len(rows), links...)
-	defer func() { end(err) }()
-	now := time.Now().UnixMilli()
-	latest := latestOf(rows)
-	if w.db.Dialect() == store.Postgres {
-		return pgx.BeginFunc(ctx, w.db.Pool(), func(tx pgx.Tx) error {
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"metrics"}, []string{"run_key", "key", "step", "ts", "value"}, &copyRows{rows: rows, i: -1}); err != nil {
-				return err
-			}
-			runs, keys, steps, times, values := pointColumns(latest)
-			if _, err := tx.Exec(ctx, upsertLatestPG, runs, keys, steps, times, values); err != nil {
-				return err
-			}
-			if len(streams) == 0 {
-				return nil
-			}
-			ids := make([]string, 0, len(streams))
-			seqs := make([]int64, 0, len(streams))
-			for id, seq := range streams {
-				ids = append(ids, id)
-				seqs = append(seqs, int64(seq))
-			}
-			_, err := tx.Exec(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time)
-				SELECT id, seq, $3 FROM unnest($1::text[], $2::bigint[]) AS t (id, seq)`+upsertStreams, ids, seqs, now)
-			return err
-		})
-	}
-	if err := w.st.preparePoints(ctx); err != nil {
-		return err
-	}
-	return w.db.InTx(ctx, func(tx *sql.Tx) error {
-		if err := w.st.writePointsSQLite(ctx, tx, rows, latest); err != nil {
-			return err
-		}
-		for id, seq := range streams {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time) VALUES ($1, $2, $3)`+upsertStreams,
-				id, int64(seq), now); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	return stored, nil
 }
 
 // copyRows feeds rows to CopyFrom, reusing one values slice (CopyFrom

@@ -7085,7 +7085,8 @@ type ABObservation struct {
 	ShadowConfidence float64 `protobuf:"fixed64,11,opt,name=shadow_confidence,json=shadowConfidence,proto3" json:"shadow_confidence,omitempty"`
 	// Shadow mode: the treatment's latency in milliseconds.
 	ShadowLatencyMs float64 `protobuf:"fixed64,12,opt,name=shadow_latency_ms,json=shadowLatencyMs,proto3" json:"shadow_latency_ms,omitempty"`
-	// When the request was served.
+	// When the request was served. Required by RecordObservations (part of
+	// the deduplication key on TimescaleDB).
 	ObserveTime   *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=observe_time,json=observeTime,proto3" json:"observe_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
