@@ -73,6 +73,11 @@ type ConsumerConfig struct {
 	// MaxWait is how long a partial batch waits for more messages before it
 	// is handed over; 0 means 50ms.
 	MaxWait time.Duration
+	// Assigned, when set, is called with the partitions of each topic this
+	// member reads, before their first batch: on Kafka at every rebalance,
+	// in process once (partition 0 of every topic). A member that keeps
+	// state per partition drops what it no longer reads.
+	Assigned func(partitions map[string][]int32)
 }
 
 // Publisher appends messages to topics.

@@ -225,6 +225,13 @@ func (b *InProc) Consume(ctx context.Context, cfg ConsumerConfig, h BatchHandler
 	defer b.leave(cfg.Group)
 	b.log.LogAttrs(ctx, slog.LevelDebug, "bus: consumer started",
 		slog.String("group", cfg.Group), slog.Any("topics", cfg.Topics))
+	if cfg.Assigned != nil {
+		all := make(map[string][]int32, len(cfg.Topics))
+		for _, t := range cfg.Topics {
+			all[t] = []int32{0}
+		}
+		cfg.Assigned(all)
+	}
 
 	r := newRedeliverer(b.backoff, b.log, cfg.Group)
 	next := 0 // round-robin position in cfg.Topics

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -303,5 +304,28 @@ func TestInProcSubscribe(t *testing.T) {
 	}
 	if err := b.Subscribe("g", "t"); !errors.Is(err, bus.ErrClosed) {
 		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+	}
+}
+
+// The in-process bus tells a member its partitions once: partition 0 of
+// every topic.
+func TestInProcAssigned(t *testing.T) {
+	t.Parallel()
+	b := bus.NewInProc(bus.InProcConfig{})
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var got map[string][]int32
+	calls := 0
+	if err := b.Publish(ctx, bus.Message{Topic: "a", Value: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	err := b.Consume(ctx, bus.ConsumerConfig{Group: "g", Topics: []string{"a", "b"},
+		Assigned: func(p map[string][]int32) { got, calls = p, calls+1 }},
+		func(context.Context, []bus.Message) error { cancel(); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || len(got) != 2 || !slices.Equal(got["a"], []int32{0}) || !slices.Equal(got["b"], []int32{0}) {
+		t.Errorf("Assigned called %d times with %v; want once with partition 0 of a and b", calls, got)
 	}
 }

@@ -478,6 +478,9 @@ func (g *groupHandler) Setup(sess sarama.ConsumerGroupSession) error {
 		slog.String("member", sess.MemberID()),
 		slog.Int("generation", int(sess.GenerationID())),
 		slog.Any("claims", sess.Claims()))
+	if g.cfg.Assigned != nil {
+		g.cfg.Assigned(sess.Claims())
+	}
 	g.kick = make(chan struct{}, 1)
 	g.stopCommits = make(chan struct{})
 	g.committed = make(chan struct{})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -342,8 +343,14 @@ func TestKafkaRebalanceSharesPartitions(t *testing.T) {
 			return nil
 		}
 	}
-	cfg := bus.ConsumerConfig{Group: "g", Topics: []string{"rebalance"}, MaxBatch: 2}
+	assigned := map[string][]int32{} // member → its latest partitions
 	start := func(member string) (context.CancelFunc, chan error) {
+		cfg := bus.ConsumerConfig{Group: "g", Topics: []string{"rebalance"}, MaxBatch: 2,
+			Assigned: func(p map[string][]int32) {
+				mu.Lock()
+				defer mu.Unlock()
+				assigned[member] = slices.Sorted(slices.Values(p["rebalance"]))
+			}}
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
 		go func() { done <- k.Consume(cctx, cfg, handler(member)) }()
@@ -371,6 +378,11 @@ func TestKafkaRebalanceSharesPartitions(t *testing.T) {
 	stopB, doneB := start("b")
 	defer stopB()
 	waitUntil("every message", func() bool { return len(counts) == len(msgs) })
+	// Each member was told its partitions: between them, all three.
+	waitUntil("both members assigned", func() bool {
+		all := slices.Sorted(slices.Values(append(slices.Clone(assigned["a"]), assigned["b"]...)))
+		return len(assigned["b"]) > 0 && slices.Equal(all, []int32{0, 1, 2})
+	})
 	stopA()
 	stopB()
 	for _, done := range []chan error{doneA, doneB} {

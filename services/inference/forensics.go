@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -141,7 +142,22 @@ func (f *Forensics) Run(ctx context.Context, cfg ForensicsConfig) error {
 	}
 	return f.consumer.Consume(ctx, bus.ConsumerConfig{
 		Group: ForensicsGroup, Topics: []string{bus.TopicDecisions}, MaxBatch: cfg.MaxBatch, MaxWait: cfg.MaxWait,
+		Assigned: f.assigned,
 	}, f.handle)
+}
+
+// assigned forgets the backlog of partitions this consumer no longer
+// reads (a rebalance gave them to another): their lag is the new owner's
+// to report, and here it would only grow.
+func (f *Forensics) assigned(partitions map[string][]int32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for p := range f.backlog {
+		if !slices.Contains(partitions[bus.TopicDecisions], p) {
+			delete(f.backlog, p)
+			delete(f.pending, p)
+		}
+	}
 }
 
 func (f *Forensics) handle(ctx context.Context, msgs []bus.Message) error {

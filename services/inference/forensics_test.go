@@ -251,3 +251,40 @@ func TestForensicsReportsBacklog(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// scriptedConsumer hands one batch of partition 1, then reassigns the
+// member to partition 0 only, as a Kafka rebalance does.
+type scriptedConsumer struct{ batch []bus.Message }
+
+func (c scriptedConsumer) Consume(ctx context.Context, cfg bus.ConsumerConfig, h bus.BatchHandler) error {
+	cfg.Assigned(map[string][]int32{bus.TopicDecisions: {0, 1}})
+	if err := h(ctx, c.batch); err != nil {
+		return err
+	}
+	cfg.Assigned(map[string][]int32{bus.TopicDecisions: {0}})
+	return nil
+}
+
+// A partition taken away by a rebalance no longer counts in the lag: its
+// new owner reports it, and here it would only grow.
+func TestForensicsForgetsRevokedPartitions(t *testing.T) {
+	migrated(t, func(t *testing.T, db *store.DB) {
+		d := decision(1, time.Now())
+		v, err := proto.Marshal(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The last message of the batch has 5 more behind it.
+		c := scriptedConsumer{batch: []bus.Message{{Topic: bus.TopicDecisions, Partition: 1, Offset: 9, Value: v, Time: time.Now().Add(-time.Minute), Behind: 5}}}
+		f, err := inference.NewForensics(c, inference.NewSQLDecisions(db), quiet, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Run(context.Background(), inference.ForensicsConfig{}); err != nil {
+			t.Fatal(err)
+		}
+		if lag, backlog := f.Lag(); lag != 0 || backlog != 0 {
+			t.Errorf("lag %s, backlog %d after partition 1 was revoked; want 0, 0", lag, backlog)
+		}
+	})
+}
