@@ -3,6 +3,7 @@ package learner
 import (
 	"context"
 	"sync"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -10,6 +11,9 @@ import (
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/pkg/bus"
 )
+
+// maxBarLead is how far ahead of the clock a bar may be stamped.
+const maxBarLead = 24 * time.Hour
 
 // ConsumerGroup is the learner's bus consumer group.
 const ConsumerGroup = "learner"
@@ -38,6 +42,12 @@ func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 					var b regimev1.Bar
 					if err := proto.Unmarshal(m.Value, &b); err != nil {
 						l.log.Error("learner: undecodable bar skipped", "offset", m.Offset, "err", err)
+						continue
+					}
+					// A bar stamped far ahead (RegimeService refuses it too)
+					// would make every later bar of its symbol look old.
+					if t := b.GetTime().AsTime(); t.After(time.Now().Add(maxBarLead)) {
+						l.log.Error("learner: bar stamped in the future skipped", "symbol", b.GetSymbol(), "time", t, "offset", m.Offset)
 						continue
 					}
 					outs = append(outs, j.Bar(b.GetSymbol(), b.GetTime().AsTime(), b.GetClose())...)

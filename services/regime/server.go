@@ -101,16 +101,23 @@ func truncate(s string) string {
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
+// maxBarLead is how far ahead of the server's clock a bar's time may be
+// (time zones, a feed's clock): a bar stamped far in the future would make
+// every later bar of its symbol look out of order.
+const maxBarLead = 24 * time.Hour
+
 // barFromProto validates one bar (fields only; ordering is the engine's).
-func barFromProto(v *apierr.Violations, field string, b *regimev1.Bar) Bar {
+func barFromProto(v *apierr.Violations, field string, b *regimev1.Bar, now time.Time) Bar {
 	validSymbol(v, field+".symbol", b.GetSymbol(), false)
 	out := Bar{Symbol: b.GetSymbol(), Open: b.GetOpen(), High: b.GetHigh(), Low: b.GetLow(), Close: b.GetClose()}
 	if b.GetTime() == nil {
 		v.Add(field+".time", "required")
 	} else if err := b.GetTime().CheckValid(); err != nil {
 		v.Add(field+".time", "invalid timestamp: %v", err)
+	} else if t := b.GetTime().AsTime(); t.After(now.Add(maxBarLead)) {
+		v.Add(field+".time", "%s is more than %s ahead of the server's clock", t.Format(time.RFC3339), maxBarLead)
 	} else {
-		out.Time = b.GetTime().AsTime().Truncate(time.Microsecond).UTC()
+		out.Time = t.Truncate(time.Microsecond).UTC()
 	}
 	ok := true
 	for _, p := range []struct {
@@ -154,7 +161,7 @@ func (s *Server) IngestBars(stream grpc.ClientStreamingServer[regimev1.IngestBar
 		}
 		resp.MessagesReceived++
 		resp.BarsReceived += int64(len(req.GetBars()))
-		bars, err := barsFromProto(req.GetBars())
+		bars, err := barsFromProto(req.GetBars(), s.engine.now())
 		if err == nil {
 			var res IngestResult
 			res, err = s.engine.Ingest(ctx, bars)
@@ -209,7 +216,7 @@ func sortedSummaryKeys(m map[string]*regimev1.SymbolIngestSummary) []string {
 }
 
 // barsFromProto validates a message's bars.
-func barsFromProto(in []*regimev1.Bar) ([]Bar, error) {
+func barsFromProto(in []*regimev1.Bar, now time.Time) ([]Bar, error) {
 	var v apierr.Violations
 	switch {
 	case len(in) == 0:
@@ -222,7 +229,7 @@ func barsFromProto(in []*regimev1.Bar) ([]Bar, error) {
 	}
 	out := make([]Bar, len(in))
 	for i, b := range in {
-		out[i] = barFromProto(&v, fmt.Sprintf("bars[%d]", i), b)
+		out[i] = barFromProto(&v, fmt.Sprintf("bars[%d]", i), b, now)
 	}
 	return out, v.Err()
 }
@@ -342,7 +349,7 @@ func (s *Server) ConsumeBars(ctx context.Context, c bus.Consumer) error {
 					s.log.Error("market.bars: undecodable bar skipped", "partition", m.Partition, "offset", m.Offset, "err", err)
 					continue
 				}
-				b := barFromProto(&v, "bar", pb)
+				b := barFromProto(&v, "bar", pb, s.engine.now())
 				if err := v.Err(); err != nil {
 					s.log.Error("market.bars: invalid bar skipped", "partition", m.Partition, "offset", m.Offset, "err", err)
 					continue

@@ -222,6 +222,7 @@ func TestRegimeBadInput(t *testing.T) {
 			{"negative volume", "bars[1].volume", bar(func(b *regimev1.Bar) { b.Volume = proto.Float64(-1) })},
 			{"no time", "bars[1].time", bar(func(b *regimev1.Bar) { b.Time = nil })},
 			{"time going back", "bars[1].time", bar(func(b *regimev1.Bar) { b.Time = timestamppb.New(t0.Add(-time.Hour)) })},
+			{"time far ahead", "bars[1].time", bar(func(b *regimev1.Bar) { b.Time = timestamppb.New(time.Now().Add(48 * time.Hour)) })},
 			{"bad symbol", "bars[1].symbol", bar(func(b *regimev1.Bar) { b.Symbol = "A/B" })},
 			{"empty message", "bars", nil},
 		} {

@@ -281,7 +281,9 @@ type Bar struct {
 	Symbol string `protobuf:"bytes,1,opt,name=symbol,proto3" json:"symbol,omitempty"`
 	// End of the bar's interval (its close time). Required. Per symbol, times
 	// strictly increase: a bar at or before the symbol's latest stored bar is
-	// INVALID_ARGUMENT unless it is an exact duplicate of a stored bar.
+	// INVALID_ARGUMENT unless it is an exact duplicate of a stored bar. A time
+	// more than 24 hours ahead of the server's clock is INVALID_ARGUMENT (it
+	// would make every later bar of the symbol look out of order).
 	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
 	// Opening price, > 0.
 	Open float64 `protobuf:"fixed64,3,opt,name=open,proto3" json:"open,omitempty"`
