@@ -182,6 +182,9 @@ type account struct {
 	stale bool
 	// inflight counts writes enqueued but not yet committed.
 	inflight int
+	// chain links the writes submitted since memory was last loaded from
+	// the store; nil when none was.
+	chain *writeChain
 }
 
 type fillRecord struct {

@@ -54,6 +54,7 @@ func (r *checkResult) add(rule riskv1.RiskRule, limit, observed float64, symbol 
 
 func (r *checkResult) failClosed(why string) {
 	r.approved = false
+	r.existingID = ""
 	r.n = 0
 	r.violations[0] = violation{rule: riskv1.RiskRule_RISK_RULE_FAIL_CLOSED, note: why}
 	r.n = 1
@@ -107,10 +108,17 @@ func (e *Engine) startCheck(ctx context.Context, o *order, res *checkResult) (fu
 		res.reservation = *r
 		u.reservations = append(u.reservations, *r)
 	}
-	wait := e.commit(ctx, a, &u)
+	var wait func() error
+	if u.empty() && res.existingID != "" {
+		// A duplicate names the earlier approval's reservation, whose
+		// write may still be in flight: answer once it is durable.
+		wait = e.settle(ctx, a)
+	} else {
+		wait = e.commit(ctx, a, &u)
+	}
 	a.mu.Unlock()
 	return func() {
-		if err := wait(); err != nil && res.approved {
+		if err := wait(); err != nil && (res.approved || res.existingID != "") {
 			// The reservation is not durable: reject. The account is stale
 			// now and is reloaded from the store before its next check.
 			res.failClosed(fmt.Sprintf("the reservation could not be written: %v", err))
@@ -179,6 +187,14 @@ func (a *account) evaluate(o *order, now time.Time, px priceView, res *checkResu
 
 	// Account-wide P&L rules; a breach trips the kill switch by itself.
 	equity, _ := a.valuation(px)
+	if !isFinite(equity) || !isFinite(a.dayEquity) || !isFinite(a.highWater) {
+		// Every comparison with NaN is false and infinities break the
+		// ratios: the P&L, leverage and concentration rules would pass
+		// whatever the order.
+		res.failClosed(fmt.Sprintf("account equity %v (day start %v, high water %v) is not finite, so its P&L, leverage and concentration rules cannot be evaluated",
+			equity, a.dayEquity, a.highWater))
+		return
+	}
 	if equity > a.highWater {
 		a.highWater = equity
 	}
@@ -250,6 +266,8 @@ func (a *account) evaluate(o *order, now time.Time, px priceView, res *checkResu
 	res.approved = res.n == 0
 	sortViolations(res)
 }
+
+func isFinite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
 // ratio is x / equity, +Inf when equity is not positive and x is.
 func ratio(x, equity float64) float64 {

@@ -87,6 +87,16 @@ const (
 	maxReasonLen    = 1000
 	maxViolations   = 16
 	systemPrincipal = "quantmesh-risk"
+	// maxFillAmount bounds a fill's quantity × price and its fee, in
+	// currency: far beyond any real execution, and far enough inside the
+	// float64 range that cash and equity stay finite (an infinite cash
+	// makes equity NaN, and every limit compared with NaN passes).
+	maxFillAmount = 1e15
+	// maxPriceLead is how far ahead of the service's clock a price_time
+	// may be (clock skew between a feed and the service). A later one
+	// would freeze the reference price: every real update, stamped before
+	// it, would be ignored as stale.
+	maxPriceLead = time.Minute
 )
 
 // Engine is the risk state of every account, in memory, written through to
@@ -247,6 +257,9 @@ func (e *Engine) ready(ctx context.Context, a *account) error {
 	a.positions, a.open, a.recent, a.byClientOrder, a.fills = fresh.positions, fresh.open, fresh.recent, fresh.byClientOrder, fresh.fills
 	a.setRate(e.now()) // keeps the tokens left in a's bucket
 	a.stale = false
+	// Memory is what the store holds: later writes depend on no earlier
+	// one.
+	a.chain = nil
 	e.log.Info("risk account reloaded after a failed write", "account", a.id)
 	return nil
 }
@@ -262,9 +275,32 @@ func (e *Engine) commit(ctx context.Context, a *account, u *unit) func() error {
 	if u.empty() {
 		return func() error { return nil }
 	}
+	return e.submit(ctx, a, u)
+}
+
+// settle returns a function that waits until every write of a submitted
+// so far is durable, and fails if one of them failed. An answer that
+// repeats an earlier change (a resent fill, a kill switch already
+// tripped) uses it: the earlier change may still be in flight, and must
+// not be acknowledged twice and then lost. a.mu is held; the function is
+// called without it.
+func (e *Engine) settle(ctx context.Context, a *account) func() error {
+	if a.inflight == 0 {
+		return func() error { return nil }
+	}
+	// An empty unit of a's chain: the writer finishes it after every unit
+	// before it, and fails it when one of a's failed.
+	return e.submit(ctx, a, &unit{})
+}
+
+func (e *Engine) submit(ctx context.Context, a *account, u *unit) func() error {
 	u.span = trace.SpanContextFromContext(ctx)
 	if a != nil {
 		a.inflight++
+		if a.chain == nil {
+			a.chain = &writeChain{}
+		}
+		u.chain = a.chain
 	}
 	done := e.store.Submit(u)
 	return func() error {
@@ -298,10 +334,19 @@ func checkID(id string) string {
 		return "required"
 	case len(id) > maxIDLen:
 		return fmt.Sprintf("must be at most %d characters, got %d", maxIDLen, len(id))
-	case !utf8.ValidString(id):
+	}
+	return checkPlain(id)
+}
+
+// checkPlain reports what is wrong with text stored or logged as given (an
+// id, a reason): invalid UTF-8 or a control character. PostgreSQL refuses
+// invalid UTF-8 and NUL bytes in a text column, so the write would fail on
+// every retry; in logs and events control characters could forge lines.
+func checkPlain(text string) string {
+	if !utf8.ValidString(text) {
 		return "must be valid UTF-8"
 	}
-	for _, r := range id {
+	for _, r := range text {
 		if r < 0x20 || r == 0x7f {
 			return "must not contain control characters"
 		}

@@ -3,6 +3,7 @@ package risk
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -13,10 +14,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/store"
+	"github.com/quantmesh/quantmesh/pkg/store/storetest"
 )
 
 // flakyStore is a Store in front of the real one that fails writes of
@@ -335,4 +339,243 @@ func TestFailClosedStateMatchesDurableAfterManyFailures(t *testing.T) {
 	h.approve(h.buy(aapl, 10, 10))
 	wantDecision(t, "beyond the limit", h.check(h.buy(aapl, 0.5, 10)),
 		[]*riskv1.RuleViolation{wantViol(riskv1.RiskRule_RISK_RULE_POSITION_QUANTITY, 20, 20.5, aapl)})
+}
+
+// failInserts makes the database refuse the rows of table that match cond
+// (a condition on NEW, valid on both backends) until the returned function
+// is called: a write the writer cannot commit, grouped or alone, as when
+// PostgreSQL refuses a value.
+func failInserts(t *testing.T, db *store.DB, table, cond string) (restore func()) {
+	t.Helper()
+	ctx := context.Background()
+	create := []string{`CREATE TRIGGER risk_test_refuse BEFORE INSERT ON ` + table + ` WHEN ` + cond +
+		` BEGIN SELECT RAISE(ABORT, 'injected failure: row refused'); END`}
+	drop := `DROP TRIGGER risk_test_refuse`
+	if db.Dialect() == store.Postgres {
+		create = []string{
+			`CREATE OR REPLACE FUNCTION risk_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+				BEGIN RAISE EXCEPTION 'injected failure: row refused'; END $$`,
+			`CREATE TRIGGER risk_test_refuse BEFORE INSERT ON ` + table + ` FOR EACH ROW WHEN (` + cond + `) EXECUTE FUNCTION risk_test_refuse()`,
+		}
+		drop += ` ON ` + table
+	}
+	for _, q := range create {
+		if _, err := db.Exec(ctx, q); err != nil {
+			t.Fatalf("refuse rows of %s: %v", table, err)
+		}
+	}
+	return func() {
+		t.Helper()
+		if _, err := db.Exec(ctx, drop); err != nil {
+			t.Fatalf("accept rows of %s again: %v", table, err)
+		}
+	}
+}
+
+// holdWriter keeps the store's writer busy until the returned function is
+// called: it commits a unit with an event and blocks in the commit hook, so
+// units submitted meanwhile queue behind it in order, as behind a slow
+// commit, and are then committed together.
+func holdWriter(t *testing.T, h *ruleHarness) (release func()) {
+	t.Helper()
+	entered, gate := make(chan struct{}), make(chan struct{})
+	var hold, open sync.Once
+	h.sql.OnCommit(func(evs []*riskv1.RiskEvent) {
+		hold.Do(func() {
+			close(entered)
+			<-gate
+		})
+		h.eng.events.Publish(evs)
+	})
+	done := h.sql.Submit(&unit{events: []*riskv1.RiskEvent{rejectionEvent("holder", h.clock.now())}})
+	<-entered
+	release = func() {
+		open.Do(func() {
+			close(gate)
+			if err := <-done; err != nil {
+				t.Errorf("holding unit: %v", err)
+			}
+		})
+	}
+	t.Cleanup(release) // the store's Close waits for the writer
+	return release
+}
+
+// async runs call in a goroutine; the channel receives its error.
+func async(call func() error) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- call() }()
+	return ch
+}
+
+// waitUntil polls cond for up to 10s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// inflight is the number of writes of the harness account not yet
+// finished.
+func (h *ruleHarness) inflight() int {
+	a := h.eng.account(h.acct)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.inflight
+}
+
+func TestFailClosedFailedWriteFailsTheAccountsLaterWrites(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		h := newRuleHarnessOn(t, db, DefaultConfig(), nil)
+		h.create(h.acct, 100000, &riskv1.Limits{MaxPositionQuantity: proto.Float64(20)})
+		r1 := h.approve(h.buy(aapl, 10, 10))
+		r2 := h.approve(h.buy(aapl, 10, 10))
+		fill := func(id string, r *riskv1.Reservation) func() error {
+			return func() error {
+				_, err := h.applyFill(&riskv1.Fill{FillId: id, ReservationId: r.GetReservationId(), Quantity: 10, Price: 10})
+				return err
+			}
+		}
+
+		// f1 cannot be written. f2 is queued behind it: its position and
+		// cash rows, copied from memory, include f1. The group fails and
+		// each unit is retried alone.
+		restore := failInserts(t, db, "risk_fills", "NEW.fill_id = 'f1'")
+		release := holdWriter(t, h)
+		f1 := async(fill("f1", r1))
+		waitUntil(t, "f1 is queued", func() bool { return h.inflight() == 1 })
+		f2 := async(fill("f2", r2))
+		waitUntil(t, "f2 is queued", func() bool { return h.inflight() == 2 })
+		release()
+		wantCodeOf(t, "f1", <-f1, codes.Unavailable)
+		wantCodeOf(t, "f2, queued behind the failed f1", <-f2, codes.Unavailable)
+		restore()
+
+		// No stored row holds f1's effect.
+		snap, err := h.sql.LoadAccount(h.ctx, h.acct, h.clock.now().Add(-time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range snap.positions {
+			if p.qty != 0 {
+				t.Errorf("stored position after both fills failed: %+v", p)
+			}
+		}
+		if len(snap.accounts) != 1 || snap.accounts[0].cash != 100000 || len(snap.fills) != 0 {
+			t.Errorf("stored account %+v and fills %+v after both fills failed, want cash 100000 and no fill", snap.accounts, snap.fills)
+		}
+
+		// Resent, each is applied once.
+		for _, f := range []struct {
+			id string
+			r  *riskv1.Reservation
+		}{{"f1", r1}, {"f2", r2}} {
+			if err := fill(f.id, f.r)(); err != nil {
+				t.Fatalf("%s resent: %v", f.id, err)
+			}
+		}
+		pf := h.portfolio()
+		if len(pf.GetPositions()) != 1 || pf.GetPositions()[0].GetQuantity() != 20 || pf.GetCash() != 100000-200 {
+			t.Errorf("after resending both fills: positions %v, cash %g; want 20 AAPL and cash 99800", pf.GetPositions(), pf.GetCash())
+		}
+	})
+}
+
+func TestFailClosedRepeatedRequestWaitsForTheWriteItRepeats(t *testing.T) {
+	t.Parallel()
+	order := func(h *ruleHarness) func() error {
+		o := h.buy(aapl, 10, 10)
+		o.ClientOrderId = "dup"
+		return func() error {
+			resp, err := h.svc.CheckOrder(h.ctx, &riskv1.CheckOrderRequest{Order: o})
+			switch res := resp.GetResult(); {
+			case err != nil:
+				return err
+			case res.GetDecision() == riskv1.Decision_DECISION_APPROVED || res.GetExistingReservationId() != "":
+				return nil // approved, or acknowledged as approved before
+			default:
+				return fmt.Errorf("rejected: %v", res.GetViolations())
+			}
+		}
+	}
+	tests := []struct {
+		name        string
+		table, cond string // the rows the database refuses
+		// setup prepares the account and returns the request; nil when it
+		// is acknowledged.
+		setup func(h *ruleHarness) func() error
+	}{
+		{"fill", "risk_fills", "NEW.fill_id = 'f1'", func(h *ruleHarness) func() error {
+			h.create(h.acct, 100000, nil)
+			r := h.approve(h.buy(aapl, 10, 10))
+			return func() error {
+				_, err := h.applyFill(&riskv1.Fill{FillId: "f1", ReservationId: r.GetReservationId(), Quantity: 10, Price: 10})
+				return err
+			}
+		}},
+		{"release", "risk_reservations", fmt.Sprintf("NEW.state = %d", riskv1.ReservationState_RESERVATION_STATE_RELEASED), func(h *ruleHarness) func() error {
+			h.create(h.acct, 100000, nil)
+			r := h.approve(h.buy(aapl, 10, 10))
+			return func() error {
+				_, err := h.release(r.GetReservationId())
+				return err
+			}
+		}},
+		{"kill switch trip", "risk_events", fmt.Sprintf("NEW.event_type = %d", riskv1.RiskEventType_RISK_EVENT_TYPE_KILL_SWITCH_TRIPPED), func(h *ruleHarness) func() error {
+			h.create(h.acct, 100000, nil)
+			return func() error {
+				_, err := h.svc.TriggerKillSwitch(h.ctx, &riskv1.TriggerKillSwitchRequest{AccountId: h.acct, Reason: "halt"})
+				return err
+			}
+		}},
+		{"kill switch reset", "risk_events", fmt.Sprintf("NEW.event_type = %d", riskv1.RiskEventType_RISK_EVENT_TYPE_KILL_SWITCH_RESET), func(h *ruleHarness) func() error {
+			h.create(h.acct, 100000, nil)
+			h.trip("halt")
+			return func() error {
+				_, err := h.reset("resume", 0)
+				return err
+			}
+		}},
+		{"order within the duplicate window", "risk_reservations", "NEW.client_order_id = 'dup'", func(h *ruleHarness) func() error {
+			h.create(h.acct, 100000, &riskv1.Limits{DuplicateWindow: durationpb.New(time.Minute)})
+			return order(h)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+				h := newRuleHarnessOn(t, db, DefaultConfig(), nil)
+				send := tt.setup(h)
+
+				// The first request's write is queued and will fail; the
+				// same request is sent again meanwhile.
+				restore := failInserts(t, db, tt.table, tt.cond)
+				release := holdWriter(t, h)
+				first := async(send)
+				waitUntil(t, "the first request's write is queued", func() bool { return h.inflight() == 1 })
+				again := async(send)
+				waitUntil(t, "the request sent again waits or is answered", func() bool { return h.inflight() == 2 || len(again) > 0 })
+				release()
+				if err := <-first; err == nil {
+					t.Error("first request acknowledged although its write failed")
+				}
+				if err := <-again; err == nil {
+					t.Error("request sent again acknowledged although the write it repeats failed")
+				}
+				restore()
+
+				// Nothing was done: sent once more, the request is applied.
+				if err := send(); err != nil {
+					t.Errorf("sent after the store recovered: %v", err)
+				}
+			})
+		})
+	}
 }

@@ -146,8 +146,15 @@ func (e *Engine) ApplyFill(ctx context.Context, accountID string, f fillInput) (
 		}
 	}
 	if seen {
-		defer a.mu.Unlock()
-		return e.duplicateFill(ctx, a, f, prev)
+		res, err := e.duplicateFill(ctx, a, f, prev)
+		// The fill may have been applied by a request whose write is still
+		// in flight: answer once it is durable, or fail with it.
+		wait := e.settle(ctx, a)
+		a.mu.Unlock()
+		if werr := wait(); werr != nil {
+			return nil, apierr.Unavailable("risk store", werr)
+		}
+		return res, err
 	}
 	r, err := e.findReservation(ctx, a, f.reservationID)
 	if err != nil {
@@ -300,6 +307,11 @@ func (a *account) breaches(symbol string, px priceView) []violation {
 // checkPnL raises the high-water mark and trips the kill switch on a daily
 // loss or drawdown breach. a.mu is held.
 func (e *Engine) checkPnL(a *account, equity float64, now time.Time, res *checkResult) {
+	if !isFinite(equity) {
+		// Nothing can be measured (checks fail closed); an infinite mark
+		// must not become the high-water mark.
+		return
+	}
 	if equity > a.highWater {
 		a.highWater = equity
 	}
@@ -360,7 +372,13 @@ func (e *Engine) ReleaseWithReason(ctx context.Context, accountID, reservationID
 		u.reservations = append(u.reservations, *r)
 	}
 	res.reservation = *r
-	wait := e.commit(ctx, a, &u)
+	var wait func() error
+	if u.empty() {
+		// No longer open: the write that closed it may still be in flight.
+		wait = e.settle(ctx, a)
+	} else {
+		wait = e.commit(ctx, a, &u)
+	}
 	a.mu.Unlock()
 	if err := wait(); err != nil {
 		return nil, apierr.Unavailable("risk store", err)
@@ -680,7 +698,14 @@ func (e *Engine) setKill(ctx context.Context, in killInput, trip bool) (*riskv1.
 	}
 	if a.kill.GetTripped() == trip {
 		k := cloneKill(a.kill)
+		// A retried trip (or reset) finds the first one's change in memory
+		// while its write may still be in flight: answer once it is
+		// durable, or fail with it.
+		wait := e.settle(ctx, a)
 		a.mu.Unlock()
+		if err := wait(); err != nil {
+			return nil, false, apierr.Unavailable("risk store", err)
+		}
 		return k, true, nil
 	}
 	if !trip && in.expectedRevision != 0 && in.expectedRevision != a.kill.GetRevision() {
@@ -727,7 +752,7 @@ func (e *Engine) Portfolio(ctx context.Context, accountID string) (*riskv1.Portf
 	e.pricesMu.RLock()
 	rolled := a.rollDay(now, e.cfg.Location, e.prices)
 	// The high-water mark is the highest equity seen: seeing it here counts.
-	if equity, _ := a.valuation(e.prices); equity > a.highWater {
+	if equity, _ := a.valuation(e.prices); equity > a.highWater && isFinite(equity) {
 		a.highWater = equity
 		rolled = true
 	}

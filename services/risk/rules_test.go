@@ -84,9 +84,15 @@ func newRuleHarness(t *testing.T) *ruleHarness {
 // in front of the SQL store.
 func newRuleHarnessWith(t *testing.T, cfg Config, wrap func(Store) Store) *ruleHarness {
 	t.Helper()
+	return newRuleHarnessOn(t, ruleDB(t), cfg, wrap)
+}
+
+// newRuleHarnessOn is newRuleHarnessWith on db, a migrated database of
+// either backend.
+func newRuleHarnessOn(t *testing.T, db *store.DB, cfg Config, wrap func(Store) Store) *ruleHarness {
+	t.Helper()
 	ctx := context.Background()
 	log := slog.New(slog.DiscardHandler)
-	db := ruleDB(t)
 	sq, err := NewSQLStore(ctx, db, log)
 	if err != nil {
 		t.Fatal(err)
@@ -1561,5 +1567,95 @@ func TestUpdatePricesNewerWins(t *testing.T) {
 	}
 	if r := update(130, at(30*time.Second)); r.GetStale() != 1 || ref() != 120 {
 		t.Errorf("update older than the clock-stamped one: %v, reference %g", r, ref())
+	}
+}
+
+// wantBadField checks that err is InvalidArgument naming field.
+func wantBadField(t *testing.T, what string, err error, field string) {
+	t.Helper()
+	st, _ := apierr.Status(err)
+	if msg := badField(st.Err(), field); msg != "" {
+		t.Errorf("%s: %s", what, msg)
+	}
+}
+
+func TestUpdatePricesRefusesAFuturePriceTime(t *testing.T) {
+	t.Parallel()
+	h := newRuleHarness(t)
+	h.create(h.acct, 100000, &riskv1.Limits{PriceCollarPercent: proto.Float64(5)})
+	h.price(aapl, 10)
+	update := func(px float64, at time.Time) (*riskv1.UpdatePricesResponse, error) {
+		return h.svc.UpdatePrices(h.ctx, &riskv1.UpdatePricesRequest{Prices: []*riskv1.PriceUpdate{
+			{Symbol: msft, Price: 1}, {Symbol: aapl, Price: px, PriceTime: timestamppb.New(at)},
+		}})
+	}
+	// Stamped ahead of the clock by more than the allowed skew, a price
+	// would hold until then: every real update would be stale.
+	for _, at := range []time.Time{h.clock.now().Add(maxPriceLead + time.Microsecond), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		_, err := update(11, at)
+		wantBadField(t, "price_time "+at.Format(time.RFC3339Nano), err, "prices[1].price_time")
+	}
+	if ref := h.check(h.buy(aapl, 1, 0)).GetReferencePrice(); ref != 10 {
+		t.Errorf("reference price after refused updates: %g, want 10", ref)
+	}
+	// Within the skew it is applied, and a later real price replaces it.
+	if resp, err := update(11, h.clock.now().Add(maxPriceLead)); err != nil || resp.GetApplied() != 2 {
+		t.Fatalf("update stamped %s ahead: %v, %v", maxPriceLead, resp, err)
+	}
+	h.clock.advance(maxPriceLead)
+	h.price(aapl, 100)
+	wantDecision(t, "buy at the real price", h.check(h.buy(aapl, 1, 100)), nil)
+}
+
+func TestFillAmountsAreBounded(t *testing.T) {
+	t.Parallel()
+	h := newRuleHarness(t)
+	h.create(h.acct, 100000, &riskv1.Limits{MaxDailyLoss: proto.Float64(1000), MaxDrawdownPercent: proto.Float64(10)})
+	r := h.approve(h.buy("XYZ", 10, 10))
+	before := h.portfolio()
+	tests := []struct {
+		name  string
+		field string
+		fill  *riskv1.Fill
+	}{
+		// Cash would be -Inf and equity NaN: every P&L limit would pass.
+		{"price making the notional infinite", "fill.price", &riskv1.Fill{Quantity: 10, Price: 1e308}},
+		{"notional beyond the bound", "fill.price", &riskv1.Fill{Quantity: 10, Price: maxFillAmount / 5}},
+		{"fee beyond the bound", "fill.fee", &riskv1.Fill{Quantity: 1, Price: 10, Fee: maxFillAmount * 2}},
+	}
+	for _, tt := range tests {
+		tt.fill.FillId, tt.fill.ReservationId = "f1", r.GetReservationId()
+		_, err := h.applyFill(tt.fill)
+		wantBadField(t, tt.name, err, tt.field)
+	}
+	if diff := cmp.Diff(before, h.portfolio(), protocmp.Transform(), protocmp.IgnoreFields(&riskv1.Portfolio{}, "as_of_time")); diff != "" {
+		t.Errorf("portfolio after refused fills (-before +after):\n%s", diff)
+	}
+	// At the bound the fill is applied.
+	if resp := h.fill("f1", r.GetReservationId(), 10, maxFillAmount/10, 0); resp.GetCash() != 100000-maxFillAmount {
+		t.Errorf("cash after a fill at the bound: %g", resp.GetCash())
+	}
+}
+
+func TestCheckFailsClosedWhenEquityIsNotFinite(t *testing.T) {
+	t.Parallel()
+	h := newRuleHarness(t)
+	h.create(h.acct, 100000, &riskv1.Limits{MaxDailyLoss: proto.Float64(1000), MaxDrawdownPercent: proto.Float64(10), MaxLeverage: proto.Float64(2)})
+	h.buyFilled(aapl, 10, 10)
+	// The position is worth +Inf: compared with an infinite (or NaN)
+	// equity, no P&L, leverage or concentration limit can be exceeded.
+	h.clock.advance(time.Second)
+	h.price(aapl, math.MaxFloat64)
+	wantFailClosed(t, "check with infinite equity", h.check(h.buy(msft, 1, 10)), "not finite")
+	if k := h.portfolio().GetKillSwitch(); k.GetTripped() {
+		t.Errorf("kill switch tripped by an unmeasurable equity: %v", k)
+	}
+	// With a sane price the rules are evaluated again, against anchors the
+	// infinite equity did not move.
+	h.clock.advance(time.Second)
+	h.price(aapl, 10)
+	wantDecision(t, "check after a sane price", h.check(h.buy(msft, 1, 10)), nil)
+	if hw := h.portfolio().GetHighWaterEquity(); hw != 100000 {
+		t.Errorf("high-water equity %g, want 100000", hw)
 	}
 }

@@ -224,6 +224,10 @@ func checkText(v *apierr.Violations, field, text string, required bool, max int)
 		v.Add(field, "required")
 	case len(text) > max:
 		v.Add(field, "must be at most %d characters, got %d", max, len(text))
+	default:
+		if msg := checkPlain(text); msg != "" {
+			v.Add(field, "%s", msg)
+		}
 	}
 }
 
@@ -240,8 +244,16 @@ func (s *Server) ApplyFill(ctx context.Context, req *riskv1.ApplyFillRequest) (*
 	requireID(&v, "fill.reservation_id", f.GetReservationId())
 	positive(&v, "fill.quantity", f.GetQuantity())
 	positive(&v, "fill.price", f.GetPrice())
-	if finite(&v, "fill.fee", f.GetFee()) && f.GetFee() < 0 {
-		v.Add("fill.fee", "must not be negative, got %v", f.GetFee())
+	if q, p := f.GetQuantity(), f.GetPrice(); isFinite(q) && isFinite(p) && q*p > maxFillAmount {
+		v.Add("fill.price", "quantity × price must be at most %g, got %g", maxFillAmount, q*p)
+	}
+	if finite(&v, "fill.fee", f.GetFee()) {
+		switch fee := f.GetFee(); {
+		case fee < 0:
+			v.Add("fill.fee", "must not be negative, got %v", fee)
+		case fee > maxFillAmount:
+			v.Add("fill.fee", "must be at most %g, got %g", maxFillAmount, fee)
+		}
 	}
 	var at time.Time
 	if t := f.GetFillTime(); t != nil {
@@ -305,6 +317,7 @@ func (s *Server) UpdatePrices(ctx context.Context, req *riskv1.UpdatePricesReque
 	}
 	in := make([]priceInput, n)
 	seen := make(map[string]int, n)
+	latest := s.engine.now().Add(maxPriceLead)
 	for i, p := range req.GetPrices() {
 		field := "prices[" + itoa(i) + "]"
 		if msg := checkSymbol(p.GetSymbol()); msg != "" {
@@ -318,6 +331,8 @@ func (s *Server) UpdatePrices(ctx context.Context, req *riskv1.UpdatePricesReque
 		if t := p.GetPriceTime(); t != nil {
 			if err := t.CheckValid(); err != nil {
 				v.Add(field+".price_time", "invalid timestamp: %v", err)
+			} else if at := t.AsTime(); at.After(latest) {
+				v.Add(field+".price_time", "must be at most %s ahead of the server's clock, got %s", maxPriceLead, at.Format(time.RFC3339Nano))
 			}
 			in[i].at = t.AsTime()
 		}

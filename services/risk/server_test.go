@@ -312,6 +312,8 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 			{"fill at zero", codes.InvalidArgument, "fill.price", fill(acct, okFill(func(f *riskv1.Fill) { f.Price = 0 }))},
 			{"negative fee", codes.InvalidArgument, "fill.fee", fill(acct, okFill(func(f *riskv1.Fill) { f.Fee = -0.01 }))},
 			{"infinite fee", codes.InvalidArgument, "fill.fee", fill(acct, okFill(func(f *riskv1.Fill) { f.Fee = inf }))},
+			{"fill notional beyond the bound", codes.InvalidArgument, "fill.price", fill(acct, okFill(func(f *riskv1.Fill) { f.Price = 1e308 }))},
+			{"fee beyond the bound", codes.InvalidArgument, "fill.fee", fill(acct, okFill(func(f *riskv1.Fill) { f.Fee = 1e16 }))},
 			{"fill of an unknown reservation", codes.NotFound, "", fill(acct, okFill(func(f *riskv1.Fill) { f.ReservationId = "nope" }))},
 			{"overfill", codes.FailedPrecondition, "", fill(acct, okFill(func(f *riskv1.Fill) { f.Quantity = 10.5 }))},
 
@@ -331,6 +333,11 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 				_, err := h.client.ReleaseReservation(ctx, &riskv1.ReleaseReservationRequest{AccountId: acct, ReservationId: resID, Reason: strings.Repeat("r", 1001)})
 				return err
 			}},
+			// PostgreSQL refuses a NUL byte in text: the write would fail on every retry.
+			{"release with a NUL in the reason", codes.InvalidArgument, "reason", func() error {
+				_, err := h.client.ReleaseReservation(ctx, &riskv1.ReleaseReservationRequest{AccountId: acct, ReservationId: resID, Reason: "cancel\x00"})
+				return err
+			}},
 
 			{"no prices", codes.InvalidArgument, "prices", prices()},
 			{"10001 prices", codes.InvalidArgument, "prices", prices(manyPrices...)},
@@ -339,6 +346,8 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 			{"infinite price", codes.InvalidArgument, "prices[0].price", prices(&riskv1.PriceUpdate{Symbol: msft, Price: inf}, &riskv1.PriceUpdate{Symbol: aapl, Price: 200})},
 			{"zero price", codes.InvalidArgument, "prices[0].price", prices(&riskv1.PriceUpdate{Symbol: msft, Price: 0})},
 			{"price without symbol", codes.InvalidArgument, "prices[0].symbol", prices(&riskv1.PriceUpdate{Price: 1})},
+			{"price stamped in the future", codes.InvalidArgument, "prices[1].price_time", prices(&riskv1.PriceUpdate{Symbol: aapl, Price: 200},
+				&riskv1.PriceUpdate{Symbol: msft, Price: 1, PriceTime: timestamppb.New(time.Now().Add(time.Hour))})},
 
 			{"portfolio of an unknown account", codes.NotFound, "", func() error {
 				_, err := h.client.GetPortfolio(ctx, &riskv1.GetPortfolioRequest{AccountId: "nobody"})
@@ -381,6 +390,12 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 				})
 				return err
 			}},
+			{"reason with a control character", codes.InvalidArgument, "reason", func() error {
+				_, err := h.client.SetLimits(ctx, &riskv1.SetLimitsRequest{
+					Limits: &riskv1.Limits{AccountId: acct}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"max_order_quantity"}}, Reason: "raise\nlimits",
+				})
+				return err
+			}},
 			{"create without cash", codes.InvalidArgument, "cash_balance", setLimits("acct-new", &riskv1.Limits{MaxOrderQuantity: f(1)}, nil, "max_order_quantity")},
 			{"create with a bad limit", codes.InvalidArgument, "limits.max_order_quantity", setLimits("acct-new", &riskv1.Limits{MaxOrderQuantity: f(-1)}, f(5), "max_order_quantity")},
 
@@ -390,6 +405,14 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 			}},
 			{"trip with a long actor", codes.InvalidArgument, "actor", func() error {
 				_, err := h.client.TriggerKillSwitch(ctx, &riskv1.TriggerKillSwitchRequest{AccountId: acct, Reason: "x", Actor: long})
+				return err
+			}},
+			{"trip with a NUL in the reason", codes.InvalidArgument, "reason", func() error {
+				_, err := h.client.TriggerKillSwitch(ctx, &riskv1.TriggerKillSwitchRequest{AccountId: acct, Reason: "halt\x00"})
+				return err
+			}},
+			{"trip with a control character in the actor", codes.InvalidArgument, "actor", func() error {
+				_, err := h.client.TriggerKillSwitch(ctx, &riskv1.TriggerKillSwitchRequest{AccountId: acct, Reason: "x", Actor: "ops\x1b[31m"})
 				return err
 			}},
 			{"trip without account", codes.InvalidArgument, "account_id", func() error {
@@ -402,6 +425,10 @@ func TestServerBadInputWritesNothing(t *testing.T) {
 			}},
 			{"reset without reason", codes.InvalidArgument, "reason", func() error {
 				_, err := h.client.ResetKillSwitch(ctx, &riskv1.ResetKillSwitchRequest{AccountId: acct})
+				return err
+			}},
+			{"reset with a NUL in the reason", codes.InvalidArgument, "reason", func() error {
+				_, err := h.client.ResetKillSwitch(ctx, &riskv1.ResetKillSwitchRequest{AccountId: acct, Reason: "ok\x00"})
 				return err
 			}},
 			{"reset of an unknown account", codes.NotFound, "", func() error {

@@ -38,8 +38,13 @@ type SQLStore struct {
 	hookMu sync.Mutex
 	hook   func([]*riskv1.RiskEvent)
 
-	nextSeq uint64               // owned by the writer
-	stmts   map[string]*sql.Stmt // prepared write statements, owned by the writer
+	nextSeq uint64 // owned by the writer
+	// seqUnsure is set, by the writer, when a transaction that numbered
+	// events failed: it may have committed all the same (an error after
+	// the server committed, such as commitTimeout), so nextSeq is read
+	// again from the store before it numbers more events.
+	seqUnsure bool
+	stmts     map[string]*sql.Stmt // prepared write statements, owned by the writer
 }
 
 var _ Store = (*SQLStore)(nil)
@@ -50,7 +55,12 @@ type pending struct {
 	onFail func(error) // SubmitAsync only
 }
 
+// finish reports the outcome of p (the writer only). A failure fails the
+// rest of p's chain.
 func (p *pending) finish(err error) {
+	if c := p.u.chain; err != nil && c != nil && c.err == nil {
+		c.err = err
+	}
 	if p.done != nil {
 		p.done <- err
 	}
@@ -74,9 +84,9 @@ var errStoreClosed = errors.New("risk store is closed")
 // NewSQLStore starts the writer on db, which must be migrated with
 // Migrations.
 func NewSQLStore(ctx context.Context, db *store.DB, log *slog.Logger) (*SQLStore, error) {
-	var last sql.NullInt64
-	if err := db.Reader().QueryRowContext(ctx, `SELECT MAX(sequence) FROM risk_events`).Scan(&last); err != nil {
-		return nil, store.Err("read last risk event", err)
+	last, err := lastSequence(ctx, db)
+	if err != nil {
+		return nil, err
 	}
 	s := &SQLStore{
 		db:      db,
@@ -84,10 +94,20 @@ func NewSQLStore(ctx context.Context, db *store.DB, log *slog.Logger) (*SQLStore
 		queue:   make(chan *pending, 8192),
 		stop:    make(chan struct{}),
 		exited:  make(chan struct{}),
-		nextSeq: uint64(last.Int64) + 1,
+		nextSeq: last + 1,
 	}
 	go s.writer()
 	return s, nil
+}
+
+// lastSequence reads the sequence of the newest stored event (0 when there
+// is none).
+func lastSequence(ctx context.Context, db *store.DB) (uint64, error) {
+	var last sql.NullInt64
+	if err := db.Reader().QueryRowContext(ctx, `SELECT MAX(sequence) FROM risk_events`).Scan(&last); err != nil {
+		return 0, store.Err("read last risk event", err)
+	}
+	return uint64(last.Int64), nil
 }
 
 // OnCommit implements Store.
@@ -181,8 +201,22 @@ func (s *SQLStore) writer() {
 }
 
 // commitGroup commits a batch in one transaction; if it fails, each unit is
-// retried alone so that one bad unit cannot fail the others.
+// retried alone so that one bad unit cannot fail the others. A unit whose
+// chain failed before it is failed without being written: it carries the
+// failed unit's effect (see writeChain).
 func (s *SQLStore) commitGroup(batch []*pending) {
+	live := batch[:0]
+	for _, p := range batch {
+		if c := p.u.chain; c != nil && c.err != nil {
+			p.finish(fmt.Errorf("an earlier write of the account failed: %w", c.err))
+			continue
+		}
+		live = append(live, p)
+	}
+	batch = live
+	if len(batch) == 0 {
+		return
+	}
 	err := s.commitUnits(batch)
 	if err == nil {
 		for _, p := range batch {
@@ -202,6 +236,14 @@ func (s *SQLStore) commitGroup(batch []*pending) {
 func (s *SQLStore) commitUnits(batch []*pending) error {
 	ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 	defer cancel()
+	if s.seqUnsure && hasEvents(batch) {
+		last, err := lastSequence(ctx, s.db)
+		if err != nil {
+			return err
+		}
+		s.nextSeq = max(s.nextSeq, last+1)
+		s.seqUnsure = false
+	}
 	first := s.nextSeq
 	var events []*riskv1.RiskEvent
 	var w writeBatch
@@ -210,6 +252,11 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 			s.rollbackSeq(first, events)
 			return err
 		}
+	}
+	if len(w.stmts) == 0 {
+		// Nothing to write (units that only wait for the ones before
+		// them): durable now, since every earlier unit is finished.
+		return nil
 	}
 	var links []trace.Link
 	for _, p := range batch {
@@ -231,6 +278,10 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 	end(err)
 	if err != nil {
 		s.rollbackSeq(first, events)
+		// The transaction may have committed although it reported an
+		// error; reusing its sequences would then fail every later event
+		// on a unique key, kill switch trips included.
+		s.seqUnsure = s.seqUnsure || len(events) > 0
 		return store.Err("commit risk state", err)
 	}
 	s.hookMu.Lock()
@@ -240,6 +291,15 @@ func (s *SQLStore) commitUnits(batch []*pending) error {
 		hook(events)
 	}
 	return nil
+}
+
+func hasEvents(batch []*pending) bool {
+	for _, p := range batch {
+		if len(p.u.events) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *SQLStore) rollbackSeq(first uint64, events []*riskv1.RiskEvent) {

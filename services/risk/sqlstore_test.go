@@ -554,3 +554,85 @@ func TestSQLStoreCloseDrainsQueuedUnits(t *testing.T) {
 		}
 	})
 }
+
+func TestSQLStoreFailedUnitFailsTheRestOfItsChain(t *testing.T) {
+	runStoreContract(t, func(t *testing.T, _ *store.DB, st *SQLStore) {
+		taken := fillRow{accountID: "a", fillID: "taken", reservationID: "r", quantity: 1, price: 1, at: storeT(0)}
+		commitUnit(t, st, &unit{fills: []fillRow{taken}})
+		pos := func(account, symbol string) []positionRow {
+			return []positionRow{{accountID: account, symbol: symbol, qty: 1, updated: storeT(0)}}
+		}
+		a, b := &writeChain{}, &writeChain{}
+		bad := &unit{chain: a, positions: pos("a", "S1"), fills: []fillRow{taken}} // the fill's key is taken
+		units := []*unit{
+			bad,
+			{chain: a, positions: pos("a", "S2")}, // copied from memory after bad: holds its effect
+			{chain: a},                            // nothing to write: waits for the chain
+			{chain: b, positions: pos("b", "S3")}, // another account
+			{positions: pos("", "S4")},            // no account
+		}
+		wantOK := []bool{false, false, false, true, true}
+		// Submitted together, they are committed as one group or more.
+		dones := make([]<-chan error, len(units))
+		for i, u := range units {
+			dones[i] = st.Submit(u)
+		}
+		for i, done := range dones {
+			if err := <-done; (err == nil) != wantOK[i] {
+				t.Errorf("unit %d: %v, want success %v", i, err, wantOK[i])
+			}
+		}
+		// Until the engine starts a new chain, the failed one stays failed.
+		if err := <-st.Submit(&unit{chain: a, positions: pos("a", "S5")}); err == nil {
+			t.Error("a unit of the failed chain committed")
+		}
+		commitUnit(t, st, &unit{chain: &writeChain{}, positions: pos("a", "S6")})
+		var got []string
+		for _, p := range loadAll(t, st, storeT(0)).positions {
+			got = append(got, p.symbol)
+		}
+		sort.Strings(got)
+		if diff := cmp.Diff([]string{"S3", "S4", "S6"}, got); diff != "" {
+			t.Errorf("positions stored (-want +got):\n%s", diff)
+		}
+	})
+}
+
+func TestSQLStoreRecoversFromATakenSequence(t *testing.T) {
+	runStoreContract(t, func(t *testing.T, db *store.DB, st *SQLStore) {
+		ctx := context.Background()
+		commitUnit(t, st, &unit{events: []*riskv1.RiskEvent{rejectionEvent("a", storeT(0))}})
+		// A commit that reported an error after the database committed it
+		// leaves its events stored with sequences the writer gives out
+		// again; here the event is stored behind the writer's back.
+		ambiguous := rejectionEvent("a", storeT(0))
+		ambiguous.Sequence = 2
+		payload, err := proto.Marshal(ambiguous)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Exec(ctx, `INSERT INTO risk_events (sequence, account_id, event_type, event_time, payload) VALUES (2, 'a', $1, 0, $2)`,
+			int64(ambiguous.GetType()), payload); err != nil {
+			t.Fatal(err)
+		}
+		// The next event collides with it and fails; the writer then reads
+		// the last stored sequence again, and later events are written.
+		if err := <-st.Submit(&unit{events: []*riskv1.RiskEvent{rejectionEvent("b", storeT(0))}}); err == nil {
+			t.Fatal("an event with a taken sequence committed")
+		}
+		for i := range 3 {
+			ev := rejectionEvent("c", storeT(0))
+			commitUnit(t, st, &unit{events: []*riskv1.RiskEvent{ev}})
+			if ev.GetSequence() != uint64(3+i) {
+				t.Errorf("event %d after the collision has sequence %d, want %d", i, ev.GetSequence(), 3+i)
+			}
+		}
+		evs, err := st.Events(ctx, 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) != 5 || evs[len(evs)-1].GetSequence() != 5 {
+			t.Errorf("stored events: %v, want sequences 1 to 5", evs)
+		}
+	})
+}

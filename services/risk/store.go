@@ -73,6 +73,21 @@ type unit struct {
 	// span is the context of the request that made the change; the
 	// commit's span links to it when it is sampled.
 	span trace.SpanContext
+	// chain is the account's chain of writes this unit belongs to; nil
+	// for writes of no account.
+	chain *writeChain
+}
+
+// writeChain links the writes of one account submitted since its memory
+// was last read from the store. A unit carries whole rows (position, cash,
+// reservation) copied from memory, so it includes the effect of every
+// earlier unit of its chain: once one of them fails, a later one would
+// store the effect of the failed write (a fill whose own row is missing
+// would be applied again when it is resent). The store fails every later
+// unit of a chain whose unit failed, without writing it; the engine starts
+// a new chain when it reloads the account.
+type writeChain struct {
+	err error // the first failure; read and written by the store's writer only
 }
 
 func (u *unit) empty() bool {
@@ -109,6 +124,9 @@ type Store interface {
 	// receives nil when u is durable, or why it is not. Units are committed
 	// in the order they were submitted, many per transaction; each gets
 	// sequence numbers for its events, after every event committed before.
+	// A unit whose chain had an earlier unit fail fails too, unwritten. A
+	// unit with nothing to write is durable once every unit submitted
+	// before it is (and fails if its chain failed).
 	Submit(u *unit) <-chan error
 	// SubmitAsync queues u without waiting: never blocks, and calls onFail
 	// (from the writer) if u is dropped because the queue is full or cannot

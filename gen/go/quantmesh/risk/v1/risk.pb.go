@@ -243,7 +243,8 @@ const (
 	// the kill switch.
 	RiskRule_RISK_RULE_MAX_DRAWDOWN RiskRule = 15
 	// The service could not read the account's state or could not write the
-	// reservation, so it rejected (fails closed). No other rule was evaluated.
+	// reservation, or the account's equity is not a finite number, so it
+	// rejected (fails closed). No other rule was evaluated.
 	// limit and observed 0; message says what failed.
 	RiskRule_RISK_RULE_FAIL_CLOSED RiskRule = 16
 )
@@ -1186,10 +1187,10 @@ type Fill struct {
 	// more is FAILED_PRECONDITION and nothing is written.
 	Quantity float64 `protobuf:"fixed64,3,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// Execution price per unit in the account's currency; finite and greater
-	// than 0.
+	// than 0, with quantity × price at most 1e15.
 	Price float64 `protobuf:"fixed64,4,opt,name=price,proto3" json:"price,omitempty"`
-	// Fees in the account's currency, finite and not negative; deducted from
-	// cash. 0 when none.
+	// Fees in the account's currency, finite, not negative and at most 1e15;
+	// deducted from cash. 0 when none.
 	Fee float64 `protobuf:"fixed64,5,opt,name=fee,proto3" json:"fee,omitempty"`
 	// When the market executed the fill; the server's clock when unset.
 	FillTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=fill_time,json=fillTime,proto3" json:"fill_time,omitempty"`
@@ -1343,7 +1344,8 @@ type ApplyFillResponse struct {
 	Position *Position `protobuf:"bytes,2,opt,name=position,proto3" json:"position,omitempty"`
 	// The account's cash after the fill, in currency.
 	Cash float64 `protobuf:"fixed64,3,opt,name=cash,proto3" json:"cash,omitempty"`
-	// True when fill_id had already been applied; nothing changed.
+	// True when fill_id had already been applied; nothing changed. Answered
+	// only once the first application is durable.
 	Duplicate bool `protobuf:"varint,4,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	// True when the reservation was no longer OPEN (released or expired
 	// before the fill arrived). The fill is still applied: the market did
@@ -1437,8 +1439,8 @@ type ReleaseReservationRequest struct {
 	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
 	// The reservation; NOT_FOUND when unknown or of another account.
 	ReservationId string `protobuf:"bytes,2,opt,name=reservation_id,json=reservationId,proto3" json:"reservation_id,omitempty"`
-	// Optional reason recorded with the release, at most 1000 characters,
-	// for example "cancelled by engine".
+	// Optional reason recorded with the release, at most 1000 characters and
+	// no control characters, for example "cancelled by engine".
 	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1568,9 +1570,10 @@ type PriceUpdate struct {
 	// Reference price per unit in the account currency; finite and greater
 	// than 0.
 	Price float64 `protobuf:"fixed64,2,opt,name=price,proto3" json:"price,omitempty"`
-	// When the price was observed; the server's clock when unset. An update
-	// older than the symbol's current price_time is ignored, so out-of-order
-	// and replayed updates cannot move a price back.
+	// When the price was observed; the server's clock when unset, and at
+	// most 1 minute ahead of it. An update older than the symbol's current
+	// price_time is ignored, so out-of-order and replayed updates cannot move
+	// a price back.
 	PriceTime     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=price_time,json=priceTime,proto3" json:"price_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2636,8 +2639,8 @@ type SetLimitsRequest struct {
 	// correction), not P&L: day_start_equity and high_water_equity move by the
 	// same amount.
 	CashBalance *float64 `protobuf:"fixed64,4,opt,name=cash_balance,json=cashBalance,proto3,oneof" json:"cash_balance,omitempty"`
-	// Why the change is made, at most 1000 characters; recorded in the
-	// RISK_EVENT_TYPE_LIMITS_CHANGED event.
+	// Why the change is made, at most 1000 characters and no control
+	// characters; recorded in the RISK_EVENT_TYPE_LIMITS_CHANGED event.
 	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2768,10 +2771,11 @@ type TriggerKillSwitchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The account; NOT_FOUND when unknown.
 	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
-	// Why, 1 to 1000 characters; required.
+	// Why, 1 to 1000 characters, no control characters; required.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Optional name of the person acting (for example the on-call engineer),
-	// at most 128 characters; recorded beside the authenticated principal.
+	// at most 128 characters, no control characters; recorded beside the
+	// authenticated principal.
 	Actor         string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2833,7 +2837,8 @@ type TriggerKillSwitchResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The kill switch, tripped.
 	KillSwitch *KillSwitchState `protobuf:"bytes,1,opt,name=kill_switch,json=killSwitch,proto3" json:"kill_switch,omitempty"`
-	// True when it was already tripped; its state was not changed.
+	// True when it was already tripped; its state was not changed. Answered
+	// only once the trip is durable.
 	AlreadyTripped bool `protobuf:"varint,2,opt,name=already_tripped,json=alreadyTripped,proto3" json:"already_tripped,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -2888,10 +2893,10 @@ type ResetKillSwitchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The account; NOT_FOUND when unknown.
 	AccountId string `protobuf:"bytes,1,opt,name=account_id,json=accountId,proto3" json:"account_id,omitempty"`
-	// Why, 1 to 1000 characters; required.
+	// Why, 1 to 1000 characters, no control characters; required.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
-	// Optional name of the person acting, at most 128 characters; recorded
-	// beside the authenticated principal.
+	// Optional name of the person acting, at most 128 characters, no control
+	// characters; recorded beside the authenticated principal.
 	Actor string `protobuf:"bytes,3,opt,name=actor,proto3" json:"actor,omitempty"`
 	// When set, the reset applies only if the switch's revision equals it,
 	// otherwise ABORTED: a retried or late reset cannot clear a trip it never
