@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -149,7 +150,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "model %s version %d (run %s): test loss %.4f, test accuracy %.3f", cfg.Model, res.Version, res.RunID, res.TestLoss, res.TestAcc)
+	if math.IsNaN(res.TestLoss) {
+		fmt.Fprintf(stdout, "model %s version %d (run %s): no test metrics (nothing held out)", cfg.Model, res.Version, res.RunID)
+	} else {
+		fmt.Fprintf(stdout, "model %s version %d (run %s): test loss %.4f, test accuracy %.3f", cfg.Model, res.Version, res.RunID, res.TestLoss, res.TestAcc)
+	}
 	if res.Promoted {
 		fmt.Fprintf(stdout, "; %s now points to it", training.ProductionAlias)
 	}

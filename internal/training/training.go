@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -109,6 +110,11 @@ func Build(series []marketdata.Series, horizon int, threshold, holdOut float64) 
 		}
 		split := int(float64(n) * (1 - holdOut))
 		for i := range n {
+			if split < n && i < split && i >= split-horizon {
+				// Purged: the label's forward return reaches into the
+				// held-out bars.
+				continue
+			}
 			y := policy.Action(labels[features.Warmup-1+i])
 			ds.ClassCounts[y]++
 			if i < split {
@@ -190,8 +196,13 @@ func Train(ctx context.Context, client experimentv1.ExperimentServiceClient, cfg
 		return nil, fmt.Errorf("train: %w", err)
 	}
 	res := &Result{Network: net, Epochs: stats, RunID: runID}
-	res.TestLoss, res.TestAcc = policy.Evaluate(net, ds.TestX, ds.TestY)
-	final := map[string]float64{"test/loss": res.TestLoss, "test/accuracy": res.TestAcc}
+	final := map[string]float64{}
+	if len(ds.TestX) > 0 { // --hold-out 0 holds nothing out: no test metrics
+		res.TestLoss, res.TestAcc = policy.Evaluate(net, ds.TestX, ds.TestY)
+		final["test/loss"], final["test/accuracy"] = res.TestLoss, res.TestAcc
+	} else {
+		res.TestLoss, res.TestAcc = math.NaN(), math.NaN()
+	}
 	for k, v := range final {
 		epochs = append(epochs, &experimentv1.Metric{Key: k, Value: v, Step: int64(len(stats))})
 	}
