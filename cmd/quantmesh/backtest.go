@@ -69,7 +69,7 @@ func runBacktest(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	fs.IntVar(&f.folds, "folds", 1, "test segments after the first training window (expanding-window refits), 1 to 20")
 	fs.IntVar(&f.start, "start", 0, "first row of the range, from 0")
 	fs.IntVar(&f.end, "end", 0, "first row after the range; 0 means the end of the data")
-	fs.Float64Var(&f.costBps, "switching-cost-bps", 10, "switching cost in basis points of capital per unit of churn, 0 to 10000")
+	fs.Float64Var(&f.costBps, "switching-cost-bps", 10, "trading cost in basis points of the net exposure traded each bar (HRL training charges it per unit of churn), 0 to 10000")
 	fs.IntVar(&f.periods, "periods-per-year", 252, "bars per year for annualising")
 	fs.IntVar(&f.hrl.Epochs, "epochs", f.hrl.Epochs, "HRL training epochs")
 	fs.Float64Var(&f.hrl.LearningRate, "learning-rate", f.hrl.LearningRate, "HRL Adam learning rate")

@@ -4,11 +4,22 @@
 //
 // Timing: the weights w_t are decided at the close of bar t from bars up to
 // t; the portfolio's return over bar t+1 is sum_i w_t,i * r_t+1,i minus the
-// switching cost of moving from w_t-1 to w_t, where r_t+1,i is strategy i's
-// return over bar t+1 (pkg/strategy). A policy runs causally from the first
-// bar of the range, so its state at the first evaluated bar is what it
-// would have been live; only bars after the training window count in the
-// metrics.
+// trading cost of bar t's close, where r_t+1,i is strategy i's return over
+// bar t+1 (pkg/strategy). A policy runs causally from the first bar of the
+// range, so its state at the first evaluated bar is what it would have been
+// live; only bars after the training window count in the metrics.
+//
+// Cost: every evaluated series is one instrument, and every strategy holds
+// a position in it (pkg/strategy), so the portfolio holds the net exposure
+// e_t = sum_i w_t,i * p_t,i over bar t+1, where p_t,i is strategy i's
+// position decided at bar t. At bar t's close it trades |e_t - e_t-1| of
+// capital (the drift of the exposure with the price over the bar is
+// ignored) and is charged cost * |e_t - e_t-1|, cost being
+// Config.SwitchingCostBps / 10000. So a strategy's own trades are charged
+// (trend following flipping from long to short under a constant weight w
+// trades 2w), and moving weight between strategies that hold the same
+// position is free. Churn (the change of the weights) is an allocation
+// stability metric, not a cost.
 package backtest
 
 import (
@@ -17,6 +28,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/quantmesh/quantmesh/pkg/dpgmm"
 	"github.com/quantmesh/quantmesh/pkg/strategy"
 )
 
@@ -90,7 +102,11 @@ type Config struct {
 	TrainFraction float64
 	// Folds is the number of test segments (expanding window), >= 1.
 	Folds int
-	// SwitchingCostBps is the cost per unit of churn in basis points.
+	// SwitchingCostBps is the trading cost in basis points of the capital
+	// traded: each bar is charged SwitchingCostBps / 10000 times the change
+	// of the portfolio's net exposure to the instrument (see the package
+	// comment), not times the churn of the weights. (HRL training, in
+	// pkg/hrl, has its own objective, which charges it per unit of churn.)
 	SwitchingCostBps float64
 	// PeriodsPerYear annualises Sharpe and volatility.
 	PeriodsPerYear int
@@ -137,6 +153,10 @@ type Point struct {
 	NetReturn float64
 	Equity    float64
 	Churn     float64
+	// Traded is the change of net exposure at the previous bar's close,
+	// |e_t - e_t-1| (see the package comment); NetReturn is net of cost *
+	// Traded.
+	Traded float64
 }
 
 // Result is one policy's backtest.
@@ -206,7 +226,9 @@ type Portfolio struct {
 	// bar: its net return of a bar is the mean of the series' net returns,
 	// its churn the mean of their churns (the share of all capital that
 	// moves, so a switch in one of four series is a churn of a quarter),
-	// and its mean weights the mean of theirs.
+	// its traded exposure and cost the mean of theirs (each series is its
+	// own instrument: exposures to different series do not net), and its
+	// mean weights the mean of theirs.
 	Combined []Result
 }
 
@@ -219,10 +241,13 @@ func RunPortfolio(ctx context.Context, cfg Config) (*Portfolio, error) {
 }
 
 type accumulator struct {
-	net, churn []float64
-	weights    [][]float64
-	index      []int
-	prev       []float64
+	net, churn, traded []float64
+	weights            [][]float64
+	index              []int
+	// prev and prevExposure are the weights and the net exposure decided
+	// at the bar before the next one to add.
+	prev         []float64
+	prevExposure float64
 }
 
 func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
@@ -270,9 +295,11 @@ func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 	cost := cfg.SwitchingCostBps / 10000
 	out := &Portfolio{Series: make([]*Report, len(evaluated))}
 	rets := make([][][]float64, len(evaluated))
+	pos := make([][][]float64, len(evaluated))
 	acc := make([][]accumulator, len(evaluated))
 	for s, closes := range evaluated {
 		rets[s] = strategy.ReturnMatrix(cfg.Strategies, closes)
+		pos[s] = strategy.PositionMatrix(cfg.Strategies, closes)
 		out.Series[s] = &Report{Results: make([]Result, len(cfg.Policies))}
 		acc[s] = make([]accumulator, len(cfg.Policies))
 		for i := range acc[s] {
@@ -306,7 +333,7 @@ func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", pk, err)
 				}
-				acc[s][pi].add(W, rets[s], trainEnd, testEnd, cost)
+				acc[s][pi].add(W, rets[s], pos[s], trainEnd, testEnd, cost)
 			}
 		}
 	}
@@ -314,7 +341,7 @@ func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 		for pi := range cfg.Policies {
 			a := &acc[s][pi]
 			r := &out.Series[s].Results[pi]
-			r.Metrics = compute(a.net, a.churn, a.weights, cost, cfg.PeriodsPerYear)
+			r.Metrics = compute(a, cost, cfg.PeriodsPerYear)
 			if cfg.Series {
 				r.Series = a.points()
 			}
@@ -323,7 +350,7 @@ func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 	if portfolio {
 		for pi, pk := range cfg.Policies {
 			c := combine(acc, pi)
-			r := Result{Policy: pk, Metrics: compute(c.net, c.churn, c.weights, cost, cfg.PeriodsPerYear)}
+			r := Result{Policy: pk, Metrics: compute(c, cost, cfg.PeriodsPerYear)}
 			if cfg.Series {
 				r.Series = c.points()
 			}
@@ -355,25 +382,39 @@ func (cfg Config) foldHRL(ctx context.Context, preps []*Prepared, rets [][][]flo
 }
 
 // add accumulates the evaluated bars of one fold: the weights decided at
-// bars trainEnd-1 to testEnd-2 earn the next bar's returns.
-func (a *accumulator) add(W, rets [][]float64, trainEnd, testEnd int, cost float64) {
+// bars trainEnd-1 to testEnd-2 earn the next bar's returns, net of the cost
+// of the exposure traded at that bar's close (pos is
+// strategy.PositionMatrix of the series, rets its ReturnMatrix).
+func (a *accumulator) add(W, rets, pos [][]float64, trainEnd, testEnd int, cost float64) {
 	if a.prev == nil {
 		a.prev = W[trainEnd-2]
+		a.prevExposure = Exposure(a.prev, pos[trainEnd-2])
 	}
 	for t := trainEnd - 1; t < testEnd-1; t++ {
 		w := W[t]
-		ch := Churn(w, a.prev)
+		e := Exposure(w, pos[t])
+		traded := math.Abs(e - a.prevExposure)
 		var r float64
 		for i, x := range w {
 			r += x * rets[t+1][i]
 		}
-		r -= cost * ch
-		a.net = append(a.net, r)
-		a.churn = append(a.churn, ch)
+		a.net = append(a.net, r-cost*traded)
+		a.churn = append(a.churn, Churn(w, a.prev))
+		a.traded = append(a.traded, traded)
 		a.weights = append(a.weights, w)
 		a.index = append(a.index, t+1)
-		a.prev = w
+		a.prev, a.prevExposure = w, e
 	}
+}
+
+// Exposure is the net position in the instrument of a portfolio holding
+// weights w of strategies holding positions pos.
+func Exposure(w, pos []float64) float64 {
+	var e float64
+	for i, x := range w {
+		e += x * pos[i]
+	}
+	return e
 }
 
 func (a *accumulator) points() []Point {
@@ -381,7 +422,7 @@ func (a *accumulator) points() []Point {
 	equity := 1.0
 	for i, r := range a.net {
 		equity *= 1 + r
-		pts[i] = Point{Index: a.index[i], Weights: a.weights[i], NetReturn: r, Equity: equity, Churn: a.churn[i]}
+		pts[i] = Point{Index: a.index[i], Weights: a.weights[i], NetReturn: r, Equity: equity, Churn: a.churn[i], Traded: a.traded[i]}
 	}
 	return pts
 }
@@ -392,7 +433,7 @@ func combine(acc [][]accumulator, pi int) *accumulator {
 	first := &acc[0][pi]
 	k := float64(len(acc))
 	c := &accumulator{
-		net: make([]float64, len(first.net)), churn: make([]float64, len(first.net)),
+		net: make([]float64, len(first.net)), churn: make([]float64, len(first.net)), traded: make([]float64, len(first.net)),
 		weights: make([][]float64, len(first.net)), index: first.index,
 	}
 	for t := range c.net {
@@ -401,6 +442,7 @@ func combine(acc [][]accumulator, pi int) *accumulator {
 			a := &acc[s][pi]
 			c.net[t] += a.net[t] / k
 			c.churn[t] += a.churn[t] / k
+			c.traded[t] += a.traded[t] / k
 			for i, w := range a.weights[t] {
 				c.weights[t][i] += w / k
 			}
@@ -434,7 +476,9 @@ func (cfg Config) prepare(ctx context.Context, closes []float64, trainEnd int) (
 func Prepare(ctx context.Context, closes []float64, trainEnd int, strats []strategy.Strategy, seed int64, sm Smoothing) (*Prepared, error) {
 	m, err := FitRegimes(ctx, closes[:trainEnd], seed)
 	if err != nil {
-		if errors.Is(err, ErrTooShort) {
+		// The mixture rejects a degenerate window (a constant feature, as
+		// in a flat or constant-growth series): the caller's data.
+		if errors.Is(err, ErrTooShort) || errors.Is(err, dpgmm.ErrInvalidInput) {
 			return nil, invalid("%v", err)
 		}
 		return nil, err
@@ -530,31 +574,25 @@ func (p *Prepared) Weights(pk PolicyKind, hrl Policy, n int) ([][]float64, error
 
 // Evaluate returns a policy's metrics over the returns of rows [from, to)
 // of the prepared series (from >= 2), with weights decided at the bar
-// before each; rets is strategy.ReturnMatrix of the same closes. It is what
-// Run computes for a single fold.
-func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets [][]float64, from, to int, costBps float64, periodsPerYear int) (Metrics, error) {
+// before each; rets and pos are strategy.ReturnMatrix and
+// strategy.PositionMatrix of the same closes, and the cost is charged on
+// the net exposure traded (Config.SwitchingCostBps). It is what Run
+// computes for a single fold.
+func (p *Prepared) Evaluate(pk PolicyKind, pol Policy, rets, pos [][]float64, from, to int, costBps float64, periodsPerYear int) (Metrics, error) {
 	if from < 2 || to > len(p.States) || to <= from {
 		return Metrics{}, invalid("rows %d-%d of %d: need 2 <= from < to <= rows", from, to, len(p.States))
 	}
-	n := len(rets[0])
-	W, err := p.Weights(pk, pol, n)
+	if len(rets) != len(p.States) || len(pos) != len(p.States) {
+		return Metrics{}, invalid("%d rows of returns and %d of positions for %d rows", len(rets), len(pos), len(p.States))
+	}
+	W, err := p.Weights(pk, pol, len(rets[0]))
 	if err != nil {
 		return Metrics{}, err
 	}
 	cost := costBps / 10000
-	var net, churn []float64
-	var weights [][]float64
-	for t := from - 1; t < to-1; t++ {
-		ch := Churn(W[t], W[t-1])
-		var r float64
-		for i, x := range W[t] {
-			r += x * rets[t+1][i]
-		}
-		net = append(net, r-cost*ch)
-		churn = append(churn, ch)
-		weights = append(weights, W[t])
-	}
-	return compute(net, churn, weights, cost, periodsPerYear), nil
+	var a accumulator
+	a.add(W, rets, pos, from, to, cost)
+	return compute(&a, cost, periodsPerYear), nil
 }
 
 // PooledTrainingData returns the HRL training data of the first trainEnd

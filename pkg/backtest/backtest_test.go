@@ -68,12 +68,14 @@ func TestBaselines(t *testing.T) {
 				t.Fatalf("%s: metrics %+v", r.Policy, m)
 			}
 		}
-		if math.Abs(m.TurnoverCost-m.ChurnRate*float64(m.Bars)*0.001) > 1e-12 {
-			t.Errorf("%s: turnover cost %v, churn rate %v", r.Policy, m.TurnoverCost, m.ChurnRate)
-		}
+		checkCost(t, closes, r)
 	}
 	if eq := rep.Results[2].Metrics; eq.ChurnRate != 0 || eq.MaxDisruption != 0 {
 		t.Errorf("equal weight churns: %+v", eq)
+	}
+	// Its strategies trade, so it pays.
+	if eq := rep.Results[2].Metrics; !(eq.TurnoverCost > 0.01) {
+		t.Errorf("equal weight turnover cost %v, want its strategies' trades charged", eq.TurnoverCost)
 	}
 	if nv := rep.Results[0].Metrics; nv.MaxDisruption != 0 && nv.MaxDisruption != 1 {
 		t.Errorf("naive router max disruption %v, want 0 or 1", nv.MaxDisruption)
@@ -117,6 +119,9 @@ func TestInvalid(t *testing.T) {
 		"too many folds": func(c *Config) { c.Closes = closes[:200]; c.Folds = 100 },
 		"hrl untrained":  func(c *Config) { c.Policies = []PolicyKind{HRL} },
 		"bad price":      func(c *Config) { c.Closes = append([]float64{-1}, closes...) },
+		// A constant feature: the mixture fit rejects the window.
+		"flat series":     func(c *Config) { c.Closes = degenerate(400, 0) },
+		"constant growth": func(c *Config) { c.Closes = degenerate(400, 0.001) },
 	}
 	for name, mod := range cases {
 		cfg := baseConfig(closes)
@@ -125,6 +130,15 @@ func TestInvalid(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrInvalid", name, err)
 		}
 	}
+}
+
+// degenerate is n closes growing by a constant rate from 100.
+func degenerate(n int, rate float64) []float64 {
+	c := make([]float64, n)
+	for i := range c {
+		c[i] = 100 * math.Pow(1+rate, float64(i))
+	}
+	return c
 }
 
 func TestFolds(t *testing.T) {
@@ -153,6 +167,142 @@ func TestFolds(t *testing.T) {
 	}
 	if m := rep.Results[0].Metrics; m.Bars != len(closes)-rep.Folds[0].TrainEnd {
 		t.Fatalf("%d bars evaluated", m.Bars)
+	}
+	// The exposure carries over from fold to fold.
+	for _, r := range rep.Results {
+		checkCost(t, closes, r)
+	}
+}
+
+// checkCost checks a result's bars against baseConfig's cost model
+// recomputed from the strategies' positions: each bar after the first
+// trades the change of the net exposure, its net return is the gross one
+// less 10 bps of that, and the turnover cost is their sum.
+func checkCost(t *testing.T, closes []float64, r Result) {
+	t.Helper()
+	pos := strategy.PositionMatrix(strategy.All(), closes)
+	rets := strategy.ReturnMatrix(strategy.All(), closes)
+	exposure := func(p Point) float64 {
+		var e float64
+		for i, w := range p.Weights {
+			e += w * pos[p.Index-1][i]
+		}
+		return e
+	}
+	var total float64
+	for k, p := range r.Series {
+		total += 0.001 * p.Traded
+		var gross float64
+		for i, w := range p.Weights {
+			gross += w * rets[p.Index][i]
+		}
+		if math.Abs(p.NetReturn-(gross-0.001*p.Traded)) > 1e-15 {
+			t.Fatalf("%s row %d: net return %v, gross %v, traded %v", r.Policy, p.Index, p.NetReturn, gross, p.Traded)
+		}
+		if k == 0 {
+			continue
+		}
+		if want := math.Abs(exposure(p) - exposure(r.Series[k-1])); math.Abs(p.Traded-want) > 1e-12 {
+			t.Fatalf("%s row %d: traded %v, the exposure changed by %v", r.Policy, p.Index, p.Traded, want)
+		}
+	}
+	if math.Abs(r.Metrics.TurnoverCost-total) > 1e-12 {
+		t.Errorf("%s: turnover cost %v, charged %v", r.Policy, r.Metrics.TurnoverCost, total)
+	}
+}
+
+// scriptedPolicy serves weights[t] at bar t.
+type scriptedPolicy [][]float64
+
+func (p scriptedPolicy) NewRunner() Runner { return &scriptedRunner{weights: p} }
+
+type scriptedRunner struct {
+	weights [][]float64
+	t       int
+}
+
+func (r *scriptedRunner) Step(_, w, target []float64) error {
+	copy(w, r.weights[r.t])
+	copy(target, r.weights[r.t])
+	r.t++
+	return nil
+}
+
+// The cost is charged on the change of the net exposure to the instrument,
+// sum_i w_i * position_i, not on the churn of the weights: hand-computed
+// cases of two strategies on a price rising 1% every bar, 10 bps.
+func TestTradingCost(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		// weights[t] and positions[t] are decided at bar t; rows 1 to
+		// len-2 are evaluated (they earn bars 2 to len-1).
+		weights, positions [][]float64
+		// traded is the exposure traded at each evaluated row, churn the
+		// churns' sum.
+		traded []float64
+		churn  float64
+	}{
+		{
+			name:      "weight moves between strategies holding the same position",
+			weights:   [][]float64{{1, 0}, {0, 1}, {0, 1}},
+			positions: [][]float64{{1, 1}, {1, 1}, {1, 1}},
+			traded:    []float64{0}, churn: 1,
+		},
+		{
+			name:      "a strategy flips under constant weights",
+			weights:   [][]float64{{0.5, 0.5}, {0.5, 0.5}, {0.5, 0.5}},
+			positions: [][]float64{{1, 1}, {-1, 1}, {-1, 1}},
+			traded:    []float64{2 * 0.5}, churn: 0,
+		},
+		{
+			name:      "weight moves from a long strategy to a short one",
+			weights:   [][]float64{{1, 0}, {0, 1}, {0, 1}},
+			positions: [][]float64{{1, -1}, {1, -1}, {1, -1}},
+			traded:    []float64{2}, churn: 1,
+		},
+		{
+			name:      "a strategy re-sizes under equal weights",
+			weights:   [][]float64{{0.5, 0.5}, {0.5, 0.5}, {0.5, 0.5}},
+			positions: [][]float64{{0.2, 1}, {0.6, 1}, {0.6, 1}},
+			traded:    []float64{0.5 * 0.4}, churn: 0,
+		},
+		{
+			name:      "several bars",
+			weights:   [][]float64{{1, 0}, {0, 1}, {0.5, 0.5}, {0.5, 0.5}, {0.5, 0.5}, {0.5, 0.5}},
+			positions: [][]float64{{1, 1}, {1, 1}, {1, 1}, {-1, 1}, {-1, 1}, {-1, 1}},
+			traded:    []float64{0, 0, 1, 0}, churn: 1 + 0.5,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := len(tc.weights)
+			prep := &Prepared{Filtered: &Filtered{Probs: make([][]float64, n)}, States: make([][]float64, n)}
+			rets := make([][]float64, n)
+			rets[0] = []float64{0, 0}
+			for i := range n {
+				prep.Filtered.Probs[i], prep.States[i] = []float64{1}, []float64{0}
+				if i > 0 {
+					rets[i] = []float64{0.01 * tc.positions[i-1][0], 0.01 * tc.positions[i-1][1]}
+				}
+			}
+			m, err := prep.Evaluate(HRL, scriptedPolicy(tc.weights), rets, tc.positions, 2, n, 10, 252)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cost float64
+			equity := 1.0
+			for k, traded := range tc.traded {
+				e := Exposure(tc.weights[k+1], tc.positions[k+1])
+				equity *= 1 + 0.01*e - 0.001*traded
+				cost += 0.001 * traded
+			}
+			if m.Bars != n-2 || math.Abs(m.TurnoverCost-cost) > 1e-15 || math.Abs(m.TotalReturn-(equity-1)) > 1e-15 ||
+				math.Abs(m.ChurnRate*float64(m.Bars)-tc.churn) > 1e-15 {
+				t.Errorf("%d bars: turnover cost %v, total return %v, churn %v; want %d, %v, %v and %v",
+					m.Bars, m.TurnoverCost, m.TotalReturn, m.ChurnRate*float64(m.Bars), n-2, cost, equity-1, tc.churn)
+			}
+		})
 	}
 }
 

@@ -203,14 +203,25 @@ func (s Strategy) Returns(closes []float64) []float64 {
 
 // ReturnMatrix returns out[t][i], strategy i's return over bar t.
 func ReturnMatrix(strats []Strategy, closes []float64) [][]float64 {
+	return matrix(strats, closes, Strategy.Returns)
+}
+
+// PositionMatrix returns out[t][i], strategy i's position decided at the
+// close of bar t: the one that earns ReturnMatrix's out[t+1][i].
+func PositionMatrix(strats []Strategy, closes []float64) [][]float64 {
+	return matrix(strats, closes, Strategy.Positions)
+}
+
+// matrix returns out[t][i] = column(strats[i], closes)[t].
+func matrix(strats []Strategy, closes []float64, column func(Strategy, []float64) []float64) [][]float64 {
 	out := make([][]float64, len(closes))
 	flat := make([]float64, len(closes)*len(strats))
 	for t := range out {
 		out[t] = flat[t*len(strats) : (t+1)*len(strats)]
 	}
 	for i, s := range strats {
-		for t, r := range s.Returns(closes) {
-			out[t][i] = r
+		for t, v := range column(s, closes) {
+			out[t][i] = v
 		}
 	}
 	return out

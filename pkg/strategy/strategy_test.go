@@ -70,6 +70,27 @@ func TestReturnsOnBundledData(t *testing.T) {
 	}
 }
 
+// PositionMatrix holds the positions that earn ReturnMatrix's returns.
+func TestPositionMatrix(t *testing.T) {
+	t.Parallel()
+	closes := randomWalk(300, 3)
+	pos, rets := PositionMatrix(All(), closes), ReturnMatrix(All(), closes)
+	if len(pos) != len(closes) {
+		t.Fatalf("%d rows of positions for %d closes", len(pos), len(closes))
+	}
+	for i, s := range All() {
+		want := s.Positions(closes)
+		for t2 := range closes {
+			if pos[t2][i] != want[t2] {
+				t.Fatalf("%s: position %d = %v, want %v", s.Name, t2, pos[t2][i], want[t2])
+			}
+			if t2 > 0 && rets[t2][i] != pos[t2-1][i]*(closes[t2]/closes[t2-1]-1) {
+				t.Fatalf("%s: return %d = %v, not position %d's", s.Name, t2, rets[t2][i], t2-1)
+			}
+		}
+	}
+}
+
 func TestByName(t *testing.T) {
 	t.Parallel()
 	got, err := ByName([]string{"momentum", "defensive"})

@@ -338,10 +338,21 @@ func TestRunBacktestInvalid(t *testing.T) {
 			Symbol: "X", Bars: []*metacontrollerv1.Bar{{Open: 1, High: 1, Low: 1, Close: 1}}}}}}, "dataset.inline_bars.bars"},
 		{"inline bad bar", &metacontrollerv1.RunBacktestRequest{Dataset: &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_InlineBars{InlineBars: &metacontrollerv1.InlineBars{
 			Symbol: "X", Bars: []*metacontrollerv1.Bar{{Open: 1, High: 1, Low: 1, Close: 1}, {Open: 1, High: 0.5, Low: 1, Close: 1}}}}}}, "dataset.inline_bars.bars[1]"},
+		// The regime fit rejects a constant feature.
+		{"flat series", &metacontrollerv1.RunBacktestRequest{Dataset: flatBars(400)}, "dataset"},
 	} {
 		_, err := s.RunBacktest(ctx, tc.req)
 		t.Run(tc.name, func(t *testing.T) { wantInvalid(t, err, tc.field) })
 	}
+}
+
+// flatBars is an inline dataset of n bars all at 100.
+func flatBars(n int) *metacontrollerv1.Dataset {
+	bars := make([]*metacontrollerv1.Bar, n)
+	for i := range bars {
+		bars[i] = &metacontrollerv1.Bar{Open: 100, High: 100, Low: 100, Close: 100}
+	}
+	return &metacontrollerv1.Dataset{Source: &metacontrollerv1.Dataset_InlineBars{InlineBars: &metacontrollerv1.InlineBars{Symbol: "FLAT", Bars: bars}}}
 }
 
 // A policy with the prior's parameters only (untrained).

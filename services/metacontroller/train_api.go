@@ -339,6 +339,7 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		return fail(err)
 	}
 	rets := strategy.ReturnMatrix(job.strats, ds.closes)
+	pos := strategy.PositionMatrix(job.strats, ds.closes)
 	states, next := prep.TrainingData(rets, job.trainEnd)
 	// The same training rows of the dataset's other columns, each with
 	// its own regime model: more history, no evaluated row.
@@ -394,14 +395,14 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		summary.EpochObjectives = append(summary.EpochObjectives, st.Objective)
 	}
 	pol := backtest.HRLPolicy(p)
-	trainM, err := prep.Evaluate(backtest.HRL, pol, rets, max(2, firstState(prep)+1), job.trainEnd, cfg.SwitchingCostBps, job.periods)
+	trainM, err := prep.Evaluate(backtest.HRL, pol, rets, pos, max(2, firstState(prep)+1), job.trainEnd, cfg.SwitchingCostBps, job.periods)
 	if err != nil {
 		return fail(err)
 	}
 	summary.TrainMetrics = metricsToProto(backtest.HRL, trainM, job.names)
 	final := map[string]float64{}
 	for _, pk := range backtest.AllPolicies {
-		m, err := prep.Evaluate(pk, pol, rets, job.trainEnd, len(ds.closes), cfg.SwitchingCostBps, job.periods)
+		m, err := prep.Evaluate(pk, pol, rets, pos, job.trainEnd, len(ds.closes), cfg.SwitchingCostBps, job.periods)
 		if err != nil {
 			return fail(err)
 		}

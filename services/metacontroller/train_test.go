@@ -147,6 +147,22 @@ func smallTraining(requestID string, promote bool) *metacontrollerv1.TrainPolicy
 	}
 }
 
+// A training window the regime fit rejects (a flat series: its features
+// are constant) is the caller's data: InvalidArgument, no version.
+func TestTrainPolicyDegenerateDataset(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	f := &fakeRegistry{}
+	useRegistry(t, s, f)
+	_, err := s.TrainPolicy(context.Background(), &metacontrollerv1.TrainPolicyRequest{
+		Dataset: flatBars(400), Hrl: &metacontrollerv1.HrlConfig{Epochs: proto.Int32(1), Seed: proto.Int64(1), HiddenUnits: proto.Int32(4)},
+	})
+	wantInvalid(t, err, "dataset")
+	if _, versions, _ := f.state(); versions != 0 {
+		t.Errorf("%d versions registered", versions)
+	}
+}
+
 // Once the version is registered the call completes: a caller that
 // cancels then gets no error of it (it is gone), and the retry with the
 // same request_id gets the response instead of training again.

@@ -1906,8 +1906,8 @@ type RunBacktestRequest struct {
 	Strategies []string `protobuf:"bytes,3,rep,name=strategies,proto3" json:"strategies,omitempty"`
 	// The train/test split; 70/30 with one fold when unset.
 	WalkForward *WalkForward `protobuf:"bytes,4,opt,name=walk_forward,json=walkForward,proto3" json:"walk_forward,omitempty"`
-	// Switching cost charged on every bar, in basis points of capital per unit
-	// of churn, 0 to 10000; 10 when unset.
+	// Trading cost in basis points of the net exposure traded on each bar
+	// (see the service's comment), 0 to 10000; 10 when unset.
 	SwitchingCostBps *float64 `protobuf:"fixed64,5,opt,name=switching_cost_bps,json=switchingCostBps,proto3,oneof" json:"switching_cost_bps,omitempty"`
 	// Bars per year for annualising Sharpe and volatility, 1 to 1000000; 252
 	// when unset.
@@ -2069,7 +2069,8 @@ type PolicyMetrics struct {
 	// Largest peak-to-trough fall of equity, as a positive fraction in
 	// [0, 1] (0.25 is a 25% drawdown).
 	MaxDrawdown float64 `protobuf:"fixed64,7,opt,name=max_drawdown,json=maxDrawdown,proto3" json:"max_drawdown,omitempty"`
-	// Sum of the switching costs charged, as a fraction of capital.
+	// Sum of the trading costs charged (on net exposure traded), as a fraction
+	// of capital.
 	TurnoverCost float64 `protobuf:"fixed64,8,opt,name=turnover_cost,json=turnoverCost,proto3" json:"turnover_cost,omitempty"`
 	// Annualised standard deviation of the per-bar net returns.
 	AnnualizedVolatility float64 `protobuf:"fixed64,9,opt,name=annualized_volatility,json=annualizedVolatility,proto3" json:"annualized_volatility,omitempty"`
@@ -2409,7 +2410,7 @@ type RunBacktestResponse struct {
 	Folds []*Fold `protobuf:"bytes,2,rep,name=folds,proto3" json:"folds,omitempty"`
 	// Strategy names in weight-vector order.
 	Strategies []string `protobuf:"bytes,3,rep,name=strategies,proto3" json:"strategies,omitempty"`
-	// The switching cost used, in basis points per unit of churn.
+	// The trading cost used, in basis points of net exposure traded.
 	SwitchingCostBps float64 `protobuf:"fixed64,4,opt,name=switching_cost_bps,json=switchingCostBps,proto3" json:"switching_cost_bps,omitempty"`
 	// The bars per year used for annualising.
 	PeriodsPerYear int32 `protobuf:"varint,5,opt,name=periods_per_year,json=periodsPerYear,proto3" json:"periods_per_year,omitempty"`

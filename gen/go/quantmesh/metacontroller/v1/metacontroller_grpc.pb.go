@@ -56,8 +56,13 @@ const (
 // Metrics used throughout: the churn of a bar is half the L1 distance
 // between consecutive weight vectors, 1/2 * sum_i |w_t,i - w_t-1,i|, in
 // [0, 1] (1 means all capital moved); churn rate is its mean and max
-// disruption its maximum. Switching cost charged on a bar is
-// switching_cost_bps / 10000 * churn, as a fraction of capital.
+// disruption its maximum. In a backtest the trading cost charged on a bar is
+// switching_cost_bps / 10000 * |e_t - e_t-1|, as a fraction of capital,
+// where e_t = sum_i w_t,i * position_i,t is the net exposure to the
+// instrument the weighted strategies hold: what is actually traded, both
+// inside each strategy (a trend flipping from long to short) and between
+// strategies (moving weight between two that hold the same position costs
+// nothing). HRL training's reward charges the cost on churn instead.
 //
 // Conventions: list RPCs take page_size (0 means the default, larger than the
 // maximum is coerced to it, negative is INVALID_ARGUMENT) and an opaque
@@ -227,8 +232,13 @@ func (c *metaControllerServiceClient) TrainPolicy(ctx context.Context, in *Train
 // Metrics used throughout: the churn of a bar is half the L1 distance
 // between consecutive weight vectors, 1/2 * sum_i |w_t,i - w_t-1,i|, in
 // [0, 1] (1 means all capital moved); churn rate is its mean and max
-// disruption its maximum. Switching cost charged on a bar is
-// switching_cost_bps / 10000 * churn, as a fraction of capital.
+// disruption its maximum. In a backtest the trading cost charged on a bar is
+// switching_cost_bps / 10000 * |e_t - e_t-1|, as a fraction of capital,
+// where e_t = sum_i w_t,i * position_i,t is the net exposure to the
+// instrument the weighted strategies hold: what is actually traded, both
+// inside each strategy (a trend flipping from long to short) and between
+// strategies (moving weight between two that hold the same position costs
+// nothing). HRL training's reward charges the cost on churn instead.
 //
 // Conventions: list RPCs take page_size (0 means the default, larger than the
 // maximum is coerced to it, negative is INVALID_ARGUMENT) and an opaque
