@@ -48,7 +48,8 @@ type dataset struct {
 }
 
 // trainedOn reports whether policy p was trained on a row of ds from
-// firstTest on. A row of a bundled dataset is the same day in every column,
+// firstTest on: an evaluated row, or a later one (a policy that has seen
+// the future of the rows it is judged on). A row of a bundled dataset is the same day in every column,
 // so a version trained on rows of one column ("eustock/DAX") or of every
 // column (it names the dataset, "eustock") has seen those days of every
 // column of that dataset.
@@ -57,7 +58,7 @@ func (ds *dataset) trainedOn(p *hrl.Policy, firstTest int) bool {
 	if ds.datasetID != "" {
 		same = same || p.TrainDataset == ds.datasetID || strings.HasPrefix(p.TrainDataset, ds.datasetID+"/")
 	}
-	return same && p.TrainEnd > firstTest && p.TrainStart < ds.start+len(ds.closes)
+	return same && p.TrainEnd > firstTest
 }
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
@@ -390,10 +391,10 @@ func (s *Server) RunBacktest(ctx context.Context, req *metacontrollerv1.RunBackt
 				return nil, apierr.Invalid("hrl_model", "version %d was trained on strategies %v, the backtest allocates across %v", pm.GetVersion(), p.Strategies, names)
 			}
 			// Walk-forward: the version must not have been trained on an
-			// evaluated row.
+			// evaluated row or a later one.
 			firstTest := ds.start + splits[0][0]
 			if ds.trainedOn(p, firstTest) {
-				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, which this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, p.TrainDataset, firstTest)
+				return nil, apierr.Invalid("hrl_model", "version %d was trained on rows %d-%d of %s, not all before the rows this backtest evaluates (from row %d)", pm.GetVersion(), p.TrainStart, p.TrainEnd, p.TrainDataset, firstTest)
 			}
 			cfg.HRLPolicy = backtest.HRLPolicy(p)
 			fixed = pm

@@ -70,7 +70,9 @@ func (s *Server) storedRegimeModel(ctx context.Context, field, id string, ds *da
 	return out, nil
 }
 
-// overlaps rejects a model fitted on rows of ds at or after firstEval.
+// overlaps rejects a model fitted on rows of ds at or after firstEval:
+// evaluated rows, or later ones (a model that has seen the future of the
+// rows it is judged on).
 func overlaps(field string, m *regimev1.Model, ds *dataset, firstEval int) error {
 	evalEnd := ds.start + len(ds.closes)
 	if sl := m.GetSource().GetDataset(); sl != nil && ds.datasetID != "" && sl.GetDatasetId() == ds.datasetID {
@@ -78,12 +80,12 @@ func overlaps(field string, m *regimev1.Model, ds *dataset, firstEval int) error
 		if end == 0 {
 			end = math.MaxInt
 		}
-		if start < evalEnd && end > firstEval {
+		if end > firstEval {
 			rows := fmt.Sprintf("%d-%d", start, end)
 			if sl.GetEndIndex() == 0 {
 				rows = fmt.Sprintf("%d-end", start)
 			}
-			return apierr.Invalid(field, "regime model %s was fitted on rows %s of %s, which are evaluated here (rows %d-%d): walk-forward needs a model fitted before row %d",
+			return apierr.Invalid(field, "regime model %s was fitted on rows %s of %s, not all before the evaluated rows %d-%d: walk-forward needs a model fitted before row %d",
 				m.GetModelId(), rows, ds.datasetID, firstEval, evalEnd, firstEval)
 		}
 		return nil
@@ -93,9 +95,9 @@ func overlaps(field string, m *regimev1.Model, ds *dataset, firstEval int) error
 	}
 	first, last := m.GetFirstBarTime().AsTime(), m.GetLastBarTime().AsTime()
 	evalFirst, evalLast := ds.times[firstEval-ds.start], ds.times[len(ds.times)-1]
-	if !last.Before(evalFirst) && !first.After(evalLast) {
-		return apierr.Invalid(field, "regime model %s was fitted on bars from %s to %s, which overlap the evaluated bars from %s: walk-forward needs a model fitted on earlier bars",
-			m.GetModelId(), first.Format(time.RFC3339), last.Format(time.RFC3339), evalFirst.Format(time.RFC3339))
+	if !last.Before(evalFirst) {
+		return apierr.Invalid(field, "regime model %s was fitted on bars from %s to %s, not all before the evaluated bars from %s to %s: walk-forward needs a model fitted on earlier bars",
+			m.GetModelId(), first.Format(time.RFC3339), last.Format(time.RFC3339), evalFirst.Format(time.RFC3339), evalLast.Format(time.RFC3339))
 	}
 	return nil
 }

@@ -38,11 +38,11 @@ func TestRegimeModelOverlaps(t *testing.T) {
 		{"rows before the evaluated ones", rows("eustock", 0, 800), eu, 800, false},
 		{"rows reaching into them, another column", rows("eustock", 0, 801), eu, 800, true},
 		{"rows after the range's start, open end", rows("eustock", 1000, 0), eu, 800, true},
-		{"rows after the range", rows("eustock", 1100, 1500), eu, 800, false},
+		{"rows after the range: it has seen their future", rows("eustock", 1100, 1500), eu, 800, true},
 		{"another dataset", rows("ttrc", 0, 0), eu, 800, false},
 		{"bars before the evaluated ones", bars(0, 69), inline, 70, false},
 		{"bars overlapping them", bars(50, 70), inline, 70, true},
-		{"bars after the series", bars(100, 120), inline, 70, false},
+		{"bars after the series: it has seen their future", bars(100, 120), inline, 70, true},
 		{"bars against a series without times", bars(0, 1000), eu, 800, false},
 	} {
 		err := overlaps("regime_model_id", tc.m, tc.ds, tc.firstEval)

@@ -149,6 +149,13 @@ func TestTrainedOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	early, err := readDataset("dataset", &metacontrollerv1.Dataset{
+		Source: &metacontrollerv1.Dataset_Bundled{Bundled: &metacontrollerv1.BundledDataset{DatasetId: "eustock", Column: "SMI"}},
+		Range:  &metacontrollerv1.Dataset_IndexRange{IndexRange: &metacontrollerv1.IndexRange{Start: 0, End: 1000}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	inline := &dataset{name: "inline/X", closes: make([]float64, 500)}
 	for _, c := range []struct {
 		ds        *dataset
@@ -163,6 +170,7 @@ func TestTrainedOn(t *testing.T) {
 		{smi, "eustock", 0, 1302, 1200, true},      // pooled over every column
 		{smi, "eustock/DAX", 0, 1302, 1302, false}, // training ends where evaluation starts
 		{smi, "eustock/DAX", 0, 900, 1200, false},
+		{early, "eustock/DAX", 1302, 1860, 700, true}, // trained after the evaluated rows: it has seen their future
 		{smi, "eustocks/DAX", 0, 1302, 1200, false}, // another dataset
 		{smi, "ttrc/TTRC", 0, 1302, 1200, false},
 		{smi, "inline/SMI", 0, 1302, 1200, false},

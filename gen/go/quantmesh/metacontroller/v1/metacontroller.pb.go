@@ -1915,7 +1915,7 @@ type RunBacktestRequest struct {
 	// HRL only: a registered version to evaluate as-is on every fold. Unset:
 	// a fresh policy is trained on each fold's training window with hrl (and
 	// not registered). A version trained on rows of the same dataset that are
-	// evaluated here is INVALID_ARGUMENT.
+	// evaluated here, or later ones, is INVALID_ARGUMENT.
 	HrlModel *PolicyModel `protobuf:"bytes,7,opt,name=hrl_model,json=hrlModel,proto3" json:"hrl_model,omitempty"`
 	// HRL only: hyperparameters for the per-fold training; defaults when
 	// unset, except that an unset hrl.switching_cost_bps takes this request's

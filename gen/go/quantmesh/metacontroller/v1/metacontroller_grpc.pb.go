@@ -103,7 +103,8 @@ type MetaControllerServiceClient interface {
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
 	// the features and the fit; a registered policy or regime model trained
-	// on rows of the same dataset that are evaluated here. A backtest that
+	// on rows of the same dataset that are evaluated here or later (it has
+	// seen their future). A backtest that
 	// trains HRL takes one of the server's training slots (shared with
 	// TrainPolicy): RESOURCE_EXHAUSTED when none is free.
 	RunBacktest(ctx context.Context, in *RunBacktestRequest, opts ...grpc.CallOption) (*RunBacktestResponse, error)
@@ -279,7 +280,8 @@ type MetaControllerServiceServer interface {
 	// INVALID_ARGUMENT for: an unknown dataset, column, strategy or policy; an
 	// empty range or one outside the data; a training window too short for
 	// the features and the fit; a registered policy or regime model trained
-	// on rows of the same dataset that are evaluated here. A backtest that
+	// on rows of the same dataset that are evaluated here or later (it has
+	// seen their future). A backtest that
 	// trains HRL takes one of the server's training slots (shared with
 	// TrainPolicy): RESOURCE_EXHAUSTED when none is free.
 	RunBacktest(context.Context, *RunBacktestRequest) (*RunBacktestResponse, error)
