@@ -18,6 +18,9 @@ func TestUpUsageErrors(t *testing.T) {
 		{"retention", []string{"--risk-retention", "24h"}, []string{"invalid --risk-retention", "at least 168h0m0s, got 24h0m0s"}},
 		{"event retention", []string{"--risk-event-retention", "1h"}, []string{"invalid --risk-event-retention", "at least 24h, got 1h0m0s"}},
 	})
+	testUsageErrors(t, "migrate", []usageCase{
+		{"argument", []string{"postgres://db"}, []string{"migrate takes no arguments", "--database-url"}},
+	})
 }
 
 func TestRiskFlags(t *testing.T) {

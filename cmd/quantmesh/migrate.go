@@ -17,6 +17,9 @@ func runMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return usagef("migrate takes no arguments, got %q (the database is --database-url)", fs.Arg(0))
+	}
 	cfg, _, err := f.config(mesh.Runnable())
 	if err != nil {
 		return err

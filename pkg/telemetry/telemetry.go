@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -103,7 +104,14 @@ func Setup(ctx context.Context, cfg Config) (*Telemetry, error) {
 		endpoint = os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 	}
 	if endpoint != "" && !cfg.NoExport {
-		exp, err := otlptracegrpc.New(ctx, otlptracegrpc.WithEndpointURL(endpoint))
+		// A URL says its scheme (http:// is plaintext); a bare host:port
+		// is dialled with TLS. (WithEndpointURL drops a bare host:port it
+		// cannot parse, and the exporter falls back to localhost:4317.)
+		opt := otlptracegrpc.WithEndpoint(endpoint)
+		if strings.Contains(endpoint, "://") {
+			opt = otlptracegrpc.WithEndpointURL(endpoint)
+		}
+		exp, err := otlptracegrpc.New(ctx, opt)
 		if err != nil {
 			return nil, fmt.Errorf("otlp trace exporter %s: %w", endpoint, err)
 		}

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/metric"
 )
@@ -106,5 +108,45 @@ func TestConfigErrors(t *testing.T) {
 	}
 	if _, err := Setup(context.Background(), Config{SampleRatio: 2}); err == nil {
 		t.Error("sample ratio 2 accepted")
+	}
+}
+
+// A bare host:port endpoint is where traces go (over TLS), not the
+// default localhost:4317.
+func TestBareEndpointIsDialled(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+			select {
+			case accepted <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	tel, err := Setup(context.Background(), Config{OTLPEndpoint: lis.Addr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.TracerProvider.Tracer("t").Start(context.Background(), "s")
+	span.End()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = tel.TracerProvider.ForceFlush(ctx) // fails: the listener speaks no TLS
+	_ = tel.Shutdown(ctx)
+	select {
+	case <-accepted:
+	default:
+		t.Errorf("nothing dialled %s", lis.Addr())
 	}
 }
