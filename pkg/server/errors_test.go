@@ -303,3 +303,21 @@ func TestErrorsOverREST(t *testing.T) {
 		}
 	})
 }
+
+// A domain error's cause reaches the log (never the client): an
+// Unavailable's store failure is otherwise lost.
+func TestDomainErrorCauseIsLogged(t *testing.T) {
+	t.Parallel()
+	h := start(t, server.Options{Services: []server.Registration{registration(behavingFake())}})
+	_, err := h.client().GetExperiment(t.Context(), &experimentv1.GetExperimentRequest{ExperimentId: "unavailable"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("error %v, want Unavailable", err)
+	}
+	noLeak(t, "status", err.Error())
+	for _, rec := range h.logs.records(t) {
+		if cause, _ := rec["cause"].(string); rec["msg"] == "call failed" && strings.Contains(cause, secret) {
+			return
+		}
+	}
+	t.Error("no log record carries the Unavailable's cause")
+}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -41,6 +42,13 @@ func errorStream(log *slog.Logger) grpc.StreamServerInterceptor {
 func toStatus(ctx context.Context, log *slog.Logger, method string, err error) error {
 	st, known := apierr.Status(err)
 	if known {
+		// A domain error's cause (a store or peer failure behind an
+		// Unavailable, say) is not for the client: log it here, or it is
+		// lost.
+		var de *apierr.Error
+		if errors.As(err, &de) && de.Cause != nil {
+			log.WarnContext(ctx, "call failed", "method", method, "code", st.Code().String(), "error", st.Message(), "cause", de.Cause)
+		}
 		return st.Err()
 	}
 	traceID := trace.SpanContextFromContext(ctx).TraceID()
