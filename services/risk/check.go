@@ -94,11 +94,15 @@ func (e *Engine) startCheck(ctx context.Context, o *order, res *checkResult) (fu
 	var u unit
 	e.expire(a, now)
 	e.pricesMu.RLock()
-	if a.rollDay(now, e.cfg.Location, e.prices) {
-		u.accounts = append(u.accounts, a.anchors())
-	}
+	hw := a.highWater
+	rolled := a.rollDay(now, e.cfg.Location, e.prices)
 	a.evaluate(o, now, e.prices, res)
 	e.pricesMu.RUnlock()
+	if rolled || a.highWater != hw {
+		// A new day's anchors, or a high-water mark the check raised:
+		// drawdown after a restart is measured from it.
+		u.accounts = append(u.accounts, a.anchors())
+	}
 	if res.trip != nil {
 		u.accounts = append(u.accounts, a.row())
 		u.events = append(u.events, killEvent(riskv1.RiskEventType_RISK_EVENT_TYPE_KILL_SWITCH_TRIPPED, res.trip, now))

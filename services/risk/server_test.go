@@ -1204,3 +1204,40 @@ func TestServerWatchOutOfRangeAfterPrune(t *testing.T) {
 		kept.nextIs(t, "live", riskv1.RiskEventType_RISK_EVENT_TYPE_LIMITS_CHANGED, 6)
 	})
 }
+
+// The high-water mark a check raises is durable: after a restart drawdown
+// is measured from it.
+func TestCheckPersistsHighWaterMark(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		h := startRiskServer(t, db, auth.Keys{})
+		h.create(t, ctx, "acct-a", 100000, nil) // no P&L limits: price updates do not touch its anchors
+		price := func(h *srvHarness, p float64) {
+			t.Helper()
+			if _, err := h.client.UpdatePrices(ctx, &riskv1.UpdatePricesRequest{Prices: []*riskv1.PriceUpdate{{Symbol: aapl, Price: p}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		price(h, 100)
+		buy := h.check(t, ctx, limitOrderFor("acct-a", "c1", aapl, riskv1.OrderSide_ORDER_SIDE_BUY, 100, 100))
+		wantDecision(t, "c1", buy, nil)
+		if _, err := h.client.ApplyFill(ctx, &riskv1.ApplyFillRequest{AccountId: "acct-a", Fill: &riskv1.Fill{FillId: "f1",
+			ReservationId: buy.GetReservation().GetReservationId(), Quantity: 100, Price: 100}}); err != nil {
+			t.Fatal(err)
+		}
+		price(h, 150)                                                                                                             // equity 105,000
+		wantDecision(t, "c2", h.check(t, ctx, limitOrderFor("acct-a", "c2", aapl, riskv1.OrderSide_ORDER_SIDE_BUY, 1, 150)), nil) // raises the mark
+		price(h, 120)                                                                                                             // equity 102,000
+		h.stop()
+
+		h2 := startRiskServer(t, db, auth.Keys{})
+		resp, err := h2.client.GetPortfolio(ctx, &riskv1.GetPortfolioRequest{AccountId: "acct-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hw := resp.GetPortfolio().GetHighWaterEquity(); hw != 105000 {
+			t.Errorf("high-water equity after a restart %v, want 105000 (raised by the check at 150)", hw)
+		}
+	})
+}
