@@ -3,7 +3,6 @@ package metacontroller
 import (
 	"context"
 	"log/slog"
-	"net"
 	"slices"
 	"sync"
 	"testing"
@@ -11,7 +10,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
@@ -80,19 +78,7 @@ func TestRegimeHistoryReset(t *testing.T) {
 		{end: status.Error(codes.OutOfRange, "after_sequence 8 is beyond the newest, 0")},
 		{send: []*regimev1.RegimeState{regimeState("DAX", 1, 0.1, 0.1, 0.8)}},
 	}}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	regimev1.RegisterRegimeServiceServer(gs, f)
-	go func() { _ = gs.Serve(lis) }() // returns when stopped
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := serveFake(t, func(gs *grpc.Server) { regimev1.RegisterRegimeServiceServer(gs, f) })
 	ctx, cancel := context.WithCancel(context.Background())
 	followed := make(chan struct{})
 	go func() {

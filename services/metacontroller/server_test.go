@@ -171,7 +171,7 @@ func TestTrainedOn(t *testing.T) {
 		{smi, "eustock/DAX", 0, 1302, 1302, false}, // training ends where evaluation starts
 		{smi, "eustock/DAX", 0, 900, 1200, false},
 		{early, "eustock/DAX", 1302, 1860, 700, true}, // trained after the evaluated rows: it has seen their future
-		{smi, "eustocks/DAX", 0, 1302, 1200, false}, // another dataset
+		{smi, "eustocks/DAX", 0, 1302, 1200, false},   // another dataset
 		{smi, "ttrc/TTRC", 0, 1302, 1200, false},
 		{smi, "inline/SMI", 0, 1302, 1200, false},
 		{inline, "inline/X", 0, 300, 200, true},

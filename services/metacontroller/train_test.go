@@ -116,15 +116,16 @@ func (f *fakeRegistry) state() ([]experimentv1.RunStatus, int64, map[string]int6
 	return append([]experimentv1.RunStatus(nil), f.runs...), f.versions, aliases
 }
 
-// useRegistry serves f and makes it s's registry.
-func useRegistry(t *testing.T, s *Server, f *fakeRegistry) {
+// serveFake serves the services register adds on loopback until the test
+// ends and returns a client connection to them.
+func serveFake(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
-	experimentv1.RegisterExperimentServiceServer(gs, f)
+	register(gs)
 	go func() { _ = gs.Serve(lis) }() // returns when stopped
 	t.Cleanup(gs.Stop)
 	conn, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -132,6 +133,13 @@ func useRegistry(t *testing.T, s *Server, f *fakeRegistry) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// useRegistry serves f and makes it s's registry.
+func useRegistry(t *testing.T, s *Server, f *fakeRegistry) {
+	t.Helper()
+	conn := serveFake(t, func(gs *grpc.Server) { experimentv1.RegisterExperimentServiceServer(gs, f) })
 	s.clientsMu.Lock()
 	s.registry = experimentv1.NewExperimentServiceClient(conn)
 	s.clientsMu.Unlock()
