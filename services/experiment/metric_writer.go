@@ -372,18 +372,11 @@ func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links [
 				if err != nil {
 					return err
 				}
-				for rows.Next() {
-					var (
-						id  string
-						seq int64
-					)
-					if err := rows.Scan(&id, &seq); err != nil {
-						rows.Close()
-						return err
-					}
-					stored[id] = uint64(seq)
-				}
+				err = scanStreams(rows, stored)
 				rows.Close()
+				if err != nil {
+					return err
+				}
 				if err := rows.Err(); err != nil {
 					return err
 				}
@@ -440,6 +433,25 @@ func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links [
 	return plan, err
 }
 
+// scanStreams reads rows of (stream_id, last_sequence) into stored; the
+// caller closes rows (pgx's or database/sql's).
+func scanStreams(rows interface {
+	Next() bool
+	Scan(...any) error
+}, stored map[string]uint64) error {
+	for rows.Next() {
+		var (
+			id  string
+			seq int64
+		)
+		if err := rows.Scan(&id, &seq); err != nil {
+			return err
+		}
+		stored[id] = uint64(seq)
+	}
+	return nil
+}
+
 // readStreams reads the last stored sequence of each stream id (0 for a
 // stream without a row).
 func readStreams(ctx context.Context, tx *sql.Tx, ids []string) (map[string]uint64, error) {
@@ -455,18 +467,11 @@ func readStreams(ctx context.Context, tx *sql.Tx, ids []string) (map[string]uint
 		if err != nil {
 			return nil, err
 		}
-		for rows.Next() {
-			var (
-				id  string
-				seq int64
-			)
-			if err := rows.Scan(&id, &seq); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			stored[id] = uint64(seq)
-		}
+		err = scanStreams(rows, stored)
 		rows.Close()
+		if err != nil {
+			return nil, err
+		}
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
