@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"net"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -29,11 +31,38 @@ func IsUniqueViolation(err error) bool {
 	return false
 }
 
+// ErrCommitUnknown marks a commit whose outcome is unknown: the commit was
+// sent but its answer was lost (the connection broke, the context ended),
+// so the write may or may not have been stored. It is not transient: a
+// retry could write twice. InTx wraps such a commit error with it (use
+// errors.Is); the original error stays in the chain.
+var ErrCommitUnknown = errors.New("commit outcome unknown: the write may or may not have been stored")
+
+// commitErr wraps an error returned by a transaction's commit: one the
+// server or SQLite reported (the transaction did not commit) stays as it
+// is, anything else means the outcome is unknown.
+func commitErr(err error) error {
+	var pgErr *pgconn.PgError
+	var se *sqlite.Error
+	switch {
+	case errors.As(err, &pgErr), errors.Is(err, pgx.ErrTxCommitRollback), errors.Is(err, sql.ErrTxDone):
+		// The server answered, or the transaction had already ended: it
+		// rolled back.
+		return fmt.Errorf("commit: %w", err)
+	case errors.As(err, &se) && (se.Code()&0xff == sqlite3.SQLITE_BUSY || se.Code()&0xff == sqlite3.SQLITE_LOCKED):
+		// SQLite could not take the lock to commit: nothing was written.
+		return fmt.Errorf("commit: %w", err)
+	}
+	return fmt.Errorf("%w: %w", ErrCommitUnknown, err)
+}
+
 // IsTransient reports whether err is a connectivity or contention failure:
-// the same statement may succeed later. Constraint violations, syntax errors
-// and canceled contexts are not transient.
+// the same statement may succeed later. Constraint violations, syntax
+// errors, ended contexts (canceled or past their deadline) and commits of
+// unknown outcome (ErrCommitUnknown) are not transient.
 func IsTransient(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrCommitUnknown) {
 		return false
 	}
 	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) {
@@ -67,15 +96,16 @@ func IsTransient(err error) bool {
 	var se *sqlite.Error
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL:
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL:
 			return true
 		}
 	}
 	return false
 }
 
-// Err converts a backend error into a domain error: transient failures
-// become apierr.ErrUnavailable (the client may retry; the cause is logged),
+// Err converts a backend error into a domain error: transient failures and
+// commits of unknown outcome become apierr.ErrUnavailable (the cause is
+// logged; the client decides whether to retry, the store never does),
 // context errors pass through, and anything else stays an internal error
 // wrapped with op.
 func Err(op string, err error) error {
@@ -87,7 +117,7 @@ func Err(op string, err error) error {
 	case isDomain(err):
 		// Already a domain error (NotFound from a transaction body, ...).
 		return err
-	case IsTransient(err):
+	case IsTransient(err), errors.Is(err, ErrCommitUnknown):
 		return apierr.Unavailable("database", err)
 	}
 	return &opError{op: op, err: err}

@@ -221,7 +221,12 @@ func (db *DB) applyNoTx(ctx context.Context, m Migration) (bool, error) {
 	if _, err := conn.ExecContext(ctx, m.SQL); err != nil {
 		return false, err
 	}
-	return true, record(ctx, conn, m)
+	if db.afterNoTxSQL != nil {
+		db.afterNoTxSQL()
+	}
+	// The migration is in place: record it even if ctx ends now (SIGTERM),
+	// or every later start would run it again.
+	return true, record(context.WithoutCancel(ctx), conn, m)
 }
 
 type execQuerier interface {

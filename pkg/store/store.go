@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"go.opentelemetry.io/otel/attribute"
@@ -65,6 +66,9 @@ type Config struct {
 	// TracerProvider, when set, records a span for every batched write
 	// (see DB.StartBatch).
 	TracerProvider trace.TracerProvider
+
+	// timescaleExtension replaces timescaledb in tests.
+	timescaleExtension string
 }
 
 // Validate reports the first invalid field.
@@ -112,6 +116,10 @@ type DB struct {
 	ckptStop chan struct{}
 	ckptOnce sync.Once
 	ckptDone sync.WaitGroup
+
+	// afterNoTxSQL, in tests, runs between a no-transaction migration's
+	// SQL and its record.
+	afterNoTxSQL func()
 }
 
 // Open connects to the database cfg names and checks that it answers.
@@ -164,39 +172,91 @@ func openPostgres(ctx context.Context, cfg Config) (*DB, error) {
 	}
 	sdb := stdlib.OpenDBFromPool(pool)
 	db := &DB{dialect: Postgres, writer: sdb, reader: sdb, pool: pool, display: display}
-	if err := db.setupTimescale(ctx, cfg.Timescale); err != nil {
+	ext := cfg.timescaleExtension
+	if ext == "" {
+		ext = "timescaledb"
+	}
+	if err := db.setupTimescale(ctx, cfg.Timescale, ext); err != nil {
 		db.Close()
 		return nil, err
 	}
 	return db, nil
 }
 
-func (db *DB) setupTimescale(ctx context.Context, mode string) error {
-	if mode == TimescaleOff {
+func (db *DB) setupTimescale(ctx context.Context, mode, ext string) error {
+	if mode != TimescaleOff {
+		on, err := db.enableTimescale(ctx, mode, ext)
+		if err != nil {
+			return err
+		}
+		db.timescale = on
+	}
+	if db.timescale {
 		return nil
 	}
+	return db.checkPlainSchema(ctx)
+}
+
+// enableTimescale creates the TimescaleDB extension ext (timescaledb but in
+// tests) when it is available, and reports whether it is installed.
+func (db *DB) enableTimescale(ctx context.Context, mode, ext string) (bool, error) {
 	var available bool
 	err := db.pool.QueryRow(ctx,
-		`SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')`).Scan(&available)
+		`SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = $1)`, ext).Scan(&available)
 	if err != nil {
-		return fmt.Errorf("database %s: probe TimescaleDB: %w", db.display, err)
+		return false, fmt.Errorf("database %s: probe TimescaleDB: %w", db.display, err)
 	}
 	if !available {
 		if mode == TimescaleOn {
-			return fmt.Errorf("database %s: timescale=on but the timescaledb extension is not available", db.display)
+			return false, fmt.Errorf("database %s: timescale=on but the %s extension is not available", db.display, ext)
 		}
+		return false, nil
+	}
+	_, err = db.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS `+pgx.Identifier{ext}.Sanitize())
+	if err == nil {
+		return true, nil
+	}
+	// Processes starting together on a fresh database race to create the
+	// extension, and the losers fail (duplicate key): what counts is
+	// whether it is installed now.
+	var installed bool
+	if qerr := db.pool.QueryRow(ctx,
+		`SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = $1)`, ext).Scan(&installed); qerr != nil {
+		return false, fmt.Errorf("database %s: create extension %s: %w (and checking for it: %w)", db.display, ext, err, qerr)
+	}
+	if installed {
+		return true, nil
+	}
+	if mode == TimescaleOn {
+		return false, fmt.Errorf("database %s: create extension %s: %w", db.display, ext, err)
+	}
+	// auto: available but not loadable (for example missing from
+	// shared_preload_libraries); plain PostgreSQL works.
+	return false, nil
+}
+
+// checkPlainSchema refuses to run without TimescaleDB on a database whose
+// schema was migrated with the TimescaleDB variants (NNNN_x.timescale.sql):
+// its hypertables and continuous aggregates would be used as plain tables.
+func (db *DB) checkPlainSchema(ctx context.Context) error {
+	var exists bool
+	if err := db.pool.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&exists); err != nil {
+		return fmt.Errorf("database %s: check schema: %w", db.display, err)
+	}
+	if !exists {
 		return nil
 	}
-	if _, err := db.pool.Exec(ctx, `CREATE EXTENSION IF NOT EXISTS timescaledb`); err != nil {
-		if mode == TimescaleOn {
-			return fmt.Errorf("database %s: create extension timescaledb: %w", db.display, err)
-		}
-		// auto: available but not loadable (for example missing from
-		// shared_preload_libraries); plain PostgreSQL works.
+	var name string
+	err := db.pool.QueryRow(ctx,
+		`SELECT component || '/' || name FROM schema_migrations WHERE name LIKE '%.timescale.sql' ORDER BY component, version LIMIT 1`).Scan(&name)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
 		return nil
+	case err != nil:
+		return fmt.Errorf("database %s: check schema: %w", db.display, err)
 	}
-	db.timescale = true
-	return nil
+	return fmt.Errorf("database %s: its schema was migrated for TimescaleDB (%s) but TimescaleDB is not in use: "+
+		"start with --timescale=on (or auto) on a server where the timescaledb extension loads", db.display, name)
 }
 
 // SQLite WAL checkpoints. SQLite's automatic checkpoint runs inside the
@@ -225,8 +285,8 @@ const (
 	walSizeLimit       = 64 << 20
 )
 
-// SQLiteDSN returns the modernc.org/sqlite data source name for a database
-// file: WAL journal, full sync on commit, foreign keys on, a busy timeout,
+// SQLiteDSN returns the modernc.org/sqlite data source name (a URI) for the
+// database file at path, which it escapes: WAL journal, full sync on commit, foreign keys on, a busy timeout,
 // and IMMEDIATE transactions unless readOnly. A read-write connection does
 // not checkpoint the WAL by itself: Open starts a background checkpointer.
 func SQLiteDSN(path string, readOnly bool) string {
@@ -242,8 +302,12 @@ func SQLiteDSN(path string, readOnly bool) string {
 		q.Add("_pragma", fmt.Sprintf("journal_size_limit(%d)", walSizeLimit))
 		q.Set("_txlock", "immediate")
 	}
-	return "file:" + path + "?" + q.Encode()
+	return "file:" + sqliteURIPath.Replace(path) + "?" + q.Encode()
 }
+
+// sqliteURIPath escapes what SQLite's URI file names would otherwise read
+// as an escape ('%'), the start of the query ('?') or of a fragment ('#').
+var sqliteURIPath = strings.NewReplacer("%", "%25", "?", "%3F", "#", "%23")
 
 func openSQLite(ctx context.Context, cfg Config) (*DB, error) {
 	path := strings.TrimPrefix(cfg.URL, "sqlite://")
@@ -415,7 +479,8 @@ func (db *DB) PrepareWrite(ctx context.Context, query string) (*sql.Stmt, error)
 }
 
 // InTx runs fn in a write transaction and commits when fn returns nil. The
-// write is durable when InTx returns nil.
+// write is durable when InTx returns nil. When the commit's answer is lost,
+// the error wraps ErrCommitUnknown: the write may or may not be stored.
 func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
 	release, err := db.acquireWrite(ctx)
 	if err != nil {
@@ -439,7 +504,7 @@ func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
 		return err
 	}
 	if err = tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return commitErr(err)
 	}
 	return nil
 }
@@ -464,16 +529,55 @@ func (db *DB) Close() error {
 	return errors.Join(errs...)
 }
 
-// Redact returns a database URL with its password replaced by "xxxxx".
+// Redact returns a database URL without secrets: its password and any
+// password or sslpassword parameter are replaced by "xxxxx". A URL that does
+// not parse, or whose password may have spilled out of the user information
+// (an unescaped '#', '/' or '?' in it), is replaced by a placeholder that
+// shows nothing of it.
 func Redact(raw string) string {
 	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+	if err != nil {
+		return redactedScheme(raw) + "<unparsable URL, redacted>"
 	}
 	if _, ok := u.User.Password(); ok {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
 	}
+	u.RawQuery = redactQuery(u.RawQuery)
+	// '@' separates the user information from the host: anywhere else it
+	// means the user information was cut short, and what follows it
+	// carries part of a password.
+	if strings.Contains(u.Host+u.Path+u.RawQuery+u.Fragment, "@") {
+		return redactedScheme(raw) + "<ambiguous URL, redacted>"
+	}
 	return u.String()
+}
+
+// redactedScheme returns the "postgres://" prefix of raw, or nothing.
+func redactedScheme(raw string) string {
+	for _, p := range []string{"postgres://", "postgresql://"} {
+		if strings.HasPrefix(raw, p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// redactQuery replaces the values of the password parameters of a raw
+// query, keeping the order of the parameters.
+func redactQuery(raw string) string {
+	if raw == "" {
+		return raw
+	}
+	parts := strings.Split(raw, "&")
+	for i, p := range parts {
+		k, _, _ := strings.Cut(p, "=")
+		key, err := url.QueryUnescape(k)
+		if err != nil || strings.EqualFold(key, "password") || strings.EqualFold(key, "sslpassword") {
+			// A key that does not unescape might be either: redact it.
+			parts[i] = k + "=xxxxx"
+		}
+	}
+	return strings.Join(parts, "&")
 }
 
 // keep the sqlite driver registered even if nothing else references it.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -272,6 +274,8 @@ func TestErrClassification(t *testing.T) {
 		{"unique violation", &pgconn.PgError{Code: "23505"}, false},
 		{"syntax", &pgconn.PgError{Code: "42601"}, false},
 		{"other", errors.New("boom"), false},
+		{"deadline", context.DeadlineExceeded, false},
+		{"commit outcome unknown", fmt.Errorf("%w: %w", store.ErrCommitUnknown, &net.OpError{Op: "read", Err: errors.New("connection reset")}), true},
 	}
 	for _, tt := range tests {
 		got := store.Err("op", tt.err)
@@ -282,8 +286,13 @@ func TestErrClassification(t *testing.T) {
 			t.Errorf("%s: Err = %v does not wrap the cause", tt.name, got)
 		}
 	}
-	if got := store.Err("x", context.Canceled); !errors.Is(got, context.Canceled) {
-		t.Errorf("Err(canceled) = %v", got)
+	for _, err := range []error{context.Canceled, context.DeadlineExceeded, fmt.Errorf("query: %w", context.DeadlineExceeded)} {
+		if store.IsTransient(err) {
+			t.Errorf("IsTransient(%v) = true, want false: the context has ended", err)
+		}
+		if got := store.Err("x", err); !errors.Is(got, err) {
+			t.Errorf("Err(%v) = %v", err, got)
+		}
 	}
 	if store.Err("x", nil) != nil {
 		t.Error("Err(nil) != nil")
@@ -292,8 +301,90 @@ func TestErrClassification(t *testing.T) {
 
 func TestRedact(t *testing.T) {
 	t.Parallel()
-	got := store.Redact("postgres://user:pw@host:5432/db?sslmode=disable")
-	if strings.Contains(got, "pw") || !strings.Contains(got, "user") {
-		t.Errorf("Redact = %q", got)
+	tests := []struct {
+		url  string
+		want string
+	}{
+		{"postgres://user:pw@host:5432/db?sslmode=disable", "postgres://user:xxxxx@host:5432/db?sslmode=disable"},
+		{"postgres://user@host/db", "postgres://user@host/db"},
+		{"postgres://user@host/db?password=hunter2&sslmode=disable", "postgres://user@host/db?password=xxxxx&sslmode=disable"},
+		{"postgresql://host/db?sslmode=require&sslpassword=hunter2", "postgresql://host/db?sslmode=require&sslpassword=xxxxx"},
+		{"postgres://host/db?PassWord=hunter2", "postgres://host/db?PassWord=xxxxx"},
+		// Unescaped '#', '/', '?' or a bad '%' in the password.
+		{"postgres://app:hun#ter2/pw@127.0.0.1:1/db", "postgres://<unparsable URL, redacted>"},
+		{"postgres://app:hunter%zz2@127.0.0.1:1/db", "postgres://<unparsable URL, redacted>"},
+		{"postgres://app:12#hunter2@127.0.0.1:1/db", "postgres://<ambiguous URL, redacted>"},
+		{"postgres://app:12/hunter2@127.0.0.1:1/db", "postgres://<ambiguous URL, redacted>"},
+		{"postgres://app:12?hunter2@127.0.0.1:1/db", "postgres://<ambiguous URL, redacted>"},
+	}
+	for _, tt := range tests {
+		if got := store.Redact(tt.url); got != tt.want {
+			t.Errorf("Redact(%q) = %q, want %q", tt.url, got, tt.want)
+		}
+	}
+	// Open's errors show the URL redacted.
+	for _, u := range []string{
+		"postgres://app:hun#ter2/pw@127.0.0.1:1/db",
+		"postgres://app:hunter%zz2@127.0.0.1:1/db",
+		"postgres://app@127.0.0.1:1/db?password=hunter2&connect_timeout=1",
+	} {
+		_, err := store.Open(context.Background(), store.Config{URL: u, ConnectTimeout: time.Second})
+		if err == nil || strings.Contains(err.Error(), "hunter") {
+			t.Errorf("Open(%q) error = %v, want an error without the password", u, err)
+		}
+	}
+}
+
+// A no-transaction migration whose SQL ran is recorded even if the context
+// ends right after (SIGTERM during migration): otherwise every later start
+// would run it again and fail.
+func TestNoTxMigrationRecordedWhenCanceled(t *testing.T) {
+	t.Parallel()
+	set := store.MigrationSet{Component: "notx", FS: fstest.MapFS{
+		"sqlite/0001_a.sql":   {Data: []byte("-- quantmesh:no-transaction\nCREATE TABLE a (id INTEGER PRIMARY KEY);")},
+		"postgres/0001_a.sql": {Data: []byte("-- quantmesh:no-transaction\nCREATE TABLE a (id INTEGER PRIMARY KEY);")},
+	}}
+	storetest.Run(t, nil, func(t *testing.T, db *store.DB) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		store.SetAfterNoTxSQL(db, cancel)
+		if _, err := db.Migrate(ctx, set); err != nil {
+			t.Fatalf("migrate canceled after the SQL ran: %v", err)
+		}
+		store.SetAfterNoTxSQL(db, nil)
+		res, err := db.Migrate(context.Background(), set)
+		if err != nil {
+			t.Fatalf("migrate again: %v", err)
+		}
+		if len(res.Applied) != 0 || res.Current != 1 {
+			t.Errorf("migrate again: applied %d, current %d; want 0, 1", len(res.Applied), res.Current)
+		}
+	})
+}
+
+// The SQLite file is where its path says, whatever the path holds.
+func TestSQLitePathIsEscaped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, dir := range []string{"dh#1", "dp%41", "dq%zz", "d x"} {
+		path := filepath.Join(t.TempDir(), dir, "q.db")
+		db, err := store.Open(ctx, store.Config{URL: path})
+		if err != nil {
+			t.Errorf("%s: open: %v", dir, err)
+			continue
+		}
+		if _, err := db.Exec(ctx, `CREATE TABLE t (id INTEGER)`); err != nil {
+			t.Errorf("%s: write: %v", dir, err)
+		}
+		var n int
+		if err := db.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM t`).Scan(&n); err != nil {
+			t.Errorf("%s: read: %v", dir, err)
+		}
+		if err := db.Close(); err != nil {
+			t.Errorf("%s: close: %v", dir, err)
+		}
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("%s: the database is not at its path: %v", dir, err)
+		}
 	}
 }

@@ -10,7 +10,7 @@
 -- The defining query is also run on plain PostgreSQL by the tests
 -- (TestABRollupsCaggQueryMatchesMaintained), with time_bucket replaced by
 -- its integer arithmetic, against the maintained rollups.
-CREATE MATERIALIZED VIEW ab_rollups_cagg
+CREATE MATERIALIZED VIEW IF NOT EXISTS ab_rollups_cagg
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT ab_test_id,
        time_bucket(60000::BIGINT, observe_time) AS minute,
