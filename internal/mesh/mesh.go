@@ -127,6 +127,17 @@ func (c Config) Validate() error {
 			return fmt.Errorf("peer-%s: %q is not host:port", name, addr)
 		}
 	}
+	if c.Keys.Enabled() {
+		// Services in this process call each other (and their peers)
+		// with the peer key: without it every internal call would be
+		// refused while the process looked healthy.
+		if c.PeerAPIKey == "" {
+			return errors.New("peer-api-key: required when API keys are on: the services of this process call each other with it")
+		}
+		if _, ok := c.Keys.Lookup(c.PeerAPIKey); !ok {
+			return errors.New("peer-api-key: not one of this process's API keys, so its own services would refuse it")
+		}
+	}
 	if err := c.Store.Validate(); err != nil {
 		return fmt.Errorf("database-url: %w", err)
 	}
@@ -172,6 +183,13 @@ type Mesh struct {
 	peers      map[string]*grpc.ClientConn
 	policies   []*resilience.Policy
 	closers    []func() error
+	// flushers hand what services still hold to the bus (its publishers'
+	// queues); they run once the server has drained, before the consumers
+	// stop.
+	flushers []func()
+	// inproc is the in-process bus, drained before the consumers stop
+	// (nil on Kafka, which keeps what they have not read).
+	inproc *bus.InProc
 	// runners are background loops of the services, run by Serve until the
 	// server has drained.
 	runners []func(ctx context.Context)
@@ -235,6 +253,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 			return nil, &StartError{Step: "kafka", Err: err}
 		}
 		m.Bus, system = k, bus.SystemKafka
+		m.closers = append(m.closers, k.Close)
 		// The mesh's topics exist before anything publishes or consumes
 		// (existing ones are left as they are).
 		tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -244,12 +263,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger, tel *telemetry.Tel
 			return nil, &StartError{Step: "kafka", Err: fmt.Errorf("create topics: %w", err)}
 		}
 	} else {
-		m.Bus = bus.NewInProc(bus.InProcConfig{Logger: log})
+		m.inproc = bus.NewInProc(bus.InProcConfig{Logger: log})
+		m.Bus = m.inproc
+		m.closers = append(m.closers, m.inproc.Close)
 	}
 	// Every publisher and consumer of the mesh goes through the traced bus:
 	// trace context crosses it in message headers.
 	m.Bus = bus.WithTracing(m.Bus, bus.Tracing{TracerProvider: tel.TracerProvider, Propagator: tel.Propagator, System: system})
-	m.closers = append(m.closers, m.Bus.Close)
 	busPolicy, err := m.policy("bus", resilience.BusConfig())
 	if err != nil {
 		return nil, &StartError{Step: "bus", Err: err}
@@ -412,21 +432,19 @@ func (m *Mesh) inference(log *slog.Logger) (server.Registration, error) {
 	if err != nil {
 		return server.Registration{}, err
 	}
-	m.closers = append(m.closers, func() error {
+	m.flushers = append(m.flushers, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		pub.Close(ctx)
-		return nil
 	})
 	obs, err := inference.NewObservationPublisher(m.Publisher, log, m.tel.Meter("quantmesh/inference"))
 	if err != nil {
 		return server.Registration{}, err
 	}
-	m.closers = append(m.closers, func() error {
+	m.flushers = append(m.flushers, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		obs.Close(ctx)
-		return nil
 	})
 	srv, err := inference.New(m.cfg.Inference, inference.Deps{
 		Decisions: inference.NewSQLDecisions(m.DB), Recorder: pub, Observations: obs, Log: log, Meter: m.tel.Meter("quantmesh/inference"),
@@ -564,8 +582,14 @@ func (m *Mesh) storeMetrics() error {
 	return nil
 }
 
-// Serve runs the mesh until ctx is done, then shuts down: the server drains,
-// then the bus flushes, then the store closes.
+// drainTimeout bounds how long shutdown waits for the in-process bus's
+// consumers to take what is left on it.
+const drainTimeout = 10 * time.Second
+
+// Serve runs the mesh until ctx is done, then shuts down: the server
+// drains, the publishers flush into the bus, the consumers take what is
+// left on the in-process bus (it keeps nothing across restarts), then the
+// workers stop, the bus closes and the store closes.
 func (m *Mesh) Serve(ctx context.Context) error {
 	bg, stop := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -573,9 +597,25 @@ func (m *Mesh) Serve(ctx context.Context) error {
 		wg.Go(func() { run(bg) })
 	}
 	serveErr := m.Server.Serve(ctx)
+	m.flush()
+	if m.inproc != nil {
+		dctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		if err := m.inproc.Drain(dctx); err != nil {
+			m.log.Warn("in-process bus not drained at shutdown: its consumers left messages unread", "timeout", drainTimeout)
+		}
+		cancel()
+	}
 	stop()
 	wg.Wait()
 	return errors.Join(serveErr, m.close())
+}
+
+// flush runs the flushers once.
+func (m *Mesh) flush() {
+	for _, f := range m.flushers {
+		f()
+	}
+	m.flushers = nil
 }
 
 // Close releases a mesh that was started but will not be served. Serve
@@ -583,6 +623,7 @@ func (m *Mesh) Serve(ctx context.Context) error {
 func (m *Mesh) Close() error { return m.close() }
 
 func (m *Mesh) close() error {
+	m.flush()
 	var errs []error
 	for i := len(m.closers) - 1; i >= 0; i-- {
 		if err := m.closers[i](); err != nil {

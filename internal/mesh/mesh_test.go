@@ -20,6 +20,7 @@ import (
 	riskv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/risk/v1"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
+	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/bus"
 )
 
@@ -203,6 +204,15 @@ func TestPeersAndSubsets(t *testing.T) {
 	}
 }
 
+func oneKey(t *testing.T, key string) auth.Keys {
+	t.Helper()
+	var k auth.Keys
+	if err := k.Add(key, auth.Principal{Name: "peer", Role: auth.RoleAdmin}); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func TestConfigValidation(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
@@ -218,6 +228,10 @@ func TestConfigValidation(t *testing.T) {
 		{"bad peer address", func(c *mesh.Config) { c.Peers = map[string]string{"regime": "nohost"} }, "peer-regime"},
 		{"no database", func(c *mesh.Config) { c.Store.URL = "" }, "database-url"},
 		{"no artifact root", func(c *mesh.Config) { c.Experiment.ArtifactRoot = "" }, "artifact-root"},
+		{"keys without a peer key", func(c *mesh.Config) { c.Keys = oneKey(t, "k-0123456789abcdef") }, "peer-api-key: required"},
+		{"a peer key the process refuses", func(c *mesh.Config) {
+			c.Keys, c.PeerAPIKey = oneKey(t, "k-0123456789abcdef"), "other-0123456789abcdef"
+		}, "peer-api-key: not one of"},
 	}
 	for _, tt := range tests {
 		cfg := meshtest.Config(t, mesh.Risk)

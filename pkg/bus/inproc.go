@@ -387,6 +387,35 @@ func (b *InProc) commit(topic, group string, offset int64) {
 	b.broadcastLocked()
 }
 
+// Drain waits until every group being consumed has committed every
+// message of its topics, or ctx is done (then it returns ctx's error).
+// Topics without a consuming group are not waited for: nothing here would
+// read them. A process shutting down drains before it stops its consumers,
+// since the bus keeps nothing across restarts.
+func (b *InProc) Drain(ctx context.Context) error {
+	for {
+		b.mu.Lock()
+		idle := true
+		for _, t := range b.topics {
+			for g, c := range t.cursors {
+				if b.active[g] && c < t.end() {
+					idle = false
+				}
+			}
+		}
+		changed := b.changed
+		b.mu.Unlock()
+		if idle {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-changed:
+		}
+	}
+}
+
 // Close stops the bus: Publish and Consume return ErrClosed from now on,
 // blocked publishers are released with ErrClosed, and running consumers
 // finish their in-flight batch. Close returns once every Consume call has
