@@ -164,21 +164,13 @@ func TestBenchTable(t *testing.T) {
 func startTargetMesh(t *testing.T, keys auth.Keys) string {
 	t.Helper()
 	dir := t.TempDir()
-	var peerKey string
-	if keys.Enabled() {
-		// The mesh's own services call each other with a key of their own.
-		peerKey = "bench-test-peer-key-0123456789"
-		if err := keys.Add(peerKey, auth.Principal{Name: "peer", Role: auth.RoleAdmin}); err != nil {
-			t.Fatal(err)
-		}
-	}
+
 	cfg := mesh.Config{
 		Server:     server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0"},
 		Store:      store.Config{URL: filepath.Join(dir, "quantmesh.db")},
 		Services:   mesh.AllServices,
 		Keys:       keys,
 		Experiment: experiment.Config{ArtifactRoot: "file://" + filepath.Join(dir, "artifacts")},
-		PeerAPIKey: peerKey,
 		Risk:       risk.DefaultConfig(),
 	}
 	m := meshtest.Start(t, cfg)

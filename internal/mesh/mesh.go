@@ -127,6 +127,16 @@ func (c Config) Validate() error {
 			return fmt.Errorf("peer-%s: %q is not host:port", name, addr)
 		}
 	}
+	if len(c.KafkaBrokers) == 0 && len(c.Peers) > 0 && slices.Contains(c.Services, Inference) {
+		// A split deployment on the in-process bus, which reaches only
+		// this process: decisions and A/B observations published here
+		// with no consumer here would fill it and then be dropped.
+		for _, need := range []string{Forensics, Experiment} {
+			if !slices.Contains(c.Services, need) {
+				return fmt.Errorf("kafka-brokers: inference publishes decisions (stored by forensics) and A/B observations (stored by experiment) on the bus, and the in-process bus reaches only this process: run %s here too, or use Kafka", need)
+			}
+		}
+	}
 	if c.Keys.Enabled() {
 		// Services in this process call each other (and their peers)
 		// with the peer key: without it every internal call would be

@@ -228,6 +228,9 @@ func TestConfigValidation(t *testing.T) {
 		{"bad peer address", func(c *mesh.Config) { c.Peers = map[string]string{"regime": "nohost"} }, "peer-regime"},
 		{"no database", func(c *mesh.Config) { c.Store.URL = "" }, "database-url"},
 		{"no artifact root", func(c *mesh.Config) { c.Experiment.ArtifactRoot = "" }, "artifact-root"},
+		{"split inference without its consumers on the in-process bus", func(c *mesh.Config) {
+			c.Services, c.Peers = []string{mesh.Inference}, map[string]string{mesh.Experiment: "h:1"}
+		}, "kafka-brokers: "},
 		{"keys without a peer key", func(c *mesh.Config) { c.Keys = oneKey(t, "k-0123456789abcdef") }, "peer-api-key: required"},
 		{"a peer key the process refuses", func(c *mesh.Config) {
 			c.Keys, c.PeerAPIKey = oneKey(t, "k-0123456789abcdef"), "other-0123456789abcdef"

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/quantmesh/quantmesh/internal/mesh"
+	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/telemetry"
@@ -44,6 +45,13 @@ func Start(t testing.TB, cfg mesh.Config) *mesh.Mesh {
 // tests that record its spans or scrape its metrics).
 func StartWith(t testing.TB, cfg mesh.Config, tel *telemetry.Telemetry) *mesh.Mesh {
 	t.Helper()
+	if cfg.Keys.Enabled() && cfg.PeerAPIKey == "" {
+		// The mesh's services call each other with a key of their own.
+		cfg.PeerAPIKey = "meshtest-peer-key-0123456789"
+		if err := cfg.Keys.Add(cfg.PeerAPIKey, auth.Principal{Name: "meshtest-peer", Role: auth.RoleAdmin}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	m, err := mesh.Start(ctx, cfg, log, tel)
