@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
@@ -83,35 +85,39 @@ func abSetup(ctx context.Context, env Env, mode experimentv1.ABTestMode, bps int
 	testID = created.GetAbTest().GetAbTestId()
 	started, err := exp.StartABTest(ctx, &experimentv1.StartABTestRequest{AbTestId: testID})
 	if err != nil {
-		return 0, "", fmt.Errorf("StartABTest (stop the model's running test first): %w", err)
+		return 0, testID, fmt.Errorf("StartABTest (stop the model's running test first): %w", err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		st, err := inf.GetModelStatus(ctx, &inferencev1.GetModelStatusRequest{ModelName: benchModel})
 		if err != nil {
-			return 0, "", fmt.Errorf("GetModelStatus: %w", err)
+			return 0, testID, fmt.Errorf("GetModelStatus: %w", err)
 		}
 		if ab := st.GetModels()[0].GetAbTest(); ab.GetAbTestId() == testID && ab.GetRunning() && ab.GetArmsLoaded() &&
 			ab.GetRevision() >= started.GetAbTest().GetRevision() {
 			return features, testID, nil
 		}
 		if time.Now().After(deadline) {
-			return 0, "", fmt.Errorf("InferenceService did not apply A/B test %s in 30s", testID)
+			return 0, testID, fmt.Errorf("InferenceService did not apply A/B test %s in 30s", testID)
 		}
 		select {
 		case <-ctx.Done():
-			return 0, "", ctx.Err()
+			return 0, testID, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-// abStop stops the scenario's test (no promotion).
-func abStop(ctx context.Context, env Env, testID string) error {
-	if testID == "" {
+// abStop stops the scenario's test (no promotion) unless *stopped says
+// it is, and records that it is.
+func abStop(ctx context.Context, env Env, testID string, stopped *bool) error {
+	if testID == "" || *stopped {
 		return nil
 	}
 	_, err := experimentv1.NewExperimentServiceClient(env.Conn).StopABTest(ctx, &experimentv1.StopABTestRequest{AbTestId: testID})
+	if err == nil || status.Code(err) == codes.FailedPrecondition { // stopped already
+		*stopped = true
+	}
 	return err
 }
 
@@ -129,6 +135,7 @@ type shadowScenario struct {
 	client   inferencev1.InferenceServiceClient
 	features int
 	testID   string
+	stopped  bool
 	rngs     []*rand.Rand
 	symbol   string
 	shadowed []*hdrhistogram.Histogram
@@ -213,7 +220,12 @@ func (s *shadowScenario) Finish(ctx context.Context) error {
 		return fmt.Errorf("GetModelStatus: %w", err)
 	}
 	s.fields["shadow_dropped"] = st.GetModels()[0].GetAbTest().GetShadowDropped()
-	return abStop(ctx, s.env, s.testID)
+	return abStop(ctx, s.env, s.testID, &s.stopped)
+}
+
+// Cleanup implements Cleaner: the test does not outlive the run.
+func (s *shadowScenario) Cleanup(ctx context.Context) error {
+	return abStop(ctx, s.env, s.testID, &s.stopped)
 }
 
 // Fields implements Scenario.
@@ -230,6 +242,7 @@ type splitScenario struct {
 	client   inferencev1.InferenceServiceClient
 	features int
 	testID   string
+	stopped  bool
 	rngs     []*rand.Rand
 	symbol   string
 	next     atomic.Int64 // units handed out
@@ -321,7 +334,12 @@ func (s *splitScenario) Finish(ctx context.Context) error {
 	s.fields = map[string]any{"model": benchModel, "ab_test_id": s.testID, "units": s.units, "treated_units": s.treated,
 		"configured_pct": configured, "realised_pct": math.Round(realised*1000) / 1000,
 		"split_error_pp": math.Round(errPP*1000) / 1000, "split_error_goal_pp": splitErrorGoalPP, "split_error_goal_met": errPP <= splitErrorGoalPP}
-	return abStop(ctx, s.env, s.testID)
+	return abStop(ctx, s.env, s.testID, &s.stopped)
+}
+
+// Cleanup implements Cleaner: the test does not outlive the run.
+func (s *splitScenario) Cleanup(ctx context.Context) error {
+	return abStop(ctx, s.env, s.testID, &s.stopped)
 }
 
 // Fields implements Scenario.

@@ -72,6 +72,14 @@ type Finisher interface {
 	Finish(ctx context.Context) error
 }
 
+// Cleaner is implemented by scenarios that change the target (an A/B test
+// started on its model, say): Cleanup undoes it once the run is over,
+// whether it finished, failed or was interrupted. It must be safe after
+// Finish has undone it already.
+type Cleaner interface {
+	Cleanup(ctx context.Context) error
+}
+
 // Measurer is implemented by scenarios whose Finish needs what the measured
 // window counted (a reference workload sized like the window, for example).
 // Measured is called after the window and before Finish, with the counters

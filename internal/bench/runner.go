@@ -117,6 +117,17 @@ func (r Runner) Run(ctx context.Context, env Env, sc Scenario) (*Report, error) 
 	if err := preflight(ctx, health); err != nil {
 		return nil, fmt.Errorf("target %s: %w", env.Target, err)
 	}
+	if c, ok := sc.(Cleaner); ok {
+		// Also after a failed Setup (it may have changed the target before
+		// failing) and an interrupt, with a context of its own.
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+			defer cancel()
+			if err := c.Cleanup(cctx); err != nil {
+				log.Warn("bench: cleanup of the target failed; undo it by hand", "scenario", sc.Name(), "err", err)
+			}
+		}()
+	}
 	if err := sc.Setup(ctx, env); err != nil {
 		return nil, fmt.Errorf("setup %s: %w", sc.Name(), err)
 	}

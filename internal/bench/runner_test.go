@@ -46,6 +46,7 @@ type fakeScenario struct {
 	setupErr error
 	calls    atomic.Int64
 	finished atomic.Bool
+	cleaned  atomic.Int64
 	workers  int
 	// cancel, when set, is called by worker 0 at its 50th operation.
 	cancel context.CancelFunc
@@ -81,6 +82,11 @@ func (s *fakeScenario) Op(ctx context.Context, worker, i int) error {
 
 func (s *fakeScenario) Finish(context.Context) error {
 	s.finished.Store(true)
+	return nil
+}
+
+func (s *fakeScenario) Cleanup(context.Context) error {
+	s.cleaned.Add(1)
 	return nil
 }
 
@@ -213,6 +219,9 @@ func TestRunInterrupted(t *testing.T) {
 	if sc.finished.Load() {
 		t.Error("Finish ran after an interrupt")
 	}
+	if n := sc.cleaned.Load(); n != 1 {
+		t.Errorf("Cleanup ran %d times after an interrupt, want 1: the target keeps what the scenario changed", n)
+	}
 }
 
 func TestRunFailsEarly(t *testing.T) {
@@ -237,6 +246,15 @@ func TestRunFailsEarly(t *testing.T) {
 			}
 			if n := sc.calls.Load(); n != 0 {
 				t.Errorf("scenario called %d times, want no load", n)
+			}
+			// Setup may have changed the target before failing: Cleanup
+			// runs after it, and only after it.
+			want := int64(0)
+			if tc.setup != nil {
+				want = 1
+			}
+			if n := sc.cleaned.Load(); n != want {
+				t.Errorf("Cleanup ran %d times, want %d", n, want)
 			}
 		})
 	}
