@@ -261,7 +261,11 @@ func TestTrainPolicyConcurrentRetriesTrainOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
+	second := make(chan struct{}, retries) // a run beyond the one retry that trains
 	f := &fakeRegistry{onCreateRun: func(n int) error {
+		if n > 2 {
+			second <- struct{}{}
+		}
 		if n > 1 {
 			<-release
 		}
@@ -288,12 +292,19 @@ func TestTrainPolicyConcurrentRetriesTrainOnce(t *testing.T) {
 		}()
 	}
 	close(start)
-	// Every retry but the one training is ABORTED, or some trained too.
+	// One retry trains (its run waits for release); every other one is
+	// ABORTED. Only once they all are is the training let go: a retry
+	// after that would be a new call, not a concurrent one.
 	done := make(chan struct{})
 	go func() { aborted.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-second:
+		close(release)
+		t.Fatal("a second concurrent retry trained")
+	case <-time.After(2 * time.Minute):
+		close(release)
+		t.Fatal("the retries were neither all ABORTED nor training after 2 minutes")
 	}
 	close(release)
 	wg.Wait()
