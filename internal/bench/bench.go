@@ -72,6 +72,13 @@ type Finisher interface {
 	Finish(ctx context.Context) error
 }
 
+// Pacer is implemented by scenarios that hold a rate: the runner calls
+// Pace before each operation, outside its timing, so the operation's
+// latency is the call's and not the wait for the rate.
+type Pacer interface {
+	Pace(ctx context.Context) error
+}
+
 // Cleaner is implemented by scenarios that change the target (an A/B test
 // started on its model, say): Cleanup undoes it once the run is over,
 // whether it finished, failed or was interrupted. It must be safe after

@@ -183,11 +183,11 @@ func (s *lagScenario) Setup(ctx context.Context, env Env) error {
 	return nil
 }
 
+// Pace implements Pacer: the workers share lagRate predictions a second.
+func (s *lagScenario) Pace(ctx context.Context) error { return s.limiter.Wait(ctx) }
+
 // Op implements Scenario.
 func (s *lagScenario) Op(ctx context.Context, worker, _ int) error {
-	if err := s.limiter.Wait(ctx); err != nil {
-		return err
-	}
 	resp, err := s.client.Predict(ctx, randomRequest(s.rngs[worker], s.features, s.symbol))
 	if err != nil {
 		return fmt.Errorf("predict: %w", err)

@@ -212,7 +212,11 @@ func (r Runner) Run(ctx context.Context, env Env, sc Scenario) (*Report, error) 
 // ends or ctx is done.
 func (w *worker) loop(ctx context.Context, measureStart, end time.Time) {
 	opCtx := context.WithValue(ctx, recorderKey{}, w.rec)
+	pacer, _ := w.sc.(Pacer)
 	for i := 0; ; i++ {
+		if pacer != nil && pacer.Pace(ctx) != nil {
+			return // ctx is done
+		}
 		now := time.Now()
 		if !now.Before(end) || ctx.Err() != nil {
 			return

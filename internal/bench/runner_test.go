@@ -325,3 +325,33 @@ func TestRegistry(t *testing.T) {
 		t.Error("Lookup(nope) found a scenario")
 	}
 }
+
+// pacedScenario waits 20 ms for its rate before each instant operation.
+type pacedScenario struct{ fakeScenario }
+
+func (s *pacedScenario) Pace(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(20 * time.Millisecond):
+		return nil
+	}
+}
+
+func (s *pacedScenario) Op(context.Context, int, int) error { return nil }
+
+// The wait for a scenario's rate is not part of its operations' latency.
+func TestPaceIsNotLatency(t *testing.T) {
+	t.Parallel()
+	conn := healthTarget(t, healthpb.HealthCheckResponse_SERVING)
+	rep, err := testRunner.Run(context.Background(), Env{Conn: conn}, &pacedScenario{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Ops() == 0 {
+		t.Fatal("no operation measured")
+	}
+	if p50 := rep.Latency.ValueAtQuantile(50); p50 >= 10_000 {
+		t.Errorf("latency p50 %d µs: the 20 ms pace was counted", p50)
+	}
+}
