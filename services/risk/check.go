@@ -98,9 +98,10 @@ func (e *Engine) startCheck(ctx context.Context, o *order, res *checkResult) (fu
 	rolled := a.rollDay(now, e.cfg.Location, e.prices)
 	a.evaluate(o, now, e.prices, res)
 	e.pricesMu.RUnlock()
-	if rolled || a.highWater != hw {
-		// A new day's anchors, or a high-water mark the check raised:
-		// drawdown after a restart is measured from it.
+	if rolled || (a.highWater != hw && a.limits.MaxDrawdownPercent.set) {
+		// A new day's anchors, or a high-water mark the check raised that
+		// a drawdown limit measures from (after a restart too); without
+		// such a limit nothing reads it, and the check need not wait.
 		u.accounts = append(u.accounts, a.anchors())
 	}
 	if res.trip != nil {

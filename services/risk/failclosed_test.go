@@ -579,3 +579,104 @@ func TestFailClosedRepeatedRequestWaitsForTheWriteItRepeats(t *testing.T) {
 		})
 	}
 }
+
+// A CheckOrders batch that fails part-way (an account gone between
+// validation and its check) leaves nothing behind: the orders checked
+// before it finish, so their account is not left in flight (it would fail
+// closed for good after its next failed write), and their reservations are
+// released.
+func TestCheckOrdersFailedBatchLeavesNothing(t *testing.T) {
+	t.Parallel()
+	h := newRuleHarness(t)
+	h.create(h.acct, 100000, nil)
+	h.create("ghost", 100000, nil)
+	a := h.eng.account(h.acct)
+	a.mu.Lock() // the batch validates, then waits here for its first order
+	o1 := h.buy(aapl, 1, 10)
+	o2 := h.buy(aapl, 1, 10)
+	o2.AccountId = "ghost"
+	resp := async(func() error {
+		_, err := h.svc.CheckOrders(h.ctx, &riskv1.CheckOrdersRequest{Orders: []*riskv1.Order{o1, o2}})
+		return err
+	})
+	time.Sleep(200 * time.Millisecond) // validation done
+	h.eng.mu.Lock()
+	delete(h.eng.accounts, "ghost") // as SetLimits does after a failed creating write
+	h.eng.mu.Unlock()
+	a.mu.Unlock()
+	if err := <-resp; err == nil {
+		t.Fatal("the batch succeeded without its second account")
+	}
+	if n := h.inflight(); n != 0 {
+		t.Errorf("%d writes of %s in flight after the batch returned, want 0", n, h.acct)
+	}
+	pf, err := h.eng.Portfolio(h.ctx, h.acct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range pf.GetReservations() {
+		if r.GetState() == riskv1.ReservationState_RESERVATION_STATE_OPEN {
+			t.Errorf("open reservation after a failed batch: %v", r)
+		}
+	}
+}
+
+// A check that raises the high-water mark of an account with a drawdown
+// limit writes it: a price stored but not yet checked for trips (the
+// window a check can land in) must not leave the mark in memory only,
+// or drawdown after a restart is measured from a lower one.
+func TestCheckWritesTheHighWaterMarkItRaises(t *testing.T) {
+	t.Parallel()
+	db := ruleDB(t)
+	h := newRuleHarnessOn(t, db, DefaultConfig(), nil)
+	h.create(h.acct, 100000, &riskv1.Limits{MaxDrawdownPercent: proto.Float64(99)})
+	h.price(aapl, 100)
+	r := h.approve(h.buy(aapl, 100, 100))
+	h.fill("f1", r.GetReservationId(), 100, 100, 0)
+	h.eng.pricesMu.Lock()
+	h.eng.prices[aapl] = priceEntry{price: 150, at: h.clock.now()} // stored; its trip check has not run
+	h.eng.pricesMu.Unlock()
+	h.check(h.buy(aapl, 1, 150)) // equity 105,000: a new high
+	_ = h.sql.Close()
+
+	h2 := newRuleHarnessOn(t, db, DefaultConfig(), nil) // the same database, as after a restart
+	a := h2.eng.account(h.acct)
+	if a == nil {
+		t.Fatal("account not reloaded")
+	}
+	if a.highWater != 105000 {
+		t.Errorf("high-water mark after a restart %v, want 105000 (raised by the check)", a.highWater)
+	}
+}
+
+// A SetLimits retry that finds its first attempt's revision in memory
+// waits for that write: if it fails, so does the retry (Unavailable), rather
+// than ABORTED on a revision that was never stored.
+func TestSetLimitsRetryWaitsForTheRevisionItSees(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		h := newRuleHarnessOn(t, db, DefaultConfig(), nil)
+		h.create(h.acct, 100000, nil)
+		rev := h.eng.account(h.acct).limits.Revision
+		send := func() error {
+			_, err := h.svc.SetLimits(h.ctx, &riskv1.SetLimitsRequest{
+				Limits:           &riskv1.Limits{AccountId: h.acct, MaxOrderQuantity: proto.Float64(5)},
+				UpdateMask:       &fieldmaskpb.FieldMask{Paths: []string{"max_order_quantity"}},
+				ExpectedRevision: rev,
+			})
+			return err
+		}
+		restore := failInserts(t, db, "risk_events", fmt.Sprintf("NEW.event_type = %d", riskv1.RiskEventType_RISK_EVENT_TYPE_LIMITS_CHANGED))
+		release := holdWriter(t, h)
+		first := async(send)
+		waitUntil(t, "the first write queued", func() bool { return h.inflight() == 1 })
+		again := async(send)
+		release()
+		wantCodeOf(t, "first attempt (its write failed)", <-first, codes.Unavailable)
+		wantCodeOf(t, "retry (the revision it saw was never stored)", <-again, codes.Unavailable)
+		restore()
+		if err := send(); err != nil {
+			t.Errorf("a retry once the store works: %v", err)
+		}
+	})
+}

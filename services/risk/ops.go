@@ -612,9 +612,16 @@ func (e *Engine) SetLimits(ctx context.Context, in setLimitsInput) (*riskv1.Limi
 		return nil, false, err
 	}
 	if in.expectedRevision != 0 && in.expectedRevision != a.limits.Revision {
+		// The revision read may be a change still being written (a retry
+		// of it, say): answer only once it is durable, or fail with it.
+		rev := a.limits.Revision
+		wait := e.settle(ctx, a)
 		a.mu.Unlock()
+		if err := wait(); err != nil {
+			return nil, false, apierr.Unavailable("risk store", err)
+		}
 		return nil, false, &apierr.Error{Kind: apierr.ErrAborted, Reason: "LIMITS_REVISION_MISMATCH",
-			Message: fmt.Sprintf("limits of account %s are at revision %d, not %d", a.id, a.limits.Revision, in.expectedRevision)}
+			Message: fmt.Sprintf("limits of account %s are at revision %d, not %d", a.id, rev, in.expectedRevision)}
 	}
 	next := a.limits
 	for _, p := range in.paths {

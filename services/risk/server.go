@@ -140,6 +140,17 @@ func (s *Server) CheckOrders(ctx context.Context, req *riskv1.CheckOrdersRequest
 	for i := range orders {
 		wait, err := s.engine.startCheck(ctx, &orders[i], &results[i])
 		if err != nil {
+			// Nothing of a failed batch stands: the orders checked before
+			// this one finish (their accounts must not stay in flight) and
+			// their reservations are released.
+			for j := range i {
+				waits[j]()
+				if results[j].approved {
+					if _, rerr := s.engine.ReleaseWithReason(ctx, orders[j].accountID, results[j].reservation.id, "CheckOrders batch failed"); rerr != nil {
+						s.log.Warn("risk: reservation of a failed batch not released; it expires", "reservation", results[j].reservation.id, "err", rerr)
+					}
+				}
+			}
 			return nil, err
 		}
 		waits[i] = wait
