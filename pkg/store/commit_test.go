@@ -7,9 +7,12 @@ import (
 	"errors"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/store"
@@ -28,9 +31,6 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer direct.Close()
-	if _, err := direct.Exec(ctx, `CREATE TABLE lost (id INTEGER)`); err != nil {
-		t.Fatal(err)
-	}
 	pu, err := url.Parse(u)
 	if err != nil {
 		t.Fatal(err)
@@ -41,25 +41,44 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	err = db.InTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO lost (id) VALUES (1)`)
-		return err
-	})
-	var n int
-	if err := direct.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM lost`).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	if err == nil || n != 1 {
-		t.Fatalf("InTx = %v with %d rows stored; want an error with the row stored (the proxy drops the commit's answer)", err, n)
-	}
-	if !errors.Is(err, store.ErrCommitUnknown) {
-		t.Errorf("InTx = %v, want ErrCommitUnknown", err)
-	}
-	if store.IsTransient(err) {
-		t.Errorf("IsTransient(%v) = true: a retry would write the row twice", err)
-	}
-	if got := store.Err("write", err); got == nil || !errors.Is(got, apierr.ErrUnavailable) {
-		t.Errorf("Err = %v, want an unavailable error", got)
+	for _, w := range []struct {
+		name  string
+		write func(table string) error
+	}{
+		{"InTx", func(table string) error {
+			return db.InTx(ctx, func(tx *sql.Tx) error {
+				_, err := tx.ExecContext(ctx, `INSERT INTO `+table+` (id) VALUES (1)`)
+				return err
+			})
+		}},
+		{"PgxTx", func(table string) error {
+			return db.PgxTx(ctx, func(tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, `INSERT INTO `+table+` (id) VALUES (1)`)
+				return err
+			})
+		}},
+	} {
+		table := "lost_" + strings.ToLower(w.name)
+		if _, err := direct.Exec(ctx, `CREATE TABLE `+table+` (id INTEGER)`); err != nil {
+			t.Fatal(err)
+		}
+		err := w.write(table)
+		var n int
+		if err := direct.Reader().QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if err == nil || n != 1 {
+			t.Fatalf("%s = %v with %d rows stored; want an error with the row stored (the proxy drops the commit's answer)", w.name, err, n)
+		}
+		if !errors.Is(err, store.ErrCommitUnknown) {
+			t.Errorf("%s = %v, want ErrCommitUnknown", w.name, err)
+		}
+		if store.IsTransient(err) {
+			t.Errorf("IsTransient(%v) = true: a retry would write the row twice", err)
+		}
+		if got := store.Err("write", err); got == nil || !errors.Is(got, apierr.ErrUnavailable) {
+			t.Errorf("Err = %v, want an unavailable error", got)
+		}
 	}
 }
 

@@ -509,6 +509,32 @@ func (db *DB) InTx(ctx context.Context, fn func(*sql.Tx) error) (err error) {
 	return nil
 }
 
+// PgxTx runs fn in a pgx transaction on the PostgreSQL pool, as InTx does
+// with database/sql: rolled back when fn fails or panics, and a commit
+// whose outcome is unknown reported as ErrCommitUnknown.
+func (db *DB) PgxTx(ctx context.Context, fn func(pgx.Tx) error) (err error) {
+	tx, err := db.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+			panic(p)
+		}
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if err = fn(tx); err != nil {
+		return err
+	}
+	if err = tx.Commit(ctx); err != nil {
+		return commitErr(err)
+	}
+	return nil
+}
+
 // Close closes every connection.
 func (db *DB) Close() error {
 	var errs []error

@@ -163,12 +163,16 @@ func (w *metricWriter) fill(group []*pendingAppend) []*pendingAppend {
 	return group
 }
 
-// commit writes a group. If the transaction fails for a reason other than
-// a transient one, each message is written alone, so that one bad message
-// cannot fail the others.
+// commit writes a group. If the transaction fails because of one of its
+// messages, each message is written alone, so that one bad message cannot
+// fail the others. A transient failure, a commit of unknown outcome (a
+// message without a stream id, written again, would be stored twice) and
+// an ended context (each message would wait out the timeout again) answer
+// the whole group with the error.
 func (w *metricWriter) commit(group []*pendingAppend) {
 	err := w.commitOnce(group)
-	if err == nil || len(group) == 1 || store.IsTransient(err) {
+	if err == nil || len(group) == 1 || store.IsTransient(err) || errors.Is(err, store.ErrCommitUnknown) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 		if err != nil {
 			w.ins.storeError("stream metrics")
 			w.log.Error("metric write failed", "messages", len(group), "err", err)
@@ -360,7 +364,7 @@ func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links [
 	now := time.Now().UnixMilli()
 	ids := streamIDs(msgs)
 	if w.db.Dialect() == store.Postgres {
-		err := pgx.BeginFunc(ctx, w.db.Pool(), func(tx pgx.Tx) error {
+		err := w.db.PgxTx(ctx, func(tx pgx.Tx) error {
 			stored := make(map[string]uint64, len(ids))
 			if len(ids) > 0 {
 				if _, err := tx.Exec(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time)
@@ -382,15 +386,15 @@ func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links [
 				}
 			}
 			plan = planStreams(msgs, stored)
-			if len(plan.rows) == 0 {
-				return nil
-			}
-			if _, err := tx.CopyFrom(ctx, pgx.Identifier{"metrics"}, []string{"run_key", "key", "step", "ts", "value"}, &copyRows{rows: plan.rows, i: -1}); err != nil {
-				return err
-			}
-			runs, keys, steps, times, values := pointColumns(latestOf(plan.rows))
-			if _, err := tx.Exec(ctx, upsertLatestPG, runs, keys, steps, times, values); err != nil {
-				return err
+			// A message may hold no points: its sequence is still recorded.
+			if len(plan.rows) > 0 {
+				if _, err := tx.CopyFrom(ctx, pgx.Identifier{"metrics"}, []string{"run_key", "key", "step", "ts", "value"}, &copyRows{rows: plan.rows, i: -1}); err != nil {
+					return err
+				}
+				runs, keys, steps, times, values := pointColumns(latestOf(plan.rows))
+				if _, err := tx.Exec(ctx, upsertLatestPG, runs, keys, steps, times, values); err != nil {
+					return err
+				}
 			}
 			if len(plan.raised) == 0 {
 				return nil
@@ -416,11 +420,11 @@ func (w *metricWriter) write(ctx context.Context, msgs []*pendingAppend, links [
 			return err
 		}
 		plan = planStreams(msgs, stored)
-		if len(plan.rows) == 0 {
-			return nil
-		}
-		if err := w.st.writePointsSQLite(ctx, tx, plan.rows, latestOf(plan.rows)); err != nil {
-			return err
+		// A message may hold no points: its sequence is still recorded.
+		if len(plan.rows) > 0 {
+			if err := w.st.writePointsSQLite(ctx, tx, plan.rows, latestOf(plan.rows)); err != nil {
+				return err
+			}
 		}
 		for id, seq := range plan.raised {
 			if _, err := tx.ExecContext(ctx, `INSERT INTO metric_streams (stream_id, last_sequence, update_time) VALUES ($1, $2, $3)`+upsertStreams,

@@ -282,3 +282,40 @@ func TestStreamCopyWaitsForItsOriginal(t *testing.T) {
 		t.Errorf("stored %d points (%v), want 1", n, err)
 	}
 }
+
+// A stream message without points (the API allows one) still records its
+// sequence: the stream's next message follows it.
+func TestStreamMessageWithoutPoints(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		st := NewSQLStore(db)
+		defer st.Close()
+		ctx := context.Background()
+		exp := &Experiment{ID: uuid.Must(uuid.NewV7()).String(), Name: "empty-" + uuid.NewString(), Stage: StageActive}
+		if err := st.CreateExperiment(ctx, exp); err != nil {
+			t.Fatal(err)
+		}
+		run := &Run{ID: uuid.Must(uuid.NewV7()).String(), ExperimentID: exp.ID, Name: "r", Status: StatusRunning, Stage: StageActive}
+		if err := st.CreateRun(ctx, run); err != nil {
+			t.Fatal(err)
+		}
+		send := func(seq uint64, points []Point) AppendResult {
+			t.Helper()
+			done, err := st.Append(ctx, StreamMessage{RunKey: run.Key, StreamID: "s", Sequence: seq, Points: points})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return <-done
+		}
+		pt := []Point{{Key: "m", Value: 1, Step: 1, Time: 1}}
+		for seq, points := range [][]Point{pt, nil, pt} {
+			if r := send(uint64(seq+1), points); r.Err != nil || r.Duplicate {
+				t.Fatalf("sequence %d (%d points): %+v", seq+1, len(points), r)
+			}
+		}
+		var stored int64
+		if err := db.Reader().QueryRowContext(ctx, `SELECT last_sequence FROM metric_streams WHERE stream_id = 's'`).Scan(&stored); err != nil || stored != 3 {
+			t.Errorf("stored last sequence %d (%v), want 3", stored, err)
+		}
+	})
+}
