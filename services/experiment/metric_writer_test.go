@@ -24,14 +24,7 @@ func TestAppendBackpressure(t *testing.T) {
 	st.queueSize = 8
 	defer st.Close()
 	ctx := context.Background()
-	exp := &Experiment{ID: uuid.Must(uuid.NewV7()).String(), Name: "bp", Stage: StageActive}
-	if err := st.CreateExperiment(ctx, exp); err != nil {
-		t.Fatal(err)
-	}
-	run := &Run{ID: uuid.Must(uuid.NewV7()).String(), ExperimentID: exp.ID, Name: "r", Status: StatusRunning, Stage: StageActive}
-	if err := st.CreateRun(ctx, run); err != nil {
-		t.Fatal(err)
-	}
+	run := streamRun(t, st)
 
 	// Hold SQLite's only writer connection.
 	held, release := make(chan struct{}), make(chan struct{})
@@ -291,14 +284,7 @@ func TestStreamMessageWithoutPoints(t *testing.T) {
 		st := NewSQLStore(db)
 		defer st.Close()
 		ctx := context.Background()
-		exp := &Experiment{ID: uuid.Must(uuid.NewV7()).String(), Name: "empty-" + uuid.NewString(), Stage: StageActive}
-		if err := st.CreateExperiment(ctx, exp); err != nil {
-			t.Fatal(err)
-		}
-		run := &Run{ID: uuid.Must(uuid.NewV7()).String(), ExperimentID: exp.ID, Name: "r", Status: StatusRunning, Stage: StageActive}
-		if err := st.CreateRun(ctx, run); err != nil {
-			t.Fatal(err)
-		}
+		run := streamRun(t, st)
 		send := func(seq uint64, points []Point) AppendResult {
 			t.Helper()
 			done, err := st.Append(ctx, StreamMessage{RunKey: run.Key, StreamID: "s", Sequence: seq, Points: points})
