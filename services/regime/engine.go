@@ -475,11 +475,16 @@ func (e *Engine) Readiness(ctx context.Context, symbol string) error {
 	defer e.mu.Unlock()
 	st, ok := e.symbols.Peek(symbol)
 	if !ok {
-		// Not cached: clients may ask about any symbol, and a symbol's
-		// state is built anew for its next bar anyway.
 		var err error
 		if st, err = e.build(ctx, symbol); err != nil {
 			return err
+		}
+		// A symbol with bars is cached, as its next bar would cache it, so
+		// that polling it while its windows fill does not rebuild it from
+		// the store each time. One without bars is not: clients may ask
+		// about any symbol.
+		if st.hasBar {
+			e.symbols.Add(symbol, st)
 		}
 	}
 	switch {
