@@ -41,6 +41,8 @@ type forgettingFlags struct {
 	ftBatch  int
 	seeds    int
 	retrains int
+	chunk    int
+	gamma    float64
 	ftOpt    string
 	joint    bool
 	act      string
@@ -59,7 +61,9 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
 	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1); the first seed with --bench-seeds")
-	fs.IntVar(&f.retrains, "bench-retrains", 1, "forgetting benchmark: the continuation on B is this many learner retrains in a row (anchored each at the one before, the Fisher updated online with the learner's default γ)")
+	fs.IntVar(&f.chunk, "bench-chunk", learner.DefaultConfig().MinNewOutcomes, "forgetting benchmark: B reaches the learner this many outcomes at a time (the learner's --min-new-outcomes), one retrain per chunk that learns that chunk; 0: one retrain on all of B")
+	fs.IntVar(&f.retrains, "bench-retrains", 1, "forgetting benchmark: with --bench-chunk 0, refit all of B this many retrains in a row (how the learner retrained before it learned each outcome once)")
+	fs.Float64Var(&f.gamma, "bench-gamma", learner.DefaultConfig().Gamma, "forgetting benchmark: online Fisher decay γ between retrains (the learner's --gamma)")
 	fs.IntVar(&f.seeds, "bench-seeds", 5, "forgetting benchmark: runs with seeds --bench-seed, --bench-seed+1, ...; the table is their mean")
 	fs.StringVar(&f.fisher, "bench-fisher", learner.FisherDiagonal, "forgetting benchmark: the EWC penalty's Fisher estimate: diagonal (the learner's), empirical (diagonal, at the labels) or kronecker (K-FAC)")
 	fs.Float64Var(&f.ftLR, "bench-fine-tune-learning-rate", 0, "forgetting benchmark: learning rate on regime B (0: --bench-learning-rate)")
@@ -111,8 +115,14 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		return usagef("invalid --bench-fine-tune-epochs %d: want 1 or more", f.ftEpochs)
 	case f.retrains < 1 || f.retrains > 100:
 		return usagef("invalid --bench-retrains %d: want 1 to 100", f.retrains)
-	case f.retrains > 1 && f.fisher == learner.FisherKronecker:
-		return usagef("invalid --bench-retrains %d with --bench-fisher kronecker: chained retrains need a diagonal Fisher", f.retrains)
+	case f.retrains > 1 && f.chunk > 0:
+		return usagef("invalid --bench-retrains %d with --bench-chunk %d: refitting all of B needs --bench-chunk 0", f.retrains, f.chunk)
+	case f.chunk < 0:
+		return usagef("invalid --bench-chunk %d: want 0 (all of B in one retrain) or more", f.chunk)
+	case (f.retrains > 1 || f.chunk > 0) && f.fisher == learner.FisherKronecker:
+		return usagef("invalid --bench-fisher kronecker with more than one retrain: chained retrains need a diagonal Fisher (add --bench-chunk 0)")
+	case !(f.gamma >= 0 && f.gamma <= 1):
+		return usagef("invalid --bench-gamma %v: must be in [0, 1]", f.gamma)
 	case f.seeds < 1 || f.seeds > 100:
 		return usagef("invalid --bench-seeds %d: want 1 to 100", f.seeds)
 	case f.ftBatch < 1:
@@ -147,7 +157,7 @@ func runForgetting(ctx context.Context, f *forgettingFlags, stdout, stderr io.Wr
 		f.regimeA, f.regimeB, f.hidden, f.act, f.epochs, f.ftEpochs, train.LearningRate, ft.Optimizer, ft.LearningRate, ft.BatchSize, joinFloats(lambdas), f.fisher, f.seeds, f.seed)
 	start := time.Now()
 	res, err := learner.Forgetting(ctx, learner.ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: lambdas, Fisher: f.fisher, Joint: f.joint, Seeds: f.seeds,
-		Retrains: f.retrains, Gamma: learner.DefaultConfig().Gamma})
+		Retrains: f.retrains, Gamma: f.gamma, Chunk: f.chunk})
 	if err != nil {
 		return err
 	}
@@ -182,9 +192,9 @@ func (f *learnFlags) register(fs *flag.FlagSet, prefix string) {
 	fs.Float64Var(&f.gamma, prefix+"gamma", d.Gamma, "learner: online EWC decay γ of the Fisher estimate, F <- γF + F_new")
 	fs.Float64Var(&f.lr, prefix+"learning-rate", d.LearningRate, "learner: Adam learning rate")
 	fs.IntVar(&f.batch, prefix+"batch-size", d.BatchSize, "learner: mini-batch size")
-	fs.IntVar(&f.epochs, prefix+"epochs", d.Epochs, "learner: epochs over the replay buffer per retrain")
+	fs.IntVar(&f.epochs, prefix+"epochs", d.Epochs, "learner: epochs over the outcomes a retrain learns (each outcome is learned once, after it leaves the hold-out)")
 	fs.DurationVar(&f.cadence, prefix+"cadence", d.Cadence, "learner: how often to consider a retrain")
-	fs.IntVar(&f.minNew, prefix+"min-new-outcomes", d.MinNewOutcomes, "learner: new outcomes needed before the next retrain")
+	fs.IntVar(&f.minNew, prefix+"min-new-outcomes", d.MinNewOutcomes, "learner: new outcomes needed before the next retrain (about how many it learns)")
 	fs.IntVar(&f.replaySize, prefix+"replay-size", d.ReplaySize, "learner: replay buffer capacity (newest outcomes kept)")
 	fs.Float64Var(&f.holdOut, prefix+"hold-out", d.HoldOut, "learner: newest fraction of the replay buffer held out for the stability check")
 	fs.Float64Var(&f.degradation, prefix+"degradation-threshold", d.DegradationThreshold, "learner: reject a candidate whose accuracy drops more than this fraction")
@@ -225,11 +235,11 @@ bus topics decisions and market.bars and retrains every --cadence until
 stopped (with the in-process bus, run 'quantmesh up --learn' instead).
 
 --forgetting-benchmark trains on regime A (bundled data) as 'quantmesh
-train' trains the served policy, continues on regime B as one retrain of
-the learner (its learning rate, epochs and batch size) with plain
-fine-tuning and with EWC at each --lambdas, and prints accuracy and log
-loss on A before and after and on B: the mean over --bench-seeds seeds,
-then each seed's best λ. --bench-fisher measures the penalty with another
+train' trains the served policy, then streams regime B to the learner
+--bench-chunk outcomes at a time, one retrain per chunk (its learning
+rate, epochs and batch size), with plain fine-tuning and with EWC at each
+--lambdas, and prints accuracy and log loss on A before and after and on
+B: the mean over --bench-seeds seeds, then each seed's best λ. --bench-fisher measures the penalty with another
 Fisher estimate than the learner's diagonal one; --bench-joint adds
 continuing on A and B together as a reference. It needs no mesh.
 
@@ -341,11 +351,11 @@ func runLearn(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if !rep.Published {
-		fmt.Fprintf(stdout, "candidate from version %d rejected, %s@%s stays at version %d: %s\n", rep.From, cfg.Model, cfg.Alias, rep.From, rep.Reason)
+		fmt.Fprintf(stdout, "candidate from version %d (learned %d outcomes) rejected, %s@%s stays at version %d: %s\n", rep.From, rep.Train, cfg.Model, cfg.Alias, rep.From, rep.Reason)
 		return nil
 	}
-	fmt.Fprintf(stdout, "version %d published from version %d (run %s): %s@%s now points to it; accuracy on %d held-out outcomes %.3f (was %.3f), on %d samples of the previous evaluation set %.3f (was %.3f); degradation %.1f%%\n",
-		rep.Version, rep.From, rep.RunID, cfg.Model, cfg.Alias, rep.HoldOut, rep.CandHoldOut, rep.PrevHoldOut, rep.EvalSamples, rep.CandEval, rep.PrevEval, 100*rep.Degradation)
+	fmt.Fprintf(stdout, "version %d published from version %d (run %s), learned %d outcomes: %s@%s now points to it; accuracy on %d held-out outcomes %.3f (was %.3f), on %d samples of the previous evaluation set %.3f (was %.3f); degradation %.1f%%\n",
+		rep.Version, rep.From, rep.RunID, rep.Train, cfg.Model, cfg.Alias, rep.HoldOut, rep.CandHoldOut, rep.PrevHoldOut, rep.EvalSamples, rep.CandEval, rep.PrevEval, 100*rep.Degradation)
 	return nil
 }
 

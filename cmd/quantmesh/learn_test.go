@@ -19,7 +19,11 @@ func TestLearnUsageErrors(t *testing.T) {
 		{"bad regime", []string{"--forgetting-benchmark", "--regime-a", "nasdaq"}, []string{"invalid --regime-a", `unknown regime "nasdaq"`}},
 		{"bad seeds", []string{"--forgetting-benchmark", "--bench-seeds", "0"}, []string{"invalid --bench-seeds 0", "want 1 to 100"}},
 		{"bad retrains", []string{"--forgetting-benchmark", "--bench-retrains", "0"}, []string{"invalid --bench-retrains 0", "want 1 to 100"}},
-		{"retrains with K-FAC", []string{"--forgetting-benchmark", "--bench-retrains", "3", "--bench-fisher", "kronecker"}, []string{"chained retrains need a diagonal Fisher"}},
+		{"retrains with K-FAC", []string{"--forgetting-benchmark", "--bench-chunk", "0", "--bench-retrains", "3", "--bench-fisher", "kronecker"}, []string{"chained retrains need a diagonal Fisher"}},
+		{"chunks with K-FAC", []string{"--forgetting-benchmark", "--bench-fisher", "kronecker"}, []string{"chained retrains need a diagonal Fisher", "--bench-chunk 0"}},
+		{"retrains with chunks", []string{"--forgetting-benchmark", "--bench-retrains", "3"}, []string{"invalid --bench-retrains 3 with --bench-chunk 1000", "needs --bench-chunk 0"}},
+		{"bad chunk", []string{"--forgetting-benchmark", "--bench-chunk", "-1"}, []string{"invalid --bench-chunk -1"}},
+		{"bad bench gamma", []string{"--forgetting-benchmark", "--bench-gamma", "2"}, []string{"invalid --bench-gamma 2", "[0, 1]"}},
 		{"bad fine-tune batch", []string{"--forgetting-benchmark", "--bench-fine-tune-batch-size", "0"}, []string{"invalid --bench-fine-tune-batch-size 0"}},
 		{"argument", []string{"now"}, []string{"learn takes no arguments"}},
 	})

@@ -18,8 +18,9 @@ type Config struct {
 	Experiment string
 	// Lambda (λ ≥ 0) weighs the EWC penalty; 0 is plain fine-tuning. The
 	// default, 30, is the forgetting benchmark's choice (README): with this
-	// configuration's retrain it keeps the most of regime A while keeping
-	// over 90% of plain fine-tuning's accuracy on regime B.
+	// configuration's retrains it cuts plain fine-tuning's forgetting of
+	// regime A by more than 70% while keeping over 90% of its accuracy on
+	// regime B, and learns more of B than λ = 100 does.
 	Lambda float64
 	// Gamma (γ in [0, 1]) decays the running Fisher estimate on each
 	// publish: F ← γF + F_new (online EWC). 0 keeps only the newest.
@@ -28,17 +29,23 @@ type Config struct {
 	LearningRate float64
 	// BatchSize of the mini-batches.
 	BatchSize int
-	// Epochs over the replay buffer's training part per retrain.
+	// Epochs over the outcomes a retrain learns.
 	Epochs int
 	// Cadence is how often Run considers a retrain.
 	Cadence time.Duration
 	// MinNewOutcomes is how many outcomes must arrive after a retrain
-	// before Run tries again.
+	// before Run tries again: about how many a retrain learns, since each
+	// outcome is learned once, by the first published retrain after it
+	// leaves the hold-out.
 	MinNewOutcomes int
 	// ReplaySize bounds the replay buffer: the newest outcomes are kept.
+	// Outcomes a retrain has not learned by the time they leave it are
+	// never learned (while retrains are rejected, say).
 	ReplaySize int
 	// HoldOut is the newest fraction of the replay buffer held out of
-	// training for the stability check.
+	// training for the stability check. Outcomes are learned once they
+	// leave it, so with HoldOut·ReplaySize above MinNewOutcomes part of
+	// each version's evaluation set is still unlearned at the next retrain.
 	HoldOut float64
 	// DegradationThreshold rejects a candidate whose accuracy on the
 	// held-out replay set or on the previous version's evaluation set is
@@ -64,8 +71,8 @@ func DefaultConfig() Config {
 		BatchSize:            32,
 		Epochs:               5,
 		Cadence:              time.Minute,
-		MinNewOutcomes:       100,
-		ReplaySize:           5000,
+		MinNewOutcomes:       1000,
+		ReplaySize:           10000,
 		HoldOut:              0.2,
 		DegradationThreshold: 0.2,
 		Horizon:              5,

@@ -72,6 +72,12 @@ type ForgettingConfig struct {
 	Retrains int
 	// Gamma is the online Fisher's decay between retrains (the learner's).
 	Gamma float64
+	// Chunk, when positive, streams B's training part to the learner in
+	// time order, Chunk outcomes at a time, one retrain per chunk trained
+	// on that chunk only (the learner trains each outcome once), each
+	// anchored at the one before with the Fisher updated online on the
+	// chunk it learned. Retrains must then be 0 or 1.
+	Chunk int
 	// Seeds is how many seeds to run (at least 1): the i-th run trains with
 	// Train.Seed+i and FineTune.Seed+i, and the result is their mean (see
 	// ForgettingResult.Seeds).
@@ -136,10 +142,12 @@ type ForgettingResult struct {
 	SamplesB    int    `json:"samples_b"`
 	ABefore     Score  `json:"a_before"`
 	ATestBefore Score  `json:"a_test_before"`
-	// BBefore is the A-trained network on B (before any continuation).
-	BBefore Score           `json:"b_before"`
-	Plain   ForgettingRun   `json:"plain"`
-	EWC     []ForgettingRun `json:"ewc"`
+	// BBefore and BTestBefore are the A-trained network on B's training
+	// and held-out parts (before any continuation).
+	BBefore     Score           `json:"b_before"`
+	BTestBefore Score           `json:"b_test_before"`
+	Plain       ForgettingRun   `json:"plain"`
+	EWC         []ForgettingRun `json:"ewc"`
 	// Best is the EWC run with the largest DropCut among those with
 	// BRatio ≥ 0.9 (nil when none reaches it).
 	Best *ForgettingRun `json:"best,omitempty"`
@@ -155,8 +163,10 @@ type ForgettingResult struct {
 	Seeds []*ForgettingResult `json:"seeds,omitempty"`
 	// TrainSeeds are the seeds of the training on A, one per run.
 	TrainSeeds []int64 `json:"train_seeds"`
-	// Retrains is how many consecutive retrains the continuation on B was.
+	// Retrains is how many consecutive retrains the continuation on B was;
+	// Chunk the outcomes each learned (0: each refit all of B).
 	Retrains int `json:"retrains"`
+	Chunk    int `json:"chunk"`
 }
 
 // JointScore is the joint-training reference of the forgetting benchmark.
@@ -192,8 +202,11 @@ func Forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 			return nil, fmt.Errorf("forgetting: lambdas: each λ must be finite and > 0, got %v", l)
 		}
 	}
-	if cfg.Retrains > 1 && cfg.Fisher == FisherKronecker {
+	if (cfg.Retrains > 1 || cfg.Chunk > 0) && cfg.Fisher == FisherKronecker {
 		return nil, errors.New("forgetting: retrains: chained retrains need a diagonal Fisher (K-FAC has no online update)")
+	}
+	if cfg.Retrains > 1 && cfg.Chunk > 0 {
+		return nil, errors.New("forgetting: retrains: a continuation either learns B in chunks or refits all of it, not both")
 	}
 	if !(cfg.Gamma >= 0 && cfg.Gamma <= 1) {
 		return nil, fmt.Errorf("forgetting: gamma: must be in [0, 1], got %v", cfg.Gamma)
@@ -252,28 +265,33 @@ func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	res := &ForgettingResult{
 		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
 		TrainSeeds:  []int64{cfg.Train.Seed},
-		Retrains:    max(cfg.Retrains, 1),
+		Retrains:    len(chunks(len(cfg.B.TrainX), cfg.Chunk, max(cfg.Retrains, 1))),
+		Chunk:       cfg.Chunk,
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
 		BBefore:     score(base, cfg.B.TrainX, cfg.B.TrainY),
+		BTestBefore: score(base, cfg.B.TestX, cfg.B.TestY),
 	}
 	run := func(lambda float64) (ForgettingRun, error) {
 		// Retrain after retrain, as the learner does: each starts from and
 		// is anchored at the one before, and the Fisher is updated
 		// online, F ← γF + F_new, F_new on what the retrain learned.
 		n, f := base, fisherA
-		for i := range max(cfg.Retrains, 1) {
+		parts := chunks(len(cfg.B.TrainX), cfg.Chunk, max(cfg.Retrains, 1))
+		for i, p := range parts {
+			X, y := cfg.B.TrainX[p[0]:p[1]], cfg.B.TrainY[p[0]:p[1]]
 			tc := cfg.FineTune
 			tc.Start, tc.Seed = n, tc.Seed+int64(i)*retrainSeedStep
+			tc.BatchSize = min(tc.BatchSize, len(X))
 			if lambda > 0 {
 				tc.EWC = ewc(lambda, n, f)
 			}
 			var err error
-			if n, _, err = policy.Train(ctx, tc, cfg.B.TrainX, cfg.B.TrainY, nil); err != nil {
+			if n, _, err = policy.Train(ctx, tc, X, y, nil); err != nil {
 				return ForgettingRun{}, fmt.Errorf("forgetting: continue on %s (λ %v, retrain %d): %w", cfg.B.Name, lambda, i+1, err)
 			}
-			if lambda > 0 && f != nil && i+1 < cfg.Retrains {
-				fnew, err := policy.ComputeFisher(n, thin(cfg.B.TrainX, maxFisherSamples))
+			if lambda > 0 && f != nil && i+1 < len(parts) {
+				fnew, err := policy.ComputeFisher(n, thin(X, maxFisherSamples))
 				if err == nil {
 					f, err = f.Combine(cfg.Gamma, fnew)
 				}
@@ -318,6 +336,29 @@ func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 	return res, nil
 }
 
+// chunks are the [from, to) ranges of the retrains of a continuation on n
+// samples: consecutive ranges of chunk samples (the last takes the rest
+// when it would be under half a chunk), or else the whole range retrains
+// times.
+func chunks(n, chunk, retrains int) [][2]int {
+	var out [][2]int
+	if chunk <= 0 {
+		for range retrains {
+			out = append(out, [2]int{0, n})
+		}
+		return out
+	}
+	for from := 0; from < n; {
+		to := min(from+chunk, n)
+		if n-to < chunk/2 {
+			to = n
+		}
+		out = append(out, [2]int{from, to})
+		from = to
+	}
+	return out
+}
+
 // compare sets each EWC run's DropCut, BRatio and MeetsGoals against plain
 // fine-tuning, and Best.
 func (res *ForgettingResult) compare() {
@@ -354,10 +395,11 @@ func meanResult(runs []*ForgettingResult) *ForgettingResult {
 	}
 	first := runs[0]
 	res := &ForgettingResult{
-		RegimeA: first.RegimeA, RegimeB: first.RegimeB, Fisher: first.Fisher, SamplesA: first.SamplesA, SamplesB: first.SamplesB, Retrains: first.Retrains,
+		RegimeA: first.RegimeA, RegimeB: first.RegimeB, Fisher: first.Fisher, SamplesA: first.SamplesA, SamplesB: first.SamplesB, Retrains: first.Retrains, Chunk: first.Chunk,
 		ABefore:     meanScore(func(r *ForgettingResult) Score { return r.ABefore }),
 		ATestBefore: meanScore(func(r *ForgettingResult) Score { return r.ATestBefore }),
 		BBefore:     meanScore(func(r *ForgettingResult) Score { return r.BBefore }),
+		BTestBefore: meanScore(func(r *ForgettingResult) Score { return r.BTestBefore }),
 		Seeds:       runs,
 	}
 	for _, r := range runs {
@@ -461,14 +503,18 @@ func DefaultForgettingTrain() (train, fineTune policy.TrainConfig) {
 // WriteTable prints the benchmark as a text table.
 func (r *ForgettingResult) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "forgetting benchmark: regime A %s (%d training samples), then regime B %s (%d); EWC with the %s Fisher\n", r.RegimeA, r.SamplesA, r.RegimeB, r.SamplesB, r.Fisher)
-	if r.Retrains > 1 {
-		fmt.Fprintf(w, "the continuation on B is %d retrains in a row, each anchored at the one before, the Fisher updated online\n", r.Retrains)
+	switch {
+	case r.Chunk > 0:
+		fmt.Fprintf(w, "B reaches the learner %d outcomes at a time: %d retrains, each learning its chunk, anchored at the one before, the Fisher updated online\n", r.Chunk, r.Retrains)
+	case r.Retrains > 1:
+		fmt.Fprintf(w, "the continuation on B is %d retrains in a row, each refitting all of B, anchored at the one before, the Fisher updated online\n", r.Retrains)
 	}
 	if len(r.Seeds) > 1 {
 		fmt.Fprintf(w, "means over %d seeds (training on A with seeds %s); drop cut and B/plain from the means\n", len(r.Seeds), joinSeeds(r.TrainSeeds))
 	}
-	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f)\n",
-		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss)
+	fmt.Fprintf(w, "after A: accuracy on A %.3f (log loss %.4f), held-out A %.3f (%.4f), on B %.3f (%.4f), held-out B %.3f (%.4f)\n",
+		r.ABefore.Accuracy, r.ABefore.LogLoss, r.ATestBefore.Accuracy, r.ATestBefore.LogLoss, r.BBefore.Accuracy, r.BBefore.LogLoss,
+		r.BTestBefore.Accuracy, r.BTestBefore.LogLoss)
 	fmt.Fprintf(w, "%-10s %9s %9s %8s %8s %9s %8s %7s %7s %7s %6s\n", "run", "A acc", "A loss", "A drop", "A drop%", "drop cut", "B acc", "B/plain", "A' acc", "B' acc", "goals")
 	row := func(name string, x ForgettingRun) {
 		goals := "-"

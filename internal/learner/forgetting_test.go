@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -166,6 +167,65 @@ func TestForgettingRetrains(t *testing.T) {
 	} {
 		if _, err := Forgetting(ctx, bad); err == nil {
 			t.Errorf("retrains %d, fisher %q, gamma %v: no error", bad.Retrains, bad.Fisher, bad.Gamma)
+		}
+	}
+}
+
+// A streamed continuation learns B chunk by chunk, in time order: the
+// plain run is FineTune applied to each chunk in turn.
+func TestForgettingChunks(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		n, chunk, retrains int
+		want               [][2]int
+	}{
+		{10, 0, 2, [][2]int{{0, 10}, {0, 10}}},
+		{9, 4, 1, [][2]int{{0, 4}, {4, 9}}}, // the last one is under half a chunk
+		{10, 4, 1, [][2]int{{0, 4}, {4, 8}, {8, 10}}},
+		{12, 4, 1, [][2]int{{0, 4}, {4, 8}, {8, 12}}},
+		{3, 4, 1, [][2]int{{0, 3}}},
+	} {
+		if got := chunks(tc.n, tc.chunk, tc.retrains); !slices.Equal(got, tc.want) {
+			t.Errorf("chunks(%d, %d, %d) = %v, want %v", tc.n, tc.chunk, tc.retrains, got, tc.want)
+		}
+	}
+
+	A, B := daxHalves(t)
+	train := policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 5, LearningRate: 1e-2, ClassWeights: true, Seed: 3}
+	ft := policy.TrainConfig{Epochs: 2, BatchSize: 32, LearningRate: 1e-2, ClassWeights: true, Seed: 4}
+	chunk := len(B.TrainX)/3 + 1
+	cfg := ForgettingConfig{A: A, B: B, Train: train, FineTune: ft, Lambdas: []float64{10}, Chunk: chunk, Gamma: 0.9}
+	res, err := Forgetting(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	n, _, err := policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := chunks(len(B.TrainX), chunk, 1)
+	for i, p := range parts {
+		tc := ft
+		tc.Start, tc.Seed = n, ft.Seed+int64(i)*retrainSeedStep
+		if n, _, err = policy.Train(ctx, tc, B.TrainX[p[0]:p[1]], B.TrainY[p[0]:p[1]], nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := score(n, A.TrainX, A.TrainY); len(parts) != 3 || res.Retrains != 3 || res.Chunk != chunk || res.Plain.AAfter != want {
+		t.Errorf("plain over %d chunks: %d retrains of %d, A %+v; want 3 and %+v", len(parts), res.Retrains, res.Chunk, res.Plain.AAfter, want)
+	}
+	var buf bytes.Buffer
+	res.WriteTable(&buf)
+	if !strings.Contains(buf.String(), "3 retrains, each learning its chunk") {
+		t.Errorf("table:\n%s", buf.String())
+	}
+	for _, bad := range []ForgettingConfig{
+		{A: A, B: B, Lambdas: []float64{1}, Chunk: 100, Fisher: FisherKronecker},
+		{A: A, B: B, Lambdas: []float64{1}, Chunk: 100, Retrains: 2},
+	} {
+		if _, err := Forgetting(ctx, bad); err == nil {
+			t.Errorf("chunk %d, retrains %d, fisher %q: no error", bad.Chunk, bad.Retrains, bad.Fisher)
 		}
 	}
 }

@@ -178,8 +178,8 @@ func TestReplayBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	snap := r.Snapshot()
-	if r.Len() != 3 || r.Added() != 5 || len(snap) != 3 || snap[0].Features[0] != 2 || snap[2].Features[0] != 4 {
+	snap, added := r.Snapshot()
+	if r.Len() != 3 || r.Added() != 5 || added != 5 || len(snap) != 3 || snap[0].Features[0] != 2 || snap[2].Features[0] != 4 {
 		t.Errorf("len %d added %d snapshot %v; want the newest 3 of 5, oldest first", r.Len(), r.Added(), snap)
 	}
 	if err := r.Add(Outcome{Features: []float64{1, math.NaN()}}); err == nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -47,6 +48,10 @@ type Learner struct {
 	// check holds a candidate to besides the replay hold-out).
 	evalX [][]float64
 	evalY []policy.Action
+	// learned: the arrival number of the newest outcome the version has
+	// learned (0 for a version the learner adopted); a retrain learns the
+	// ones after it.
+	learned int64
 	// trainedAt: Replay.Added at the last retrain.
 	trainedAt int64
 }
@@ -156,13 +161,18 @@ func (l *Learner) load(ctx context.Context) (*current, error) {
 	return &current{version: mv.GetVersion(), revision: msg.GetRevision(), net: net, mv: mv}, nil
 }
 
-// adopt resets the state to a version the learner did not publish: its
-// evaluation set is the hold-out of the bundled data it names (tag data),
-// if any, and its Fisher estimate is computed on that data's training
-// part, or else on the replay's training part.
+// adopt resets the state to a version the learner did not publish: it
+// has learned none of the replay, its evaluation set is the hold-out of
+// the bundled data it names (tag data), if any, and its Fisher estimate is
+// computed on that data's training part, or else on the replay's training
+// part. For the learner's own version whose Fisher update failed it only
+// recomputes the Fisher.
 func (l *Learner) adopt(ctx context.Context, cur *current, fallbackX [][]float64) error {
-	l.version, l.fisher, l.evalX, l.evalY = cur.version, nil, nil, nil
 	fisherX := fallbackX
+	if cur.version != l.version {
+		l.version, l.learned, l.evalX, l.evalY = cur.version, 0, nil, nil
+	}
+	l.fisher = nil
 	switch data := l.origin(ctx, cur.mv); data {
 	case training.Bundled, "eustock", "ttrc":
 		series, err := training.Load(data)
@@ -175,7 +185,9 @@ func (l *Learner) adopt(ctx context.Context, cur *current, fallbackX [][]float64
 			return err
 		}
 		if len(ds.Names) == cur.net.Inputs() {
-			l.evalX, l.evalY = ds.TestX, ds.TestY
+			if l.evalX == nil {
+				l.evalX, l.evalY = ds.TestX, ds.TestY
+			}
 			fisherX = ds.TrainX
 		}
 	}
@@ -252,8 +264,7 @@ func (l *Learner) Retrain(ctx context.Context) (*Report, error) {
 }
 
 func (l *Learner) retrain(ctx context.Context) (*Report, error) {
-	added := l.replay.Added()
-	outs := l.replay.Snapshot()
+	outs, added := l.replay.Snapshot()
 	if len(outs) == 0 {
 		return nil, ErrEmptyReplay
 	}
@@ -261,31 +272,45 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	// seq[i] is the arrival number of X[i] (1 for the first outcome ever
+	// added), which says whether the version has learned it.
 	var X [][]float64
 	var y []policy.Action
-	for _, o := range outs {
+	var seq []int64
+	first := added - int64(len(outs)) + 1
+	for i, o := range outs {
 		if len(o.Features) == cur.net.Inputs() {
-			X, y = append(X, o.Features), append(y, o.Label)
+			X, y, seq = append(X, o.Features), append(y, o.Label), append(seq, first+int64(i))
 		}
 	}
 	if len(X) < 2 {
 		return nil, fmt.Errorf("replay: %d of %d outcomes have the %d features version %d takes; need at least 2", len(X), len(outs), cur.net.Inputs(), cur.version)
 	}
 	split := min(len(X)-1, max(1, int(math.Round(float64(len(X))*(1-l.cfg.HoldOut)))))
-	trainX, trainY, holdX, holdY := X[:split], y[:split], X[split:], y[split:]
+	holdX, holdY := X[split:], y[split:]
 	if cur.version != l.version || l.fisher == nil {
-		if err := l.adopt(ctx, cur, trainX); err != nil {
+		if err := l.adopt(ctx, cur, X[:split]); err != nil {
 			return nil, err
 		}
 	}
-	// The previous evaluation set (the last hold-out, now older than the
-	// newest outcomes, or the bundled data's) must not be trained on, or
-	// the stability check would score the candidate on what it learned.
-	trainX, trainY = without(trainX, trainY, l.evalX)
+	// A retrain learns the outcomes before the hold-out that the version
+	// has not learned yet, each once: what it learned before is in the
+	// penalty's Fisher and anchor, and fitting it again would count it
+	// twice and memorise it (README, Online learning).
+	if lost := seq[0] - l.learned - 1; l.learned > 0 && lost > 0 {
+		l.log.Warn("online learning: outcomes left the replay buffer before a retrain learned them", "model", l.cfg.Model,
+			"alias", l.cfg.Alias, "version", cur.version, "outcomes", lost)
+	}
+	from, _ := slices.BinarySearch(seq[:split], l.learned+1)
+	trainX, trainY := X[from:split], y[from:split]
 	if len(trainX) == 0 {
-		return nil, fmt.Errorf("replay: all %d outcomes before the hold-out are in version %d's evaluation set; waiting for new ones", split, cur.version)
+		return nil, fmt.Errorf("replay: version %d has learned every outcome before the hold-out; waiting for new ones", cur.version)
 	}
 	l.trainedAt = added
+	// The previous evaluation set (the last hold-out, or the bundled
+	// data's) is scored without what the candidate trains on, or the
+	// stability check would score it on what it learned.
+	evalX, evalY := without(l.evalX, l.evalY, trainX)
 
 	tc := policy.TrainConfig{
 		Start: cur.net, EWC: &policy.EWC{Lambda: l.cfg.Lambda, Anchor: cur.net, Fisher: l.fisher},
@@ -297,13 +322,13 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 		return nil, fmt.Errorf("fine-tune version %d: %w", cur.version, err)
 	}
 	rep := &Report{From: cur.version, Train: len(trainX), HoldOut: len(holdX), TrainingLoss: stats[len(stats)-1].Loss,
-		PrevEval: math.NaN(), CandEval: math.NaN(), EvalSamples: len(l.evalX)}
+		PrevEval: math.NaN(), CandEval: math.NaN(), EvalSamples: len(evalX)}
 	_, rep.PrevHoldOut = policy.Evaluate(cur.net, holdX, holdY)
 	_, rep.CandHoldOut = policy.Evaluate(cand, holdX, holdY)
 	rep.Degradation = drop(rep.PrevHoldOut, rep.CandHoldOut)
-	if len(l.evalX) > 0 {
-		_, rep.PrevEval = policy.Evaluate(cur.net, l.evalX, l.evalY)
-		_, rep.CandEval = policy.Evaluate(cand, l.evalX, l.evalY)
+	if len(evalX) > 0 {
+		_, rep.PrevEval = policy.Evaluate(cur.net, evalX, evalY)
+		_, rep.CandEval = policy.Evaluate(cand, evalX, evalY)
 		rep.Degradation = max(rep.Degradation, drop(rep.PrevEval, rep.CandEval))
 	}
 	if math.IsNaN(rep.Degradation) {
@@ -321,14 +346,12 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	// The new version is the anchor of the next retrain: F ← γF + F_new,
 	// the new Fisher on what it just learned; its evaluation set is this
 	// retrain's hold-out.
+	l.version, l.learned, l.evalX, l.evalY = rep.Version, seq[split-1], holdX, holdY
 	fnew, err := policy.ComputeFisher(cand, thin(trainX, maxFisherSamples))
 	if err == nil {
-		var f *policy.Fisher
-		if f, err = l.fisher.Combine(l.cfg.Gamma, fnew); err == nil {
-			l.version, l.fisher, l.evalX, l.evalY = rep.Version, f, holdX, holdY
-		}
+		l.fisher, err = l.fisher.Combine(l.cfg.Gamma, fnew)
 	}
-	if err != nil { // published, but the state is stale: start over from the version
+	if err != nil { // published, but the Fisher is stale: the next retrain recomputes it
 		l.fisher = nil
 		l.log.Warn("online learning: Fisher update failed; the next retrain recomputes it", "err", err)
 	}

@@ -193,6 +193,9 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	if got := servedVersion(t, inf); got != v2 {
 		t.Errorf("InferenceService serves version %d after a rejection; want %d", got, v2)
 	}
+	if rep.Train != 240 {
+		t.Errorf("the degraded retrain trained on %d outcomes, want the 240 new ones before the hold-out", rep.Train)
+	}
 	m := read()
 	for name, want := range map[string]float64{
 		"quantmesh.learner.retrains{result=published}": 1, "quantmesh.learner.retrains{result=rejected}": 1, "quantmesh.learner.retrains{result=failed}": 0,
@@ -218,6 +221,63 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 		if err != nil || run.GetRun().GetTags()["decision"] != "rejected" || run.GetRun().GetStatus() != experimentv1.RunStatus_RUN_STATUS_FAILED {
 			t.Errorf("rejection run: %v %v", run, err)
 		}
+	}
+	// A rejected retrain learned nothing: the next one learns the same
+	// outcomes again.
+	rep, err = l.Retrain(ctx)
+	if err != nil || rep.Published || rep.Train != 240 {
+		t.Errorf("retrain after the rejection: %+v, %v; want the same 240 outcomes, rejected again", rep, err)
+	}
+}
+
+// TestRetrainLearnsEachOutcomeOnce: a retrain learns the outcomes before
+// the hold-out that the version behind the alias has not learned, and only
+// those; a rejected retrain's outcomes are learned by the next one; the
+// previous evaluation set is scored without what the candidate learns.
+func TestRetrainLearnsEachOutcomeOnce(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	v1 := registerInitial(t, client)
+	ctx := context.Background()
+	cfg := testConfig() // a buffer of 300, the newest 20% held out
+	l, err := learner.New(cfg, client, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(synthetic(300, 2)...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := l.Retrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Outcomes 1-240 learned, 241-300 held out (the next evaluation set).
+	if !rep.Published || rep.From != v1 || rep.Train != 240 || rep.HoldOut != 60 {
+		t.Fatalf("first retrain: %+v, want 240 outcomes learned, 60 held out, published", rep)
+	}
+	v2 := rep.Version
+	if _, err := l.Retrain(ctx); err == nil || !strings.Contains(err.Error(), "has learned every outcome before the hold-out") {
+		t.Fatalf("a retrain with nothing new: %v, want it refused", err)
+	}
+	if got := aliasVersion(t, client); got != v2 {
+		t.Fatalf("production at version %d, want %d", got, v2)
+	}
+	// 30 more: the buffer holds 31-330, 271-330 are held out, and 241-270
+	// left the hold-out: those are what the next retrain learns, and
+	// 271-300 is what is left of the evaluation set.
+	if err := l.Add(synthetic(30, 5)...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = l.Retrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.From != v2 || rep.Train != 30 || rep.HoldOut != 60 || rep.EvalSamples != 30 {
+		t.Fatalf("second retrain: %+v, want 30 outcomes learned, 60 held out, 30 left of the evaluation set", rep)
+	}
+	if !rep.Published {
+		t.Fatalf("second retrain rejected: %s", rep.Reason)
 	}
 }
 

@@ -74,11 +74,12 @@ func (r *Replay) Added() int64 {
 	return r.added
 }
 
-// Snapshot returns the outcomes held, oldest first.
-func (r *Replay) Snapshot() []Outcome {
+// Snapshot returns the outcomes held, oldest first, and Added at the same
+// moment: outcome i is the (added − len + i + 1)-th ever added.
+func (r *Replay) Snapshot() (outs []Outcome, added int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]Outcome, 0, len(r.buf))
 	out = append(out, r.buf[r.next:]...)
-	return append(out, r.buf[:r.next]...)
+	return append(out, r.buf[:r.next]...), r.added
 }
