@@ -61,7 +61,7 @@ func (f *forgettingFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.ftEpochs, "bench-fine-tune-epochs", ft.Epochs, "forgetting benchmark: epochs on regime B")
 	fs.Float64Var(&f.lr, "bench-learning-rate", train.LearningRate, "forgetting benchmark: Adam learning rate of both phases")
 	fs.Int64Var(&f.seed, "bench-seed", train.Seed, "forgetting benchmark: seed of the training on A (B uses seed+1); the first seed with --bench-seeds")
-	fs.IntVar(&f.chunk, "bench-chunk", learner.DefaultConfig().MinNewOutcomes, "forgetting benchmark: B reaches the learner this many outcomes at a time (the learner's --min-new-outcomes), one retrain per chunk that learns that chunk; 0: one retrain on all of B")
+	fs.IntVar(&f.chunk, "bench-chunk", learner.DefaultConfig().MinNewOutcomes, "forgetting benchmark: B reaches the learner this many outcomes at a time (the learner's --min-new-outcomes), one retrain per chunk that learns that chunk; 0: retrains (--bench-retrains, 1 by default) on all of B")
 	fs.IntVar(&f.retrains, "bench-retrains", 1, "forgetting benchmark: with --bench-chunk 0, refit all of B this many retrains in a row (how the learner retrained before it learned each outcome once)")
 	fs.Float64Var(&f.gamma, "bench-gamma", learner.DefaultConfig().Gamma, "forgetting benchmark: online Fisher decay γ between retrains (the learner's --gamma)")
 	fs.IntVar(&f.seeds, "bench-seeds", 5, "forgetting benchmark: runs with seeds --bench-seed, --bench-seed+1, ...; the table is their mean")

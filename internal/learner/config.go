@@ -43,9 +43,8 @@ type Config struct {
 	// never learned (while retrains are rejected, say).
 	ReplaySize int
 	// HoldOut is the newest fraction of the replay buffer held out of
-	// training for the stability check. Outcomes are learned once they
-	// leave it, so with HoldOut·ReplaySize above MinNewOutcomes part of
-	// each version's evaluation set is still unlearned at the next retrain.
+	// training for the stability check; outcomes are learned once they
+	// leave it.
 	HoldOut float64
 	// DegradationThreshold rejects a candidate whose accuracy on the
 	// held-out replay set or on the previous version's evaluation set is

@@ -350,7 +350,7 @@ func chunks(n, chunk, retrains int) [][2]int {
 	}
 	for from := 0; from < n; {
 		to := min(from+chunk, n)
-		if n-to < chunk/2 {
+		if 2*(n-to) < chunk {
 			to = n
 		}
 		out = append(out, [2]int{from, to})

@@ -184,6 +184,8 @@ func TestForgettingChunks(t *testing.T) {
 		{10, 4, 1, [][2]int{{0, 4}, {4, 8}, {8, 10}}},
 		{12, 4, 1, [][2]int{{0, 4}, {4, 8}, {8, 12}}},
 		{3, 4, 1, [][2]int{{0, 3}}},
+		{12, 5, 1, [][2]int{{0, 5}, {5, 12}}}, // 2 left: under half of 5
+		{13, 5, 1, [][2]int{{0, 5}, {5, 10}, {10, 13}}},
 	} {
 		if got := chunks(tc.n, tc.chunk, tc.retrains); !slices.Equal(got, tc.want) {
 			t.Errorf("chunks(%d, %d, %d) = %v, want %v", tc.n, tc.chunk, tc.retrains, got, tc.want)
@@ -214,6 +216,34 @@ func TestForgettingChunks(t *testing.T) {
 	}
 	if want := score(n, A.TrainX, A.TrainY); len(parts) != 3 || res.Retrains != 3 || res.Chunk != chunk || res.Plain.AAfter != want {
 		t.Errorf("plain over %d chunks: %d retrains of %d, A %+v; want 3 and %+v", len(parts), res.Retrains, res.Chunk, res.Plain.AAfter, want)
+	}
+	// EWC: each chunk anchored at the retrain before, the Fisher (A's, to
+	// start with) updated online on the chunk just learned.
+	n, _, err = policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := policy.ComputeFisher(n, A.TrainX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range parts {
+		X, y := B.TrainX[p[0]:p[1]], B.TrainY[p[0]:p[1]]
+		tc := ft
+		tc.Start, tc.Seed, tc.EWC = n, ft.Seed+int64(i)*retrainSeedStep, &policy.EWC{Lambda: 10, Anchor: n, Fisher: f}
+		if n, _, err = policy.Train(ctx, tc, X, y, nil); err != nil {
+			t.Fatal(err)
+		}
+		fnew, err := policy.ComputeFisher(n, X)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f, err = f.Combine(0.9, fnew); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := score(n, A.TrainX, A.TrainY); res.EWC[0].AAfter != want {
+		t.Errorf("EWC over the chunks: A %+v, want %+v", res.EWC[0].AAfter, want)
 	}
 	var buf bytes.Buffer
 	res.WriteTable(&buf)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -26,11 +27,22 @@ import (
 // ErrEmptyReplay: a retrain was asked for with no outcomes to learn from.
 var ErrEmptyReplay = errors.New("replay: no outcomes to learn from (the replay buffer is empty)")
 
+// ErrNothingNew: the version behind the alias has learned every outcome
+// that has left the hold-out (the new ones do not take its features, or
+// are still held out). Retrain logs it and counts it neither as a failure
+// nor as a rejection.
+var ErrNothingNew = errors.New("replay: nothing new to learn")
+
+// maxPublished bounds the versions whose learned outcomes the learner
+// remembers.
+const maxPublished = 64
+
 // maxFisherSamples bounds the samples behind a Fisher estimate.
 const maxFisherSamples = 2000
 
-// Learner fine-tunes the version behind an alias on the outcomes in its
-// replay buffer and publishes candidates that pass the stability check.
+// Learner fine-tunes the version behind an alias on the outcomes of its
+// replay buffer it has not learned yet and publishes candidates that pass
+// the stability check.
 // Retrain and Run may be called from one goroutine at a time; Add from
 // any.
 type Learner struct {
@@ -48,10 +60,20 @@ type Learner struct {
 	// check holds a candidate to besides the replay hold-out).
 	evalX [][]float64
 	evalY []policy.Action
+	// evalLineage: evalX is the hold-out of the bundled data the version's
+	// lineage was trained on, kept across the learner's publishes.
+	evalLineage bool
 	// learned: the arrival number of the newest outcome the version has
-	// learned (0 for a version the learner adopted); a retrain learns the
-	// ones after it.
+	// learned (0 for a version the learner did not publish); a retrain
+	// learns the ones after it.
 	learned int64
+	// published: learned of the versions the learner registered, so that
+	// a version it published comes back with what it learned (the alias
+	// rolled back to it, or a publish whose answer was lost).
+	published map[int64]int64
+	// lostUpTo: the outcomes up to this arrival number that left the
+	// buffer unlearned have been logged.
+	lostUpTo int64
 	// trainedAt: Replay.Added at the last retrain.
 	trainedAt int64
 }
@@ -161,16 +183,17 @@ func (l *Learner) load(ctx context.Context) (*current, error) {
 	return &current{version: mv.GetVersion(), revision: msg.GetRevision(), net: net, mv: mv}, nil
 }
 
-// adopt resets the state to a version the learner did not publish: it
-// has learned none of the replay, its evaluation set is the hold-out of
-// the bundled data it names (tag data), if any, and its Fisher estimate is
-// computed on that data's training part, or else on the replay's training
-// part. For the learner's own version whose Fisher update failed it only
-// recomputes the Fisher.
+// adopt resets the state to a version the learner did not just publish:
+// it has learned none of the replay (or, for a version the learner
+// published before, what it learned then), its evaluation set is the
+// hold-out of the bundled data its lineage names (tag data), if any, and
+// its Fisher estimate is computed on that data's training part, or else
+// on the replay's training part. For the learner's own version whose
+// Fisher update failed it only recomputes the Fisher.
 func (l *Learner) adopt(ctx context.Context, cur *current, fallbackX [][]float64) error {
 	fisherX := fallbackX
 	if cur.version != l.version {
-		l.version, l.learned, l.evalX, l.evalY = cur.version, 0, nil, nil
+		l.version, l.learned, l.evalX, l.evalY, l.evalLineage = cur.version, l.published[cur.version], nil, nil, false
 	}
 	l.fisher = nil
 	switch data := l.origin(ctx, cur.mv); data {
@@ -186,7 +209,7 @@ func (l *Learner) adopt(ctx context.Context, cur *current, fallbackX [][]float64
 		}
 		if len(ds.Names) == cur.net.Inputs() {
 			if l.evalX == nil {
-				l.evalX, l.evalY = ds.TestX, ds.TestY
+				l.evalX, l.evalY, l.evalLineage = ds.TestX, ds.TestY, true
 			}
 			fisherX = ds.TrainX
 		}
@@ -238,8 +261,9 @@ func (l *Learner) Pending() int64 {
 	return l.replay.Added() - l.trainedAt
 }
 
-// Retrain fine-tunes the version behind the alias on the replay buffer
-// under the EWC penalty, checks the candidate and publishes it or rejects
+// Retrain fine-tunes the version behind the alias on the outcomes it has
+// not learned (those that left the hold-out since it was published) under
+// the EWC penalty, checks the candidate and publishes it or rejects
 // it. A rejection is a Report with Published false and a nil error; an
 // error means the retrain failed (both count as consecutive failures).
 func (l *Learner) Retrain(ctx context.Context) (*Report, error) {
@@ -247,6 +271,8 @@ func (l *Learner) Retrain(ctx context.Context) (*Report, error) {
 	defer l.mu.Unlock()
 	rep, err := l.retrain(ctx)
 	switch {
+	case errors.Is(err, ErrNothingNew):
+		l.log.Info("online learning: nothing new to learn", "model", l.cfg.Model, "alias", l.cfg.Alias, "err", err)
 	case err != nil:
 		l.ins.retrained(resultFailed, 0, 0, false)
 		l.log.Error("online learning: retrain failed", "model", l.cfg.Model, "alias", l.cfg.Alias, "err", err,
@@ -288,25 +314,34 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 	}
 	split := min(len(X)-1, max(1, int(math.Round(float64(len(X))*(1-l.cfg.HoldOut)))))
 	holdX, holdY := X[split:], y[split:]
-	if cur.version != l.version || l.fisher == nil {
+	adopted := cur.version != l.version
+	if adopted || l.fisher == nil {
 		if err := l.adopt(ctx, cur, X[:split]); err != nil {
 			return nil, err
 		}
 	}
+	// Outcomes that left the buffer before a published retrain learned
+	// them (logged once; for a version just adopted, those before it are
+	// not counted).
+	if adopted {
+		l.lostUpTo = max(l.lostUpTo, first-1)
+	}
+	if lost := first - 1 - max(l.learned, l.lostUpTo); lost > 0 {
+		l.log.Warn("online learning: outcomes left the replay buffer before a published retrain learned them", "model", l.cfg.Model,
+			"alias", l.cfg.Alias, "version", cur.version, "outcomes", lost)
+	}
+	l.lostUpTo = max(l.lostUpTo, first-1)
+	l.trainedAt = added
 	// A retrain learns the outcomes before the hold-out that the version
 	// has not learned yet, each once: what it learned before is in the
 	// penalty's Fisher and anchor, and fitting it again would count it
 	// twice and memorise it (README, Online learning).
-	if lost := seq[0] - l.learned - 1; l.learned > 0 && lost > 0 {
-		l.log.Warn("online learning: outcomes left the replay buffer before a retrain learned them", "model", l.cfg.Model,
-			"alias", l.cfg.Alias, "version", cur.version, "outcomes", lost)
-	}
 	from, _ := slices.BinarySearch(seq[:split], l.learned+1)
 	trainX, trainY := X[from:split], y[from:split]
 	if len(trainX) == 0 {
-		return nil, fmt.Errorf("replay: version %d has learned every outcome before the hold-out; waiting for new ones", cur.version)
+		return nil, fmt.Errorf("%w: version %d has learned every outcome before the hold-out (%d of %d outcomes take its %d features)",
+			ErrNothingNew, cur.version, len(X), len(outs), cur.net.Inputs())
 	}
-	l.trainedAt = added
 	// The previous evaluation set (the last hold-out, or the bundled
 	// data's) is scored without what the candidate trains on, or the
 	// stability check would score it on what it learned.
@@ -340,13 +375,20 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 		rep.RunID = l.logRun(ctx, rep, stats)
 		return rep, nil
 	}
-	if err := l.publish(ctx, cur, cand, rep, stats); err != nil {
+	err = l.publish(ctx, cur, cand, rep, stats)
+	if rep.Version != 0 { // registered, whether or not the alias moved
+		l.remember(rep.Version, seq[split-1])
+	}
+	if err != nil {
 		return nil, err
 	}
 	// The new version is the anchor of the next retrain: F ← γF + F_new,
 	// the new Fisher on what it just learned; its evaluation set is this
 	// retrain's hold-out.
-	l.version, l.learned, l.evalX, l.evalY = rep.Version, seq[split-1], holdX, holdY
+	l.version, l.learned = rep.Version, seq[split-1]
+	if !l.evalLineage {
+		l.evalX, l.evalY = holdX, holdY
+	}
 	fnew, err := policy.ComputeFisher(cand, thin(trainX, maxFisherSamples))
 	if err == nil {
 		l.fisher, err = l.fisher.Combine(l.cfg.Gamma, fnew)
@@ -356,6 +398,17 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 		l.log.Warn("online learning: Fisher update failed; the next retrain recomputes it", "err", err)
 	}
 	return rep, nil
+}
+
+// remember records what a registered version learned.
+func (l *Learner) remember(version, learned int64) {
+	if l.published == nil {
+		l.published = make(map[int64]int64)
+	}
+	if len(l.published) >= maxPublished {
+		delete(l.published, slices.Min(slices.Collect(maps.Keys(l.published))))
+	}
+	l.published[version] = learned
 }
 
 // without returns the samples of X (and their labels) whose feature

@@ -15,6 +15,7 @@ import (
 	"github.com/quantmesh/quantmesh/internal/learner"
 	"github.com/quantmesh/quantmesh/internal/mesh"
 	"github.com/quantmesh/quantmesh/internal/mesh/meshtest"
+	"github.com/quantmesh/quantmesh/internal/training"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -278,6 +279,174 @@ func TestRetrainLearnsEachOutcomeOnce(t *testing.T) {
 	}
 	if !rep.Published {
 		t.Fatalf("second retrain rejected: %s", rep.Reason)
+	}
+}
+
+// withFeatures returns n outcomes of k features each (a version of
+// another shape's).
+func withFeatures(n, k int) []learner.Outcome {
+	out := make([]learner.Outcome, n)
+	for i := range out {
+		out[i] = learner.Outcome{Symbol: "OTHER", Features: make([]float64, k), Label: policy.ActionHold}
+	}
+	return out
+}
+
+// TestRetrainNothingNew: outcomes are numbered by arrival, whatever their
+// features; a retrain with nothing new to learn says so without counting
+// a failure, and the next outcomes are what the next retrain learns.
+func TestRetrainNothingNew(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	registerInitial(t, client)
+	ctx := context.Background()
+	meter, read := meterReader(t)
+	l, err := learner.New(testConfig(), client, nil, meter) // a buffer of 300
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1-20 take 5 features, 21-300 the version's 4: 224 learned (21-244),
+	// 56 held out.
+	if err := l.Add(append(withFeatures(20, 5), synthetic(280, 2)...)...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := l.Retrain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Published || rep.Train != 224 || rep.HoldOut != 56 {
+		t.Fatalf("first retrain: %+v, want 224 outcomes learned, 56 held out, published", rep)
+	}
+	// Outcomes of another shape: nothing new for this version.
+	if err := l.Add(withFeatures(10, 5)...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Retrain(ctx); !errors.Is(err, learner.ErrNothingNew) || !strings.Contains(err.Error(), "has learned every outcome before the hold-out") {
+		t.Fatalf("retrain with nothing new: %v, want ErrNothingNew", err)
+	}
+	if p := l.Pending(); p != 0 {
+		t.Errorf("pending %d after a retrain that found nothing new, want 0 (Run would retry it every cadence)", p)
+	}
+	m := read()
+	if f := m["quantmesh.learner.consecutive_failures"]; f != 0 || m["quantmesh.learner.retrains{result=failed}"] != 0 {
+		t.Errorf("consecutive failures %v, failed retrains %v after nothing new; want 0 and 0", f, m["quantmesh.learner.retrains{result=failed}"])
+	}
+	// 30 more: the buffer holds 41-340, of which 41-300 and 311-340 (290)
+	// take 4 features; 232 are before the hold-out, up to outcome 272, so
+	// 245-272 are new.
+	if err := l.Add(synthetic(30, 5)...); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = l.Retrain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Train != 28 || rep.HoldOut != 58 {
+		t.Fatalf("retrain after 30 new outcomes: %+v, want the 28 that left the hold-out learned, 58 held out", rep)
+	}
+}
+
+// TestRetrainAfterRollback: when the alias is moved back to a version the
+// learner published, the learner resumes from what that version learned.
+func TestRetrainAfterRollback(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	registerInitial(t, client)
+	ctx := context.Background()
+	cfg := testConfig()
+	cfg.DegradationThreshold = 1 // the test is about what is learned
+	l, err := learner.New(cfg, client, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	retrain := func(add, want int) int64 {
+		t.Helper()
+		if err := l.Add(synthetic(add, uint64(10+add))...); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := l.Retrain(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.Published || rep.Train != want {
+			t.Fatalf("retrain: %+v, want %d outcomes learned and published", rep, want)
+		}
+		return rep.Version
+	}
+	v2 := retrain(300, 240) // learned 1-240
+	retrain(30, 30)         // v3 learned 241-270
+	if _, err := client.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: v2}); err != nil {
+		t.Fatal(err)
+	}
+	// Back at v2, which learned up to 240: the buffer holds 61-360 and
+	// 241-300 are before the hold-out.
+	retrain(30, 60)
+}
+
+// TestRetrainKeepsLineageEvaluationSet: for a version trained on bundled
+// data, the previous evaluation set is that data's hold-out, and it stays
+// so across the learner's publishes (a replay hold-out would only repeat
+// the current one, since each outcome is learned once it leaves it).
+func TestRetrainKeepsLineageEvaluationSet(t *testing.T) {
+	t.Parallel()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	ctx := context.Background()
+	series, err := training.Load("eustock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := training.DefaultConfig()
+	ds, err := training.Build(series, d.Horizon, d.Threshold, d.HoldOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	net, _, err := policy.Train(ctx, policy.TrainConfig{Config: policy.Config{Hidden: []int{8}}, Epochs: 2, LearningRate: 0.01, Seed: 1}, ds.TrainX, ds.TrainY, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := net.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CreateRegisteredModel(ctx, &experimentv1.CreateRegisteredModelRequest{Name: "policy"}); err != nil {
+		t.Fatal(err)
+	}
+	mv, err := client.CreateModelVersion(ctx, &experimentv1.CreateModelVersionRequest{ModelName: "policy", Format: policy.Format, Weights: w,
+		Tags: map[string]string{"data": "eustock"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.SetModelAlias(ctx, &experimentv1.SetModelAliasRequest{ModelName: "policy", Alias: "production", Version: mv.GetModelVersion().GetVersion()}); err != nil {
+		t.Fatal(err)
+	}
+	ttrc, err := training.Load("ttrc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.DegradationThreshold = 1 // the test is about what the check scores
+	outs, err := learner.ReplaySeries(ttrc, cfg.Horizon, cfg.LabelThreshold)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := learner.New(cfg, client, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range []int{300, 30} {
+		if err := l.Add(outs[:n]...); err != nil {
+			t.Fatal(err)
+		}
+		outs = outs[n:]
+		rep, err := l.Retrain(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.Published || rep.EvalSamples != len(ds.TestX) {
+			t.Fatalf("retrain %d: %+v, want published and scored on eustock's %d held-out samples", i+1, rep, len(ds.TestX))
+		}
 	}
 }
 
