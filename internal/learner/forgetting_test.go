@@ -139,17 +139,7 @@ func TestForgettingRetrains(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	n, _, err := policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 2 {
-		tc := ft
-		tc.Start, tc.Seed = n, ft.Seed+int64(i)*retrainSeedStep
-		if n, _, err = policy.Train(ctx, tc, B.TrainX, B.TrainY, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	n := continuation(t, train, ft, A, B, chunks(len(B.TrainX), 0, 2), 0, 0)
 	if want := score(n, A.TrainX, A.TrainY); res.Retrains != 2 || res.Plain.AAfter != want {
 		t.Errorf("plain after 2 retrains: %d retrains, A %+v; want 2 and %+v", res.Retrains, res.Plain.AAfter, want)
 	}
@@ -202,46 +192,12 @@ func TestForgettingChunks(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	n, _, err := policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	parts := chunks(len(B.TrainX), chunk, 1)
-	for i, p := range parts {
-		tc := ft
-		tc.Start, tc.Seed = n, ft.Seed+int64(i)*retrainSeedStep
-		if n, _, err = policy.Train(ctx, tc, B.TrainX[p[0]:p[1]], B.TrainY[p[0]:p[1]], nil); err != nil {
-			t.Fatal(err)
-		}
-	}
+	n := continuation(t, train, ft, A, B, parts, 0, 0)
 	if want := score(n, A.TrainX, A.TrainY); len(parts) != 3 || res.Retrains != 3 || res.Chunk != chunk || res.Plain.AAfter != want {
 		t.Errorf("plain over %d chunks: %d retrains of %d, A %+v; want 3 and %+v", len(parts), res.Retrains, res.Chunk, res.Plain.AAfter, want)
 	}
-	// EWC: each chunk anchored at the retrain before, the Fisher (A's, to
-	// start with) updated online on the chunk just learned.
-	n, _, err = policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := policy.ComputeFisher(n, A.TrainX)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, p := range parts {
-		X, y := B.TrainX[p[0]:p[1]], B.TrainY[p[0]:p[1]]
-		tc := ft
-		tc.Start, tc.Seed, tc.EWC = n, ft.Seed+int64(i)*retrainSeedStep, &policy.EWC{Lambda: 10, Anchor: n, Fisher: f}
-		if n, _, err = policy.Train(ctx, tc, X, y, nil); err != nil {
-			t.Fatal(err)
-		}
-		fnew, err := policy.ComputeFisher(n, X)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f, err = f.Combine(0.9, fnew); err != nil {
-			t.Fatal(err)
-		}
-	}
+	n = continuation(t, train, ft, A, B, parts, 10, 0.9)
 	if want := score(n, A.TrainX, A.TrainY); res.EWC[0].AAfter != want {
 		t.Errorf("EWC over the chunks: A %+v, want %+v", res.EWC[0].AAfter, want)
 	}
@@ -258,6 +214,42 @@ func TestForgettingChunks(t *testing.T) {
 			t.Errorf("chunk %d, retrains %d, fisher %q: no error", bad.Chunk, bad.Retrains, bad.Fisher)
 		}
 	}
+}
+
+// continuation trains on A, then on B's parts in turn as the learner's
+// retrains do, written out independently of Forgetting: each from and
+// (with λ > 0) anchored at the one before, the diagonal Fisher A's to
+// start with, then updated online on the part just learned.
+func continuation(t *testing.T, train, ft policy.TrainConfig, A, B *Regime, parts [][2]int, lambda, gamma float64) *policy.Network {
+	t.Helper()
+	ctx := context.Background()
+	n, _, err := policy.Train(ctx, train, A.TrainX, A.TrainY, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := policy.ComputeFisher(n, A.TrainX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range parts {
+		X, y := B.TrainX[p[0]:p[1]], B.TrainY[p[0]:p[1]]
+		tc := ft
+		tc.Start, tc.Seed = n, ft.Seed+int64(i)*retrainSeedStep
+		if lambda > 0 {
+			tc.EWC = &policy.EWC{Lambda: lambda, Anchor: n, Fisher: f}
+		}
+		if n, _, err = policy.Train(ctx, tc, X, y, nil); err != nil {
+			t.Fatal(err)
+		}
+		fnew, err := policy.ComputeFisher(n, X)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f, err = f.Combine(gamma, fnew); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return n
 }
 
 // daxHalves is the tests' pair of regimes: the two halves of the DAX

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
 	"google.golang.org/grpc"
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
@@ -93,6 +94,15 @@ func registerInitial(t *testing.T, client experimentv1.ExperimentServiceClient) 
 	return v
 }
 
+// policyMesh runs a mesh with ExperimentService and policy@production at
+// registerInitial's version, which it returns.
+func policyMesh(t *testing.T) (experimentv1.ExperimentServiceClient, int64) {
+	t.Helper()
+	_, conn := startMesh(t, mesh.Experiment)
+	client := experimentv1.NewExperimentServiceClient(conn)
+	return client, registerInitial(t, client)
+}
+
 func aliasVersion(t *testing.T, client experimentv1.ExperimentServiceClient) int64 {
 	t.Helper()
 	mv, err := client.GetModelVersionByAlias(context.Background(), &experimentv1.GetModelVersionByAliasRequest{ModelName: "policy", Alias: "production"})
@@ -123,6 +133,32 @@ func waitServed(t *testing.T, inf inferencev1.InferenceServiceClient, v int64) {
 	}
 }
 
+// newLearner returns a learner of cfg with outs in its buffer.
+func newLearner(t *testing.T, cfg learner.Config, client experimentv1.ExperimentServiceClient, meter metric.Meter, outs ...learner.Outcome) *learner.Learner {
+	t.Helper()
+	l, err := learner.New(cfg, client, nil, meter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Add(outs...); err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// addAndRetrain adds outs and runs a retrain that must not fail.
+func addAndRetrain(t *testing.T, l *learner.Learner, outs ...learner.Outcome) *learner.Report {
+	t.Helper()
+	if err := l.Add(outs...); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := l.Retrain(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 func testConfig() learner.Config {
 	cfg := learner.DefaultConfig()
 	cfg.ReplaySize, cfg.Epochs, cfg.LearningRate, cfg.BatchSize = 300, 5, 0.01, 32
@@ -146,17 +182,8 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	cfg := testConfig()
 	cfg.Lambda, cfg.Epochs, cfg.LearningRate = 0, 40, 0.05
 	meter, read := meterReader(t)
-	l, err := learner.New(cfg, client, nil, meter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Add(synthetic(300, 2)...); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := l.Retrain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLearner(t, cfg, client, meter)
+	rep := addAndRetrain(t, l, synthetic(300, 2)...)
 	if !rep.Published || rep.From != v1 || rep.Version <= v1 || rep.RunID == "" {
 		t.Fatalf("first retrain: %+v, want version %d fine-tuned and published", rep, v1)
 	}
@@ -177,13 +204,7 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 	bad := synthetic(300, 3)
 	r := rand.New(rand.NewPCG(4, 4))
 	r.Shuffle(len(bad), func(i, j int) { bad[i].Label, bad[j].Label = bad[j].Label, bad[i].Label })
-	if err := l.Add(bad...); err != nil { // evicts every good outcome
-		t.Fatal(err)
-	}
-	rep, err = l.Retrain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep = addAndRetrain(t, l, bad...) // evicts every good outcome
 	if rep.Published || rep.Version != 0 || rep.From != v2 || rep.Degradation <= cfg.DegradationThreshold || !strings.Contains(rep.Reason, "more than the 20% threshold") {
 		t.Fatalf("degraded retrain: %+v, want a rejection", rep)
 	}
@@ -237,22 +258,10 @@ func TestRetrainPublishesThenRejectsDegraded(t *testing.T) {
 // previous evaluation set is scored without what the candidate learns.
 func TestRetrainLearnsEachOutcomeOnce(t *testing.T) {
 	t.Parallel()
-	_, conn := startMesh(t, mesh.Experiment)
-	client := experimentv1.NewExperimentServiceClient(conn)
-	v1 := registerInitial(t, client)
+	client, v1 := policyMesh(t)
 	ctx := context.Background()
-	cfg := testConfig() // a buffer of 300, the newest 20% held out
-	l, err := learner.New(cfg, client, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Add(synthetic(300, 2)...); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := l.Retrain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLearner(t, testConfig(), client, nil) // a buffer of 300, the newest 20% held out
+	rep := addAndRetrain(t, l, synthetic(300, 2)...)
 	// Outcomes 1-240 learned, 241-300 held out (the next evaluation set).
 	if !rep.Published || rep.From != v1 || rep.Train != 240 || rep.HoldOut != 60 {
 		t.Fatalf("first retrain: %+v, want 240 outcomes learned, 60 held out, published", rep)
@@ -267,13 +276,7 @@ func TestRetrainLearnsEachOutcomeOnce(t *testing.T) {
 	// 30 more: the buffer holds 31-330, 271-330 are held out, and 241-270
 	// left the hold-out: those are what the next retrain learns, and
 	// 271-300 is what is left of the evaluation set.
-	if err := l.Add(synthetic(30, 5)...); err != nil {
-		t.Fatal(err)
-	}
-	rep, err = l.Retrain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep = addAndRetrain(t, l, synthetic(30, 5)...)
 	if rep.From != v2 || rep.Train != 30 || rep.HoldOut != 60 || rep.EvalSamples != 30 {
 		t.Fatalf("second retrain: %+v, want 30 outcomes learned, 60 held out, 30 left of the evaluation set", rep)
 	}
@@ -297,24 +300,13 @@ func withFeatures(n, k int) []learner.Outcome {
 // a failure, and the next outcomes are what the next retrain learns.
 func TestRetrainNothingNew(t *testing.T) {
 	t.Parallel()
-	_, conn := startMesh(t, mesh.Experiment)
-	client := experimentv1.NewExperimentServiceClient(conn)
-	registerInitial(t, client)
+	client, _ := policyMesh(t)
 	ctx := context.Background()
 	meter, read := meterReader(t)
-	l, err := learner.New(testConfig(), client, nil, meter) // a buffer of 300
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLearner(t, testConfig(), client, meter) // a buffer of 300
 	// 1-20 take 5 features, 21-300 the version's 4: 224 learned (21-244),
 	// 56 held out.
-	if err := l.Add(append(withFeatures(20, 5), synthetic(280, 2)...)...); err != nil {
-		t.Fatal(err)
-	}
-	rep, err := l.Retrain(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := addAndRetrain(t, l, append(withFeatures(20, 5), synthetic(280, 2)...)...)
 	if !rep.Published || rep.Train != 224 || rep.HoldOut != 56 {
 		t.Fatalf("first retrain: %+v, want 224 outcomes learned, 56 held out, published", rep)
 	}
@@ -335,13 +327,7 @@ func TestRetrainNothingNew(t *testing.T) {
 	// 30 more: the buffer holds 41-340, of which 41-300 and 311-340 (290)
 	// take 4 features; 232 are before the hold-out, up to outcome 272, so
 	// 245-272 are new.
-	if err := l.Add(synthetic(30, 5)...); err != nil {
-		t.Fatal(err)
-	}
-	if rep, err = l.Retrain(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if rep.Train != 28 || rep.HoldOut != 58 {
+	if rep = addAndRetrain(t, l, synthetic(30, 5)...); rep.Train != 28 || rep.HoldOut != 58 {
 		t.Fatalf("retrain after 30 new outcomes: %+v, want the 28 that left the hold-out learned, 58 held out", rep)
 	}
 }
@@ -350,25 +336,14 @@ func TestRetrainNothingNew(t *testing.T) {
 // learner published, the learner resumes from what that version learned.
 func TestRetrainAfterRollback(t *testing.T) {
 	t.Parallel()
-	_, conn := startMesh(t, mesh.Experiment)
-	client := experimentv1.NewExperimentServiceClient(conn)
-	registerInitial(t, client)
+	client, _ := policyMesh(t)
 	ctx := context.Background()
 	cfg := testConfig()
 	cfg.DegradationThreshold = 1 // the test is about what is learned
-	l, err := learner.New(cfg, client, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLearner(t, cfg, client, nil)
 	retrain := func(add, want int) int64 {
 		t.Helper()
-		if err := l.Add(synthetic(add, uint64(10+add))...); err != nil {
-			t.Fatal(err)
-		}
-		rep, err := l.Retrain(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		rep := addAndRetrain(t, l, synthetic(add, uint64(10+add))...)
 		if !rep.Published || rep.Train != want {
 			t.Fatalf("retrain: %+v, want %d outcomes learned and published", rep, want)
 		}
@@ -431,19 +406,10 @@ func TestRetrainKeepsLineageEvaluationSet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := learner.New(cfg, client, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newLearner(t, cfg, client, nil)
 	for i, n := range []int{300, 30} {
-		if err := l.Add(outs[:n]...); err != nil {
-			t.Fatal(err)
-		}
+		rep := addAndRetrain(t, l, outs[:n]...)
 		outs = outs[n:]
-		rep, err := l.Retrain(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
 		if !rep.Published || rep.EvalSamples != len(ds.TestX) {
 			t.Fatalf("retrain %d: %+v, want published and scored on eustock's %d held-out samples", i+1, rep, len(ds.TestX))
 		}
