@@ -378,7 +378,9 @@ func (m *Mesh) services(ctx context.Context) ([]server.Registration, error) {
 			if err != nil {
 				return nil, err
 			}
-			srv := regime.New(eng, log)
+			// Bars sent to IngestBars join the market.bars feed, so the
+			// online learner (here or beside the mesh) sees them too.
+			srv := regime.New(eng, log, regime.WithBarForwarding(m.Publisher))
 			m.runners = append(m.runners, func(ctx context.Context) {
 				if err := srv.ConsumeBars(ctx, m.Bus); err != nil && ctx.Err() == nil {
 					log.Error("market.bars consumer stopped", "err", err)

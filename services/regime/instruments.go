@@ -14,6 +14,7 @@ import (
 // instruments are RegimeService's metrics. Prometheus names:
 //
 //	quantmesh_regime_bars_ingested_total                   bars stored
+//	quantmesh_regime_bars_forwarded_total{result}          bars IngestBars stored and put on market.bars (published) or could not (failed)
 //	quantmesh_regime_states_total                          regime states computed and published
 //	quantmesh_regime_ingest_commit_duration_seconds        time to commit one ingest message
 //	quantmesh_regime_feature_cache_requests_total{result}  symbol feature windows found in memory (hit) or rebuilt from stored bars (miss)
@@ -23,6 +24,7 @@ import (
 //	quantmesh_regime_symbols                               symbols with a regime state
 type instruments struct {
 	bars, states, flips metric.Int64Counter
+	fwd                 metric.Int64Counter
 	commit              metric.Float64Histogram
 	cacheReq            metric.Int64Counter
 	hits, requests      atomic.Int64
@@ -42,6 +44,10 @@ func newInstruments(meter metric.Meter) (*instruments, error) {
 	}
 	var err error
 	if ins.bars, err = meter.Int64Counter("quantmesh.regime.bars.ingested", metric.WithDescription("Bars stored by RegimeService.")); err != nil {
+		return nil, err
+	}
+	if ins.fwd, err = meter.Int64Counter("quantmesh.regime.bars.forwarded",
+		metric.WithDescription("Bars IngestBars stored and put on the bus topic market.bars (published) or could not (failed).")); err != nil {
 		return nil, err
 	}
 	if ins.states, err = meter.Int64Counter("quantmesh.regime.states", metric.WithDescription("Regime states computed and published.")); err != nil {
@@ -75,6 +81,15 @@ func newInstruments(meter metric.Meter) (*instruments, error) {
 	ins.flips.Add(ctx, 0, ins.raw)
 	ins.flips.Add(ctx, 0, ins.smoothed)
 	return ins, nil
+}
+
+// forwarded counts n bars forwarded to market.bars, or not.
+func (ins *instruments) forwarded(ctx context.Context, n int, ok bool) {
+	result := "published"
+	if !ok {
+		result = "failed"
+	}
+	ins.fwd.Add(ctx, int64(n), metric.WithAttributes(attribute.String("result", result)))
 }
 
 // maxSymbolSeries bounds quantmesh_regime_probability: only the first

@@ -41,13 +41,63 @@ type Server struct {
 
 	engine *Engine
 	log    *slog.Logger
+	// forward, when set, receives the bars IngestBars stores (topic
+	// market.bars).
+	forward bus.Publisher
 }
 
 var _ regimev1.RegimeServiceServer = (*Server)(nil)
 
+// Option configures a Server.
+type Option func(*Server)
+
+// WithBarForwarding puts the bars IngestBars stores on the bus topic
+// market.bars, marked with HeaderForwarded, so that every consumer of the
+// feed (the online learner, say) sees them as it sees bars published
+// there. The server's own ConsumeBars skips them: they are stored already.
+// A bar that cannot be forwarded is logged and counted
+// (quantmesh_regime_bars_forwarded_total{result="failed"}); IngestBars
+// still answers, since the bars are stored.
+func WithBarForwarding(pub bus.Publisher) Option {
+	return func(s *Server) { s.forward = pub }
+}
+
+// HeaderForwarded marks a market.bars message that RegimeService forwarded
+// from IngestBars.
+const HeaderForwarded = "quantmesh-forwarded-by"
+
+// forwardedBy is HeaderForwarded's value.
+const forwardedBy = "regime.IngestBars"
+
 // New returns a server on engine.
-func New(engine *Engine, log *slog.Logger) *Server {
-	return &Server{engine: engine, log: log}
+func New(engine *Engine, log *slog.Logger, opts ...Option) *Server {
+	s := &Server{engine: engine, log: log}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// forwardBars puts stored bars on market.bars (WithBarForwarding).
+func (s *Server) forwardBars(ctx context.Context, bars []*regimev1.Bar) {
+	if s.forward == nil || len(bars) == 0 {
+		return
+	}
+	msgs := make([]bus.Message, 0, len(bars))
+	headers := map[string]string{HeaderForwarded: forwardedBy} // shared: buses copy what they change
+	for _, b := range bars {
+		v, err := proto.Marshal(b)
+		if err != nil { // a validated bar always marshals
+			s.log.Error("market.bars: bar not forwarded", "symbol", b.GetSymbol(), "err", err)
+			continue
+		}
+		msgs = append(msgs, bus.Message{Topic: bus.TopicMarketBars, Key: []byte(b.GetSymbol()), Value: v, Headers: headers})
+	}
+	err := s.forward.Publish(ctx, msgs...)
+	s.engine.ins.forwarded(ctx, len(msgs), err == nil)
+	if err != nil {
+		s.log.Error("market.bars: stored bars not forwarded", "bars", len(msgs), "err", err)
+	}
 }
 
 // Registration describes the service to the server bootstrap.
@@ -166,6 +216,7 @@ func (s *Server) IngestBars(stream grpc.ClientStreamingServer[regimev1.IngestBar
 			var res IngestResult
 			res, err = s.engine.Ingest(ctx, bars)
 			if err == nil {
+				s.forwardBars(ctx, req.GetBars())
 				resp.BarsAccepted += int64(res.Accepted)
 				resp.BarsDuplicate += int64(res.Duplicate)
 				resp.RegimesUpdated += int64(len(res.States))
@@ -343,6 +394,9 @@ func (s *Server) ConsumeBars(ctx context.Context, c bus.Consumer) error {
 		func(ctx context.Context, msgs []bus.Message) error {
 			var bars []Bar
 			for _, m := range msgs {
+				if m.Headers[HeaderForwarded] == forwardedBy {
+					continue // IngestBars stored it
+				}
 				pb := &regimev1.Bar{}
 				var v apierr.Violations
 				if err := proto.Unmarshal(m.Value, pb); err != nil {

@@ -15,6 +15,7 @@ import (
 
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr/apierrtest"
+	"github.com/quantmesh/quantmesh/pkg/bus"
 	"github.com/quantmesh/quantmesh/pkg/server"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/pkg/store/storetest"
@@ -44,6 +45,13 @@ func serveRegimeDPGMM(t *testing.T, db *store.DB) (regimev1.RegimeServiceClient,
 
 func serveWith(t *testing.T, db *store.DB, decode func([]byte) (mixture, error)) (regimev1.RegimeServiceClient, Store) {
 	t.Helper()
+	_, c, st := serveServer(t, db, decode)
+	return c, st
+}
+
+// serveServer is serveWith with server options, and the server.
+func serveServer(t *testing.T, db *store.DB, decode func([]byte) (mixture, error), opts ...Option) (*Server, regimev1.RegimeServiceClient, Store) {
+	t.Helper()
 	st := NewSQLStore(db)
 	ctx, cancel := context.WithCancel(context.Background())
 	eng, err := NewEngine(ctx, EngineConfig{Retained: 16}, st, quiet, nil)
@@ -51,9 +59,10 @@ func serveWith(t *testing.T, db *store.DB, decode func([]byte) (mixture, error))
 		t.Fatal(err)
 	}
 	eng.decode = decode
+	rs := New(eng, quiet, opts...)
 	srv, err := server.New(ctx, server.Options{
 		Config:   server.Config{GRPCAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", ShutdownTimeout: 2 * time.Second},
-		Services: []server.Registration{New(eng, quiet).Registration()},
+		Services: []server.Registration{rs.Registration()},
 		Logger:   quiet,
 	})
 	if err != nil {
@@ -67,7 +76,7 @@ func serveWith(t *testing.T, db *store.DB, decode func([]byte) (mixture, error))
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return regimev1.NewRegimeServiceClient(conn), st
+	return rs, regimev1.NewRegimeServiceClient(conn), st
 }
 
 func pbBars(symbol string, from time.Time, closes []float64) []*regimev1.Bar {
@@ -90,6 +99,74 @@ func ingest(t *testing.T, c regimev1.RegimeServiceClient, msgs ...[]*regimev1.Ba
 		}
 	}
 	return s.CloseAndRecv()
+}
+
+// TestIngestBarsForwarded: bars stored through IngestBars are put on
+// market.bars, marked as forwarded, for the feed's other consumers; the
+// server's own ConsumeBars skips marked bars and stores the others.
+func TestIngestBarsForwarded(t *testing.T) {
+	t.Parallel()
+	storetest.Run(t, []store.MigrationSet{Migrations()}, func(t *testing.T, db *store.DB) {
+		b := bus.NewInProc(bus.InProcConfig{})
+		t.Cleanup(func() { _ = b.Close() })
+		srv, c, st := serveServer(t, db, decodeMixture, WithBarForwarding(b))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		t0 := time.Date(2026, 4, 1, 9, 0, 0, 0, time.UTC)
+		sent := pbBars("DAX", t0, walkCloses(5))
+		if _, err := ingest(t, c, sent[:2], sent[2:]); err != nil {
+			t.Fatal(err)
+		}
+		var got []*regimev1.Bar
+		cctx, ccancel := context.WithCancel(ctx)
+		err := b.Consume(cctx, bus.ConsumerConfig{Group: "test", Topics: []string{bus.TopicMarketBars}}, func(_ context.Context, msgs []bus.Message) error {
+			for _, m := range msgs {
+				pb := &regimev1.Bar{}
+				if err := proto.Unmarshal(m.Value, pb); err != nil || m.Headers[HeaderForwarded] != forwardedBy || string(m.Key) != "DAX" {
+					t.Errorf("forwarded message %+v (%v): want a DAX bar marked %s", m, err, HeaderForwarded)
+				}
+				got = append(got, pb)
+			}
+			if len(got) >= len(sent) {
+				ccancel()
+			}
+			return nil
+		})
+		if ctx.Err() != nil {
+			t.Fatalf("consume: %v; %d of %d bars forwarded", err, len(got), len(sent))
+		}
+		if len(got) != len(sent) {
+			t.Fatalf("%d bars forwarded, want %d", len(got), len(sent))
+		}
+		for i := range sent {
+			if !proto.Equal(got[i], sent[i]) {
+				t.Errorf("bar %d forwarded as %v, sent %v", i, got[i], sent[i])
+			}
+		}
+
+		// ConsumeBars: a marked bar is taken as stored already, an
+		// unmarked one is stored.
+		go func() { _ = srv.ConsumeBars(ctx, b) }()
+		marked, _ := proto.Marshal(pbBars("DAX", t0.Add(time.Hour), []float64{101})[0])
+		plain, _ := proto.Marshal(pbBars("SMI", t0, []float64{50})[0])
+		if err := b.Publish(ctx, bus.Message{Topic: bus.TopicMarketBars, Key: []byte("DAX"), Value: marked, Headers: map[string]string{HeaderForwarded: forwardedBy}},
+			bus.Message{Topic: bus.TopicMarketBars, Key: []byte("SMI"), Value: plain}); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			bars, err := st.LastBars(ctx, "SMI", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bars) == 1 {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if bar, err := st.BarAt(ctx, "DAX", t0.Add(time.Hour)); err != nil || bar != nil {
+			t.Errorf("the marked bar was stored by ConsumeBars: %v, %v", bar, err)
+		}
+	})
 }
 
 func TestIngestAndRegimes(t *testing.T) {
