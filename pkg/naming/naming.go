@@ -14,20 +14,25 @@ import (
 // MaxName is the longest name, in characters.
 const MaxName = 250
 
-// Name checks a free-form name (an experiment's, a run's, a metric key):
-// 1 to MaxName characters of valid UTF-8, no control characters, not
-// blank.
+// Name checks a free-form name (an experiment's, a run's, a metric, param
+// or tag key): Text of at most MaxName characters.
 func Name(v *apierr.Violations, field, name string) {
+	Text(v, field, name, MaxName)
+}
+
+// Text checks a required one-line text: 1 to max characters of valid
+// UTF-8, no control characters, not blank.
+func Text(v *apierr.Violations, field, text string, max int) {
 	switch {
-	case name == "":
+	case text == "":
 		v.Add(field, "required")
-	case !utf8.ValidString(name):
+	case !utf8.ValidString(text):
 		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(name) > MaxName:
-		v.Add(field, "must be at most %d characters, got %d", MaxName, utf8.RuneCountInString(name))
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+	case utf8.RuneCountInString(text) > max:
+		v.Add(field, "must be at most %d characters, got %d", max, utf8.RuneCountInString(text))
+	case strings.IndexFunc(text, unicode.IsControl) >= 0:
 		v.Add(field, "must not contain control characters")
-	case strings.TrimFunc(name, unicode.IsSpace) == "":
+	case strings.TrimFunc(text, unicode.IsSpace) == "":
 		v.Add(field, "must not be blank")
 	}
 }
@@ -42,7 +47,7 @@ func ModelName(v *apierr.Violations, field, name string) {
 	}
 	for _, r := range name {
 		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
-			v.Add(field, "%q may hold only letters, digits, '-', '_' and '.'", truncate(name))
+			v.Add(field, "%q may hold only letters, digits, '-', '_' and '.'", Truncate(name))
 			return
 		}
 	}
@@ -63,7 +68,7 @@ func Alias(v *apierr.Violations, field, alias string) {
 	}
 	for _, r := range alias {
 		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			v.Add(field, "%q may hold only lowercase letters, digits, '-' and '_'", truncate(alias))
+			v.Add(field, "%q may hold only lowercase letters, digits, '-' and '_'", Truncate(alias))
 			return
 		}
 	}
@@ -79,8 +84,8 @@ func isVersionName(s string) bool {
 	return len(s) >= 2 && s[0] == 'v' && strings.Trim(s[1:], "0123456789") == ""
 }
 
-// truncate shortens a name quoted in an error.
-func truncate(s string) string {
+// Truncate shortens a value quoted in an error to 40 characters.
+func Truncate(s string) string {
 	const n = 40
 	if utf8.RuneCountInString(s) <= n {
 		return s

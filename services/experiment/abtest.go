@@ -131,9 +131,9 @@ func (s *Server) existingVersion(ctx context.Context, model string, version int6
 	_, err := s.store.GetModelVersion(ctx, model, version, false)
 	if errors.Is(err, apierr.ErrNotFound) {
 		if _, merr := s.store.GetRegisteredModel(ctx, model); errors.Is(merr, apierr.ErrNotFound) {
-			return apierr.Invalid(modelField, "registered model %q does not exist", truncate(model))
+			return apierr.Invalid(modelField, "registered model %q does not exist", naming.Truncate(model))
 		}
-		return apierr.Invalid(field, "model %q has no version %d", truncate(model), version)
+		return apierr.Invalid(field, "model %q has no version %d", naming.Truncate(model), version)
 	}
 	return err
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-	"unicode/utf8"
 
 	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
@@ -45,7 +44,7 @@ func (s *Server) LogCheckpoint(ctx context.Context, req *experimentv1.LogCheckpo
 	if req.GetStep() < 0 {
 		v.Add("step", "must not be negative, got %d", req.GetStep())
 	}
-	validateCheckpointURI(&v, "uri", req.GetUri())
+	naming.Text(&v, "uri", req.GetUri(), maxCheckpointURI)
 	if req.GetSizeBytes() < 0 {
 		v.Add("size_bytes", "must not be negative, got %d", req.GetSizeBytes())
 	}
@@ -257,23 +256,6 @@ func retentionPolicyFromProto(req *experimentv1.ApplyRetentionPolicyRequest) (Re
 		}
 	}
 	return p, v.Err()
-}
-
-// validateCheckpointURI checks a checkpoint's uri: 1 to 2048 characters of
-// valid UTF-8 without control characters.
-func validateCheckpointURI(v *apierr.Violations, field, uri string) {
-	switch {
-	case uri == "":
-		v.Add(field, "required")
-	case !utf8.ValidString(uri):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(uri) > maxCheckpointURI:
-		v.Add(field, "must be at most %d characters, got %d", maxCheckpointURI, utf8.RuneCountInString(uri))
-	case hasControl(uri):
-		v.Add(field, "must not contain control characters")
-	case isBlank(uri):
-		v.Add(field, "must not be blank")
-	}
 }
 
 // validateModelRef checks the optional registered model version a

@@ -6,6 +6,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/page"
 )
 
@@ -29,7 +30,7 @@ type historyCursor struct {
 func (s *Server) GetMetricHistory(ctx context.Context, req *experimentv1.GetMetricHistoryRequest) (*experimentv1.GetMetricHistoryResponse, error) {
 	var v apierr.Violations
 	v.Merge(validateID("run_id", req.GetRunId()))
-	validateKey(&v, "metric_key", req.GetMetricKey())
+	naming.Name(&v, "metric_key", req.GetMetricKey())
 	size, err := historyPages.Size("page_size", req.GetPageSize())
 	v.Merge(err)
 	switch mp := req.GetMaxPoints(); {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -157,14 +156,14 @@ func (s *Server) DeleteRegisteredModel(ctx context.Context, req *experimentv1.De
 func (s *Server) CreateModelVersion(ctx context.Context, req *experimentv1.CreateModelVersionRequest) (*experimentv1.CreateModelVersionResponse, error) {
 	var v apierr.Violations
 	naming.ModelName(&v, "model_name", req.GetModelName())
-	validateFormat(&v, "format", req.GetFormat())
+	naming.Text(&v, "format", req.GetFormat(), maxFormat)
 	sum := sha256.Sum256(req.GetWeights())
 	checksum := hex.EncodeToString(sum[:])
 	if len(req.GetWeights()) == 0 {
 		v.Add("weights", "required")
 	} else if given := req.GetChecksumSha256(); given != "" {
 		if !isSHA256Hex(given) {
-			v.Add("checksum_sha256", "must be a hex SHA-256 (64 hexadecimal characters), got %q", truncate(given))
+			v.Add("checksum_sha256", "must be a hex SHA-256 (64 hexadecimal characters), got %q", naming.Truncate(given))
 		} else if !strings.EqualFold(given, checksum) {
 			v.Add("checksum_sha256", "does not match the weights: their SHA-256 is %s", checksum)
 		}
@@ -403,21 +402,6 @@ func validateVersion(v *apierr.Violations, field string, version int64) {
 	}
 }
 
-func validateFormat(v *apierr.Violations, field, format string) {
-	switch {
-	case format == "":
-		v.Add(field, "required")
-	case !utf8.ValidString(format):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(format) > maxFormat:
-		v.Add(field, "must be at most %d characters, got %d", maxFormat, utf8.RuneCountInString(format))
-	case hasControl(format):
-		v.Add(field, "must not contain control characters")
-	case isBlank(format):
-		v.Add(field, "must not be blank")
-	}
-}
-
 // validateMetrics checks evaluation metrics: keys like metric keys, finite
 // values (NaN and infinities are rejected, as for run metrics).
 func validateMetrics(v *apierr.Violations, field string, metrics map[string]float64) {
@@ -426,8 +410,8 @@ func validateMetrics(v *apierr.Violations, field string, metrics map[string]floa
 		return
 	}
 	for k, x := range metrics {
-		f := field + "[" + truncate(k) + "]"
-		validateKey(v, f, k)
+		f := field + "[" + naming.Truncate(k) + "]"
+		naming.Name(v, f, k)
 		validateValue(v, f, x)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 	"github.com/quantmesh/quantmesh/pkg/store"
 	"github.com/quantmesh/quantmesh/services/experiment/filter"
 )
@@ -338,7 +339,7 @@ func (s *SQLStore) insertParams(ctx context.Context, tx *sql.Tx, runID string, r
 			return &apierr.Error{
 				Kind:     apierr.ErrFailedPrecondition,
 				Reason:   "PARAM_IMMUTABLE",
-				Message:  fmt.Sprintf("param %q of run %s is already %q; params cannot change (got %q)", p.Key, runID, truncate(v), truncate(p.Value)),
+				Message:  fmt.Sprintf("param %q of run %s is already %q; params cannot change (got %q)", p.Key, runID, naming.Truncate(v), naming.Truncate(p.Value)),
 				Metadata: map[string]string{"param": p.Key, "run_id": runID},
 			}
 		}

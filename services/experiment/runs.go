@@ -179,7 +179,7 @@ func (s *Server) setRunStage(ctx context.Context, id string, to Stage) (*Run, er
 func (s *Server) SetRunTag(ctx context.Context, req *experimentv1.SetRunTagRequest) (*experimentv1.SetRunTagResponse, error) {
 	var v apierr.Violations
 	v.Merge(validateID("run_id", req.GetRunId()))
-	validateKey(&v, "key", req.GetKey())
+	naming.Name(&v, "key", req.GetKey())
 	validateText(&v, "value", req.GetValue(), maxTagValue)
 	if err := v.Err(); err != nil {
 		return nil, err
@@ -194,7 +194,7 @@ func (s *Server) SetRunTag(ctx context.Context, req *experimentv1.SetRunTagReque
 func (s *Server) DeleteRunTag(ctx context.Context, req *experimentv1.DeleteRunTagRequest) (*experimentv1.DeleteRunTagResponse, error) {
 	var v apierr.Violations
 	v.Merge(validateID("run_id", req.GetRunId()))
-	validateKey(&v, "key", req.GetKey())
+	naming.Name(&v, "key", req.GetKey())
 	if err := v.Err(); err != nil {
 		return nil, err
 	}
@@ -227,10 +227,10 @@ func (s *Server) LogBatch(ctx context.Context, req *experimentv1.LogBatchRequest
 	params := map[string]string{}
 	for i, p := range req.GetParams() {
 		field := fmt.Sprintf("params[%d]", i)
-		validateKey(&v, field+".key", p.GetKey())
+		naming.Name(&v, field+".key", p.GetKey())
 		validateText(&v, field+".value", p.GetValue(), maxParamValue)
 		if prev, dup := params[p.GetKey()]; dup && prev != p.GetValue() {
-			v.Add(field+".key", "param %q appears twice in the batch with different values", truncate(p.GetKey()))
+			v.Add(field+".key", "param %q appears twice in the batch with different values", naming.Truncate(p.GetKey()))
 		}
 		params[p.GetKey()] = p.GetValue()
 		b.Params = append(b.Params, KV{p.GetKey(), p.GetValue()})
@@ -238,7 +238,7 @@ func (s *Server) LogBatch(ctx context.Context, req *experimentv1.LogBatchRequest
 	tags := map[string]int{}
 	for i, t := range req.GetTags() {
 		field := fmt.Sprintf("tags[%d]", i)
-		validateKey(&v, field+".key", t.GetKey())
+		naming.Name(&v, field+".key", t.GetKey())
 		validateText(&v, field+".value", t.GetValue(), maxTagValue)
 		if j, dup := tags[t.GetKey()]; dup {
 			b.Tags[j].Value = t.GetValue() // the last value wins
@@ -263,7 +263,7 @@ func pointsFromProto(v *apierr.Violations, field string, in []*experimentv1.Metr
 	out := make([]Point, len(in))
 	for i, m := range in {
 		f := fmt.Sprintf("%s[%d]", field, i)
-		validateKey(v, f+".key", m.GetKey())
+		naming.Name(v, f+".key", m.GetKey())
 		validateValue(v, f+".value", m.GetValue())
 		if m.GetTimestampMs() < 0 {
 			v.Add(f+".timestamp_ms", "must not be negative, got %d", m.GetTimestampMs())

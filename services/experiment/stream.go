@@ -12,6 +12,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 )
 
 // streamInFlight bounds the messages of one stream queued for the writer
@@ -118,7 +119,7 @@ func (s *Server) streamMessage(ctx context.Context, req *experimentv1.StreamMetr
 	}
 	switch {
 	case n > 0 && req.GetStreamId() != streamID:
-		v.Add("stream_id", "must be the same on every message of a stream: %q, then %q", truncate(streamID), truncate(req.GetStreamId()))
+		v.Add("stream_id", "must be the same on every message of a stream: %q, then %q", naming.Truncate(streamID), naming.Truncate(req.GetStreamId()))
 	case req.GetStreamId() == "":
 	case utf8.RuneCountInString(req.GetStreamId()) > maxStreamID || hasControl(req.GetStreamId()):
 		v.Add("stream_id", "must be 1 to %d characters without control characters", maxStreamID)

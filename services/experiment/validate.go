@@ -10,38 +10,19 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/quantmesh/quantmesh/pkg/apierr"
+	"github.com/quantmesh/quantmesh/pkg/naming"
 )
 
 // Limits on what clients send, MLflow's or stricter.
 const (
-	maxName             = 250
 	maxDescription      = 5000
 	maxArtifactLocation = 2048
 	maxTagKey           = 250
 	maxTagValue         = 5000
 	maxTags             = 100
-	maxKey              = 250
 	maxParamValue       = 6000
 	maxIdempotencyKey   = 128
 )
-
-// validateKey checks a metric, param or tag key: 1 to 250 characters, no
-// control characters, not blank. Any other character is allowed ('/' and
-// spaces included, as in MLflow).
-func validateKey(v *apierr.Violations, field, key string) {
-	switch {
-	case key == "":
-		v.Add(field, "required")
-	case !utf8.ValidString(key):
-		v.Add(field, "must be valid UTF-8")
-	case utf8.RuneCountInString(key) > maxKey:
-		v.Add(field, "must be at most %d characters, got %d", maxKey, utf8.RuneCountInString(key))
-	case hasControl(key):
-		v.Add(field, "must not contain control characters")
-	case isBlank(key):
-		v.Add(field, "must not be blank")
-	}
-}
 
 // validateValue checks a metric value. NaN and infinities are rejected:
 // they cannot be ordered, compared in a search or averaged, and MLflow's
@@ -59,7 +40,7 @@ func validateID(field, id string) error {
 		return apierr.Invalid(field, "required")
 	}
 	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
-		return apierr.Invalid(field, "%q is not a valid id (a UUID such as 0192f1f0-5b7e-7c3a-9d2e-1a2b3c4d5e6f)", truncate(id))
+		return apierr.Invalid(field, "%q is not a valid id (a UUID such as 0192f1f0-5b7e-7c3a-9d2e-1a2b3c4d5e6f)", naming.Truncate(id))
 	}
 	return nil
 }
@@ -83,11 +64,11 @@ func validateTags(v *apierr.Violations, field string, tags map[string]string) {
 		case k == "" || isBlank(k):
 			v.Add(field, "tag keys must not be empty")
 		case utf8.RuneCountInString(k) > maxTagKey:
-			v.Add(field+"["+truncate(k)+"]", "tag key must be at most %d characters", maxTagKey)
+			v.Add(field+"["+naming.Truncate(k)+"]", "tag key must be at most %d characters", maxTagKey)
 		case hasControl(k):
-			v.Add(field+"["+truncate(k)+"]", "tag key must not contain control characters")
+			v.Add(field+"["+naming.Truncate(k)+"]", "tag key must not contain control characters")
 		}
-		validateText(v, field+"["+truncate(k)+"]", val, maxTagValue)
+		validateText(v, field+"["+naming.Truncate(k)+"]", val, maxTagValue)
 	}
 }
 
@@ -107,16 +88,6 @@ func isBlank(s string) bool {
 		}
 	}
 	return true
-}
-
-// truncate shortens client input quoted in error messages.
-func truncate(s string) string {
-	const n = 40
-	if utf8.RuneCountInString(s) <= n {
-		return s
-	}
-	r := []rune(s)
-	return string(r[:n]) + "…"
 }
 
 // maskPaths checks an update mask against the fields an update may change
