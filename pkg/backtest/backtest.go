@@ -298,8 +298,7 @@ func run(ctx context.Context, cfg Config, portfolio bool) (*Portfolio, error) {
 	pos := make([][][]float64, len(evaluated))
 	acc := make([][]accumulator, len(evaluated))
 	for s, closes := range evaluated {
-		rets[s] = strategy.ReturnMatrix(cfg.Strategies, closes)
-		pos[s] = strategy.PositionMatrix(cfg.Strategies, closes)
+		rets[s], pos[s] = strategy.Matrices(cfg.Strategies, closes)
 		out.Series[s] = &Report{Results: make([]Result, len(cfg.Policies))}
 		acc[s] = make([]accumulator, len(cfg.Policies))
 		for i := range acc[s] {

@@ -193,7 +193,12 @@ func (s Strategy) Positions(closes []float64) []float64 {
 // out[t] = position_t-1 * (closes[t]/closes[t-1] - 1). Closes must be
 // positive and finite.
 func (s Strategy) Returns(closes []float64) []float64 {
-	pos := s.Positions(closes)
+	return earned(s.Positions(closes), closes)
+}
+
+// earned returns what positions earn over closes: out[0] = 0 and
+// out[t] = pos[t-1] * (closes[t]/closes[t-1] - 1).
+func earned(pos, closes []float64) []float64 {
 	out := make([]float64, len(closes))
 	for t := 1; t < len(closes); t++ {
 		out[t] = pos[t-1] * (closes[t]/closes[t-1] - 1)
@@ -203,28 +208,50 @@ func (s Strategy) Returns(closes []float64) []float64 {
 
 // ReturnMatrix returns out[t][i], strategy i's return over bar t.
 func ReturnMatrix(strats []Strategy, closes []float64) [][]float64 {
-	return matrix(strats, closes, Strategy.Returns)
+	out := grid(len(closes), len(strats))
+	for i, s := range strats {
+		fill(out, i, s.Returns(closes))
+	}
+	return out
 }
 
 // PositionMatrix returns out[t][i], strategy i's position decided at the
 // close of bar t: the one that earns ReturnMatrix's out[t+1][i].
 func PositionMatrix(strats []Strategy, closes []float64) [][]float64 {
-	return matrix(strats, closes, Strategy.Positions)
-}
-
-// matrix returns out[t][i] = column(strats[i], closes)[t].
-func matrix(strats []Strategy, closes []float64, column func(Strategy, []float64) []float64) [][]float64 {
-	out := make([][]float64, len(closes))
-	flat := make([]float64, len(closes)*len(strats))
-	for t := range out {
-		out[t] = flat[t*len(strats) : (t+1)*len(strats)]
-	}
+	out := grid(len(closes), len(strats))
 	for i, s := range strats {
-		for t, v := range column(s, closes) {
-			out[t][i] = v
-		}
+		fill(out, i, s.Positions(closes))
 	}
 	return out
+}
+
+// Matrices returns ReturnMatrix and PositionMatrix of the same closes,
+// computing each strategy's positions once.
+func Matrices(strats []Strategy, closes []float64) (rets, pos [][]float64) {
+	rets, pos = grid(len(closes), len(strats)), grid(len(closes), len(strats))
+	for i, s := range strats {
+		p := s.Positions(closes)
+		fill(pos, i, p)
+		fill(rets, i, earned(p, closes))
+	}
+	return rets, pos
+}
+
+// grid returns a rows × cols matrix backed by one slice.
+func grid(rows, cols int) [][]float64 {
+	out := make([][]float64, rows)
+	flat := make([]float64, rows*cols)
+	for t := range out {
+		out[t] = flat[t*cols : (t+1)*cols]
+	}
+	return out
+}
+
+// fill sets column i of m to col.
+func fill(m [][]float64, i int, col []float64) {
+	for t, v := range col {
+		m[t][i] = v
+	}
 }
 
 func mean(xs []float64) float64 {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"testing"
 
 	"github.com/quantmesh/quantmesh/pkg/marketdata"
@@ -70,11 +71,15 @@ func TestReturnsOnBundledData(t *testing.T) {
 	}
 }
 
-// PositionMatrix holds the positions that earn ReturnMatrix's returns.
+// PositionMatrix holds the positions that earn ReturnMatrix's returns,
+// and Matrices returns both.
 func TestPositionMatrix(t *testing.T) {
 	t.Parallel()
 	closes := randomWalk(300, 3)
 	pos, rets := PositionMatrix(All(), closes), ReturnMatrix(All(), closes)
+	if r2, p2 := Matrices(All(), closes); !reflect.DeepEqual(r2, rets) || !reflect.DeepEqual(p2, pos) {
+		t.Fatal("Matrices differs from ReturnMatrix and PositionMatrix")
+	}
 	if len(pos) != len(closes) {
 		t.Fatalf("%d rows of positions for %d closes", len(pos), len(closes))
 	}

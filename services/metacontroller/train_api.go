@@ -338,8 +338,7 @@ func (s *Server) train(ctx context.Context, registry experimentv1.ExperimentServ
 		}
 		return fail(err)
 	}
-	rets := strategy.ReturnMatrix(job.strats, ds.closes)
-	pos := strategy.PositionMatrix(job.strats, ds.closes)
+	rets, pos := strategy.Matrices(job.strats, ds.closes)
 	states, next := prep.TrainingData(rets, job.trainEnd)
 	// The same training rows of the dataset's other columns, each with
 	// its own regime model: more history, no evaluated row.
