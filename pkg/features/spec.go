@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 )
 
@@ -199,6 +200,12 @@ func (c *Computer) Bars() int { return c.bars }
 // history is seeded with the highest close of that history, so that its
 // drawdown is the one a computer fed every bar would give.
 func (c *Computer) SeedHigh(high float64) { c.allHigh = math.Max(c.allHigh, high) }
+
+// TracksHigh reports whether the computer has a drawdown over every bar,
+// the one feature SeedHigh matters to.
+func (c *Computer) TracksHigh() bool {
+	return slices.Contains(c.specs, Spec{Kind: Drawdown})
+}
 
 // ErrNoVolume is returned for a bar without a volume when a feature needs
 // volumes; the computer is unchanged.

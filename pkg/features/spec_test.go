@@ -113,6 +113,12 @@ func TestComputerSeedHigh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !c.TracksHigh() {
+		t.Error("a computer with drawdown over every bar does not track the high")
+	}
+	if w, _ := NewComputer([]Spec{{Drawdown, 10}, {Momentum, 2}}); w.TracksHigh() {
+		t.Error("a computer with only a windowed drawdown tracks the high")
+	}
 	c.SeedHigh(40)
 	c.SeedHigh(35) // never lowers it
 	got := make([]float64, c.Len())

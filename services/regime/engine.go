@@ -184,7 +184,7 @@ func (e *Engine) build(ctx context.Context, symbol string) (*symbolState, error)
 	if err != nil {
 		return nil, err
 	}
-	if len(bars) == comp.Warmup() {
+	if len(bars) == comp.Warmup() && comp.TracksHigh() {
 		// Drawdown over every bar measures from the high of the whole
 		// history, not of the bars replayed here (when fewer, they are the
 		// whole history).
