@@ -541,15 +541,11 @@ func (s *SQLStore) ABStats(ctx context.Context, testID string, srmSince time.Tim
 			{pairedTreatment, st.Paired, nil, nil, &st.PairedTreatmentP50MS, &st.PairedTreatmentP95MS},
 		} {
 			if q.units != nil {
-				if err := tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT unit_id) FROM (`+q.from+`) x`, testID).Scan(q.units); err != nil {
+				// Units in all, and since the split changed (all of them when
+				// it never did: the zero time is before every observation).
+				if err := tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT unit_id), COUNT(DISTINCT CASE WHEN observe_time >= $2 THEN unit_id END) FROM (`+q.from+`) x`,
+					testID, millis(srmSince)).Scan(q.units, q.srmUnits); err != nil {
 					return err
-				}
-				*q.srmUnits = *q.units
-				if !srmSince.IsZero() {
-					if err := tx.QueryRowContext(ctx, `SELECT COUNT(DISTINCT unit_id) FROM (`+q.from+`) x WHERE observe_time >= $2`,
-						testID, millis(srmSince)).Scan(q.srmUnits); err != nil {
-						return err
-					}
 				}
 			}
 			if *q.p50, err = percentile(ctx, tx, q.from, testID, q.n, 50); err != nil {
