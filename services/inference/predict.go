@@ -80,9 +80,6 @@ func (s *Server) registerGauges(meter metric.Meter) error {
 func (s *Server) Predict(ctx context.Context, req *inferencev1.PredictRequest) (*inferencev1.PredictResponse, error) {
 	start := time.Now()
 	tg, err := s.prepare("", req)
-	if err == nil {
-		err = tg.forward("", req)
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -134,9 +131,6 @@ func (s *Server) PredictBatch(ctx context.Context, req *inferencev1.PredictBatch
 	for i, r := range reqs {
 		prefix := fmt.Sprintf("requests[%d].", i)
 		tg, err := s.prepare(prefix, r)
-		if err == nil {
-			err = tg.forward(prefix, r)
-		}
 		if err != nil && !v.Merge(err) && firstErr == nil {
 			firstErr = err
 		}
@@ -172,9 +166,6 @@ func (s *Server) StreamPredict(stream grpc.BidiStreamingServer[inferencev1.Strea
 		var resp *inferencev1.PredictResponse
 		tg, err := s.prepare("request.", req)
 		if err == nil {
-			err = tg.forward("request.", req)
-		}
-		if err == nil {
 			resp = s.answer(ctx, req, tg, start)
 		}
 		if err != nil {
@@ -209,9 +200,10 @@ func predictError(err error) *inferencev1.PredictError {
 	return pe
 }
 
-// prepare validates req (violations named with prefix) and resolves the
-// model version that answers it, routing it under the model's A/B test.
-// Errors are InvalidArgument, NotFound, FailedPrecondition or Unavailable.
+// prepare validates req (violations named with prefix), resolves the
+// model version that answers it, routing it under the model's A/B test,
+// and runs that version's forward pass. Errors are InvalidArgument,
+// NotFound, FailedPrecondition or Unavailable.
 func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (target, error) {
 	var v apierr.Violations
 	if req == nil {
@@ -306,7 +298,9 @@ func (s *Server) prepare(prefix string, req *inferencev1.PredictRequest) (target
 		v.Add(prefix+"features", "model %q version %d takes %d features, got %d", name, lv.version, lv.net.Inputs(), len(feats))
 		return target{}, v.Err()
 	}
-	return target{m: m, lv: lv, pinned: pinned, rt: rt}, nil
+	tg := target{m: m, lv: lv, pinned: pinned, rt: rt}
+	err := tg.forward(prefix, req)
+	return tg, err
 }
 
 // answer builds the response from the target's forward pass, records the
