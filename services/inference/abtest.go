@@ -270,26 +270,30 @@ func (f *abFollower) install(ctx context.Context, model string) error {
 	if prev := m.ab.Load(); prev != nil && prev.controlVersion == r.controlVersion && prev.treatmentVersion == r.treatmentVersion {
 		r.control, r.treatment = prev.control, prev.treatment
 	}
+	unloaded := *r
+	unloaded.control, unloaded.treatment = nil, nil
+	var err error
 	if !r.armsLoaded() {
-		unloaded := *r
 		m.ab.Store(&unloaded)
-		var err error
 		if r.control, err = f.version(ctx, m, r.controlVersion); err == nil {
 			r.treatment, err = f.version(ctx, m, r.treatmentVersion)
 		}
-		if err == nil && r.mode == inferencev1.ABTestMode_AB_TEST_MODE_SPLIT && r.control.net.Inputs() != r.treatment.net.Inputs() {
-			err = unservable{fmt.Errorf("split test arms read different features: control version %d takes %d, treatment version %d takes %d",
-				r.controlVersion, r.control.net.Inputs(), r.treatmentVersion, r.treatment.net.Inputs())}
-		}
-		if _, never := errors.AsType[unservable](err); never {
-			f.log.Error("A/B test cannot be served; requests stay unrouted until it changes", "model", model, "ab_test_id", r.testID, "err", err)
-			f.prune(model, r)
-			return nil
-		}
-		if err != nil {
-			f.log.Error("A/B test arms not loaded; requests stay unrouted", "model", model, "ab_test_id", r.testID, "err", err)
-			return err
-		}
+	}
+	// Whether just loaded or kept (a shadow test switched to split keeps
+	// its arms), split arms must read the same features.
+	if err == nil && r.mode == inferencev1.ABTestMode_AB_TEST_MODE_SPLIT && r.control.net.Inputs() != r.treatment.net.Inputs() {
+		err = unservable{fmt.Errorf("split test arms read different features: control version %d takes %d, treatment version %d takes %d",
+			r.controlVersion, r.control.net.Inputs(), r.treatmentVersion, r.treatment.net.Inputs())}
+	}
+	if _, never := errors.AsType[unservable](err); never {
+		m.ab.Store(&unloaded)
+		f.log.Error("A/B test cannot be served; requests stay unrouted until it changes", "model", model, "ab_test_id", r.testID, "err", err)
+		f.prune(model, r)
+		return nil
+	}
+	if err != nil {
+		f.log.Error("A/B test arms not loaded; requests stay unrouted", "model", model, "ab_test_id", r.testID, "err", err)
+		return err
 	}
 	m.ab.Store(r)
 	f.prune(model, r)

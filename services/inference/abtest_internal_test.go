@@ -224,4 +224,24 @@ func TestFollowerUnservableArms(t *testing.T) {
 	if rt, _ := routeFor(s.models["policy"], "u", false); rt == nil {
 		t.Error("a servable test does not route")
 	}
+	// A shadow test may compare arms that read different features; switched
+	// to split with the same versions (its arms already loaded), it cannot
+	// be served either.
+	test(experimentv1.ABTestMode_AB_TEST_MODE_SHADOW, 3)
+	if err := f.install(context.Background(), "policy"); err != nil {
+		t.Fatal(err)
+	}
+	if rt, _ := routeFor(s.models["policy"], "u", false); rt == nil {
+		t.Error("a shadow test of arms reading different features does not route")
+	}
+	test(split, 3)
+	if err := f.install(context.Background(), "policy"); err != nil {
+		t.Fatalf("shadow to split: install asks for a retry: %v", err)
+	}
+	if r := s.models["policy"].ab.Load(); r == nil || r.armsLoaded() || r.mode != inferencev1.ABTestMode_AB_TEST_MODE_SPLIT {
+		t.Errorf("shadow to split: route %+v, want the split test with its arms not loaded", r)
+	}
+	if rt, lv := routeFor(s.models["policy"], "u", false); rt != nil || lv != nil {
+		t.Error("shadow to split: a request was routed to arms reading different features")
+	}
 }
