@@ -87,10 +87,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// postgresSchemes are the URL prefixes that select PostgreSQL.
+var postgresSchemes = []string{"postgres://", "postgresql://"}
+
 // IsPostgresURL reports whether url selects the PostgreSQL backend.
-func IsPostgresURL(u string) bool {
-	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
-}
+func IsPostgresURL(u string) bool { return redactedScheme(u) != "" }
 
 // DB is an open database.
 type DB struct {
@@ -578,9 +579,9 @@ func Redact(raw string) string {
 	return u.String()
 }
 
-// redactedScheme returns the "postgres://" prefix of raw, or nothing.
+// redactedScheme returns the PostgreSQL scheme prefix of raw, or nothing.
 func redactedScheme(raw string) string {
-	for _, p := range []string{"postgres://", "postgresql://"} {
+	for _, p := range postgresSchemes {
 		if strings.HasPrefix(raw, p) {
 			return p
 		}
