@@ -128,7 +128,7 @@ func validateLimits(v *apierr.Violations, prefix string, l *riskv1.Limits, paths
 	for _, path := range paths {
 		if f, ok := floatLimits[path]; ok {
 			if p := *f.proto(l); p != nil {
-				if math.IsNaN(*p) || math.IsInf(*p, 0) {
+				if !isFinite(*p) {
 					v.Add(prefix+path, "must be finite, got %v", *p)
 				} else if *p < 0 {
 					v.Add(prefix+path, "must not be negative, got %v", *p)

@@ -7,7 +7,6 @@ package risk
 import (
 	"context"
 	"log/slog"
-	"math"
 	"slices"
 	"time"
 
@@ -210,7 +209,7 @@ func parseOrder(v *apierr.Violations, prefix string, o *riskv1.Order, dst *order
 }
 
 func finite(v *apierr.Violations, field string, x float64) bool {
-	if math.IsNaN(x) || math.IsInf(x, 0) {
+	if !isFinite(x) {
 		v.Add(field, "must be finite, got %v", x)
 		return false
 	}
