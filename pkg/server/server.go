@@ -391,9 +391,7 @@ func (s *Server) Close() {
 func (s *Server) closeListeners() {
 	s.grpcLis.Close()
 	s.httpLis.Close()
-	if s.gwLis != nil {
-		s.gwLis.Close()
-	}
+	s.gwLis.Close()
 }
 
 // Draining is closed when shutdown starts.
