@@ -10,10 +10,8 @@ import (
 	inferencev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/inference/v1"
 	regimev1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/regime/v1"
 	"github.com/quantmesh/quantmesh/pkg/bus"
+	"github.com/quantmesh/quantmesh/pkg/marketdata"
 )
-
-// maxBarLead is how far ahead of the clock a bar may be stamped.
-const maxBarLead = 24 * time.Hour
 
 // ConsumerGroup is the learner's bus consumer group.
 const ConsumerGroup = "learner"
@@ -46,7 +44,7 @@ func (l *Learner) Consume(ctx context.Context, c bus.Consumer) error {
 					}
 					// A bar stamped far ahead (RegimeService refuses it too)
 					// would make every later bar of its symbol look old.
-					if t := b.GetTime().AsTime(); t.After(time.Now().Add(maxBarLead)) {
+					if t := b.GetTime().AsTime(); t.After(time.Now().Add(marketdata.MaxBarLead)) {
 						l.log.Error("learner: bar stamped in the future skipped", "symbol", b.GetSymbol(), "time", t, "offset", m.Offset)
 						continue
 					}

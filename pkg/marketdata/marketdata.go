@@ -35,6 +35,12 @@ type Bar struct {
 	Volume                 float64
 }
 
+// MaxBarLead is how far ahead of the clock a live bar's time may be (time
+// zones, a feed's clock): a bar stamped far in the future would make every
+// later bar of its symbol look out of order. RegimeService refuses such a
+// bar, and the online learner skips it.
+const MaxBarLead = 24 * time.Hour
+
 // Series is the bars of one instrument in time order.
 type Series struct {
 	Symbol string

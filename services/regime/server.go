@@ -32,6 +32,7 @@ import (
 	"github.com/quantmesh/quantmesh/pkg/apierr"
 	"github.com/quantmesh/quantmesh/pkg/auth"
 	"github.com/quantmesh/quantmesh/pkg/bus"
+	"github.com/quantmesh/quantmesh/pkg/marketdata"
 	"github.com/quantmesh/quantmesh/pkg/server"
 )
 
@@ -151,11 +152,6 @@ func truncate(s string) string {
 
 func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
 
-// maxBarLead is how far ahead of the server's clock a bar's time may be
-// (time zones, a feed's clock): a bar stamped far in the future would make
-// every later bar of its symbol look out of order.
-const maxBarLead = 24 * time.Hour
-
 // barFromProto validates one bar (fields only; ordering is the engine's).
 func barFromProto(v *apierr.Violations, field string, b *regimev1.Bar, now time.Time) Bar {
 	validSymbol(v, field+".symbol", b.GetSymbol(), false)
@@ -164,8 +160,8 @@ func barFromProto(v *apierr.Violations, field string, b *regimev1.Bar, now time.
 		v.Add(field+".time", "required")
 	} else if err := b.GetTime().CheckValid(); err != nil {
 		v.Add(field+".time", "invalid timestamp: %v", err)
-	} else if t := b.GetTime().AsTime(); t.After(now.Add(maxBarLead)) {
-		v.Add(field+".time", "%s is more than %s ahead of the server's clock", t.Format(time.RFC3339), maxBarLead)
+	} else if t := b.GetTime().AsTime(); t.After(now.Add(marketdata.MaxBarLead)) {
+		v.Add(field+".time", "%s is more than %s ahead of the server's clock", t.Format(time.RFC3339), marketdata.MaxBarLead)
 	} else {
 		out.Time = t.Truncate(time.Microsecond).UTC()
 	}
