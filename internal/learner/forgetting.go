@@ -262,10 +262,12 @@ func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 			return &policy.EWC{Lambda: lambda, Anchor: n, Fisher: f}
 		}
 	}
+	// The retrains of each continuation: their ranges of B's training part.
+	parts := chunks(len(cfg.B.TrainX), cfg.Chunk, max(cfg.Retrains, 1))
 	res := &ForgettingResult{
 		RegimeA: cfg.A.Name, RegimeB: cfg.B.Name, Fisher: cfg.Fisher, SamplesA: len(cfg.A.TrainX), SamplesB: len(cfg.B.TrainX),
 		TrainSeeds:  []int64{cfg.Train.Seed},
-		Retrains:    len(chunks(len(cfg.B.TrainX), cfg.Chunk, max(cfg.Retrains, 1))),
+		Retrains:    len(parts),
 		Chunk:       cfg.Chunk,
 		ABefore:     score(base, cfg.A.TrainX, cfg.A.TrainY),
 		ATestBefore: score(base, cfg.A.TestX, cfg.A.TestY),
@@ -277,7 +279,6 @@ func forgetting(ctx context.Context, cfg ForgettingConfig) (*ForgettingResult, e
 		// is anchored at the one before, and the Fisher is updated
 		// online, F ← γF + F_new, F_new on what the retrain learned.
 		n, f := base, fisherA
-		parts := chunks(len(cfg.B.TrainX), cfg.Chunk, max(cfg.Retrains, 1))
 		for i, p := range parts {
 			X, y := cfg.B.TrainX[p[0]:p[1]], cfg.B.TrainY[p[0]:p[1]]
 			tc := cfg.FineTune

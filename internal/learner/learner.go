@@ -2,7 +2,6 @@ package learner
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 
 	experimentv1 "github.com/quantmesh/quantmesh/gen/go/quantmesh/experiment/v1"
 	"github.com/quantmesh/quantmesh/internal/training"
+	"github.com/quantmesh/quantmesh/pkg/binfmt"
 	"github.com/quantmesh/quantmesh/pkg/policy"
 )
 
@@ -71,9 +71,6 @@ type Learner struct {
 	// a version it published comes back with what it learned (the alias
 	// rolled back to it, or a publish whose answer was lost).
 	published map[int64]int64
-	// lostUpTo: the outcomes up to this arrival number that left the
-	// buffer unlearned have been logged.
-	lostUpTo int64
 	// trainedAt: Replay.Added at the last retrain.
 	trainedAt int64
 }
@@ -321,16 +318,13 @@ func (l *Learner) retrain(ctx context.Context) (*Report, error) {
 		}
 	}
 	// Outcomes that left the buffer before a published retrain learned
-	// them (logged once; for a version just adopted, those before it are
-	// not counted).
-	if adopted {
-		l.lostUpTo = max(l.lostUpTo, first-1)
-	}
-	if lost := first - 1 - max(l.learned, l.lostUpTo); lost > 0 {
+	// them: those before first, less the ones learned and the ones that had
+	// left it by the last retrain (logged then). For a version just
+	// adopted, none are counted.
+	if lost := first - 1 - max(l.learned, l.trainedAt-int64(l.cfg.ReplaySize)); !adopted && lost > 0 {
 		l.log.Warn("online learning: outcomes left the replay buffer before a published retrain learned them", "model", l.cfg.Model,
 			"alias", l.cfg.Alias, "version", cur.version, "outcomes", lost)
 	}
-	l.lostUpTo = max(l.lostUpTo, first-1)
 	l.trainedAt = added
 	// A retrain learns the outcomes before the hold-out that the version
 	// has not learned yet, each once: what it learned before is in the
@@ -417,13 +411,7 @@ func without(X [][]float64, y []policy.Action, except [][]float64) ([][]float64,
 	if len(except) == 0 {
 		return X, y
 	}
-	key := func(x []float64) string {
-		b := make([]byte, 0, 8*len(x))
-		for _, v := range x {
-			b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
-		}
-		return string(b)
-	}
+	key := func(x []float64) string { return string(binfmt.AppendFloats(make([]byte, 0, 8*len(x)), x)) }
 	skip := make(map[string]struct{}, len(except))
 	for _, x := range except {
 		skip[key(x)] = struct{}{}

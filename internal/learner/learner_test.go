@@ -1,8 +1,10 @@
 package learner_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -329,6 +331,47 @@ func TestRetrainNothingNew(t *testing.T) {
 	// 245-272 are new.
 	if rep = addAndRetrain(t, l, synthetic(30, 5)...); rep.Train != 28 || rep.HoldOut != 58 {
 		t.Fatalf("retrain after 30 new outcomes: %+v, want the 28 that left the hold-out learned, 58 held out", rep)
+	}
+}
+
+// TestRetrainLogsLostOutcomes: outcomes that leave the buffer before a
+// published retrain learns them are logged once, by the next retrain; a
+// version just adopted counts none.
+func TestRetrainLogsLostOutcomes(t *testing.T) {
+	t.Parallel()
+	client, _ := policyMesh(t)
+	var logs bytes.Buffer
+	l, err := learner.New(testConfig(), client, slog.New(slog.NewTextHandler(&logs, nil)), nil) // a buffer of 300
+	if err != nil {
+		t.Fatal(err)
+	}
+	lost := func() string {
+		t.Helper()
+		var out []string
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, "outcomes left the replay buffer") {
+				_, n, _ := strings.Cut(line, " outcomes=")
+				out = append(out, strings.Fields(n)[0])
+			}
+		}
+		logs.Reset()
+		return strings.Join(out, ",")
+	}
+	// Adopted with a full buffer, of which 1-100 already left: not counted.
+	addAndRetrain(t, l, synthetic(400, 2)...) // learns 101-340
+	if got := lost(); got != "" {
+		t.Errorf("after an adoption: lost %q, want none", got)
+	}
+	// 400 more without a retrain: 341-500 left unlearned.
+	if rep := addAndRetrain(t, l, synthetic(400, 3)...); !rep.Published {
+		t.Fatalf("retrain: %+v", rep)
+	}
+	if got := lost(); got != "160" {
+		t.Errorf("lost %q, want 160 (outcomes 341-500)", got)
+	}
+	addAndRetrain(t, l, synthetic(30, 4)...)
+	if got := lost(); got != "" {
+		t.Errorf("lost %q on the next retrain, want none (logged already)", got)
 	}
 }
 
