@@ -108,18 +108,32 @@ func abSetup(ctx context.Context, env Env, mode experimentv1.ABTestMode, bps int
 	}
 }
 
-// abStop stops the scenario's test (no promotion) unless *stopped says
-// it is, and records that it is.
-func abStop(ctx context.Context, env Env, testID string, stopped *bool) error {
-	if testID == "" || *stopped {
+// abTest is a scenario's A/B test, which it stops once.
+type abTest struct {
+	env     Env
+	testID  string
+	stopped bool
+}
+
+// stop stops the test (no promotion) unless it is stopped already.
+func (a *abTest) stop(ctx context.Context) error {
+	if a.testID == "" || a.stopped {
 		return nil
 	}
-	_, err := experimentv1.NewExperimentServiceClient(env.Conn).StopABTest(ctx, &experimentv1.StopABTestRequest{AbTestId: testID})
+	_, err := experimentv1.NewExperimentServiceClient(a.env.Conn).StopABTest(ctx, &experimentv1.StopABTestRequest{AbTestId: a.testID})
 	if err == nil || status.Code(err) == codes.FailedPrecondition { // stopped already
-		*stopped = true
+		a.stopped = true
 	}
 	return err
 }
+
+// Cleanup implements Cleaner: the test does not outlive the run.
+func (a *abTest) Cleanup(ctx context.Context) error { return a.stop(ctx) }
+
+var (
+	_ Cleaner = (*shadowScenario)(nil)
+	_ Cleaner = (*splitScenario)(nil)
+)
 
 // shadowScenario measures what a running shadow test costs a Predict. One
 // operation is two Predicts of the served model on the same worker, in
@@ -131,11 +145,9 @@ func abStop(ctx context.Context, env Env, testID string, stopped *bool) error {
 // of a shadow test on a busy server; the ratio isolates what the request
 // path pays (routing, the observation, the queue hand-off).
 type shadowScenario struct {
-	env      Env
+	abTest
 	client   inferencev1.InferenceServiceClient
 	features int
-	testID   string
-	stopped  bool
 	rngs     []*rand.Rand
 	symbol   string
 	shadowed []*hdrhistogram.Histogram
@@ -220,12 +232,7 @@ func (s *shadowScenario) Finish(ctx context.Context) error {
 		return fmt.Errorf("GetModelStatus: %w", err)
 	}
 	s.fields["shadow_dropped"] = st.GetModels()[0].GetAbTest().GetShadowDropped()
-	return abStop(ctx, s.env, s.testID, &s.stopped)
-}
-
-// Cleanup implements Cleaner: the test does not outlive the run.
-func (s *shadowScenario) Cleanup(ctx context.Context) error {
-	return abStop(ctx, s.env, s.testID, &s.stopped)
+	return s.stop(ctx)
 }
 
 // Fields implements Scenario.
@@ -238,11 +245,9 @@ func (s *shadowScenario) Fields() map[string]any { return s.fields }
 // configured one: split_error_pp = |realised - configured| in percentage
 // points.
 type splitScenario struct {
-	env      Env
+	abTest
 	client   inferencev1.InferenceServiceClient
 	features int
-	testID   string
-	stopped  bool
 	rngs     []*rand.Rand
 	symbol   string
 	next     atomic.Int64 // units handed out
@@ -334,12 +339,7 @@ func (s *splitScenario) Finish(ctx context.Context) error {
 	s.fields = map[string]any{"model": benchModel, "ab_test_id": s.testID, "units": s.units, "treated_units": s.treated,
 		"configured_pct": configured, "realised_pct": math.Round(realised*1000) / 1000,
 		"split_error_pp": math.Round(errPP*1000) / 1000, "split_error_goal_pp": splitErrorGoalPP, "split_error_goal_met": errPP <= splitErrorGoalPP}
-	return abStop(ctx, s.env, s.testID, &s.stopped)
-}
-
-// Cleanup implements Cleaner: the test does not outlive the run.
-func (s *splitScenario) Cleanup(ctx context.Context) error {
-	return abStop(ctx, s.env, s.testID, &s.stopped)
+	return s.stop(ctx)
 }
 
 // Fields implements Scenario.
