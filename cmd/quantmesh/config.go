@@ -264,13 +264,13 @@ func (f *meshFlags) riskConfig() (risk.Config, error) {
 		return risk.Config{}, usagef("invalid --risk-timezone %q: %v", tz, err)
 	}
 	cfg := risk.DefaultConfig()
+	cfg.Location = loc
 	// Each value is checked on the defaults, so that an error names its flag.
 	for _, v := range []struct {
 		flag string
 		set  func(*risk.Config)
 	}{
 		{"risk-reservation-ttl", func(c *risk.Config) { c.ReservationTTL = f.riskTTL }},
-		{"risk-timezone", func(c *risk.Config) { c.Location = loc }},
 		{"risk-retention", func(c *risk.Config) { c.Retention = f.riskRetention }},
 		{"risk-event-retention", func(c *risk.Config) { c.EventRetention = f.riskEventsKept }},
 	} {
